@@ -1,0 +1,114 @@
+//! The `nuage` command: a thin layer that parses arguments, calls the library crates and
+//! prints. Every user mistake ends as one line on stderr and a non-zero status.
+
+mod lab_cmd;
+mod node_cmd;
+mod table;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+/// nuage: a mini-cloud in one binary.
+///
+/// Start a node with `nuage up`, then talk to it with the other commands. Run several
+/// machines on one host with `nuage lab`. Documentation: docs/ in the source tree.
+#[derive(Parser, Debug)]
+#[command(
+    name = "nuage",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start this machine's node with all its services (stops cleanly on SIGINT/SIGTERM)
+    Up(up::UpArgs),
+    /// Ask a running node about itself
+    Node {
+        #[command(subcommand)]
+        cmd: node_cmd::NodeCmd,
+        #[command(flatten)]
+        api: node_cmd::ApiArg,
+    },
+    /// Several machines on this host, with faults on demand (needs root)
+    Lab(lab_cmd::LabArgs),
+}
+
+/// Environment variable setting the log level (error, warn, info, debug, trace).
+const LOG_ENV: &str = "NUAGE_LOG";
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Up(_)));
+    let result = match cli.command {
+        // The lab runs without an async runtime: `lab exec` must still be single-threaded
+        // when it enters a machine's namespaces and replaces itself with the command.
+        Command::Lab(args) => lab_cmd::run(args),
+        command => runtime().and_then(|rt| {
+            rt.block_on(async {
+                match command {
+                    Command::Up(args) => up::run(args).await,
+                    Command::Node { cmd, api } => node_cmd::run(cmd, api).await,
+                    Command::Lab(_) => unreachable!("handled above"),
+                }
+            })
+        }),
+    };
+    if let Err(e) = result {
+        let message = format!("{e:#}").replace('\n', " ");
+        eprintln!("nuage: error: {message}");
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn init_logging(daemon: bool) {
+    let default = if daemon {
+        tracing::Level::INFO
+    } else {
+        tracing::Level::WARN
+    };
+    let level = std::env::var(LOG_ENV)
+        .ok()
+        .and_then(|v| v.parse::<tracing::Level>().ok())
+        .unwrap_or(default);
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_help() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                assert!(sub.get_about().is_some(), "`{path}` has no help text");
+                walk(sub, &path);
+            }
+        }
+        walk(&Cli::command(), "nuage");
+    }
+}
