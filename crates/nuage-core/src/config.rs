@@ -26,6 +26,11 @@ pub const MAX_PEERS: usize = 256;
 /// Largest configuration file read, in bytes.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
+/// The top-level tables subsystems own, besides the node's own keys. A subsystem adds
+/// its table here and reads it with [`Config::section`]; a table not listed here is an
+/// unknown key. Keep docs/config.md in step.
+pub const SECTIONS: &[&str] = &[];
+
 /// The resolved configuration of a node: every default filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -41,6 +46,8 @@ pub struct Config {
     pub peers: Vec<Peer>,
     /// The file this configuration came from, if any.
     pub source: Option<PathBuf>,
+    /// The text it was parsed from, for [`Config::section`].
+    text: String,
 }
 
 /// Listen addresses (`[listen]`).
@@ -216,8 +223,9 @@ fn is_host_name(s: &str) -> bool {
         })
 }
 
+/// The node's own keys. Subsystem tables (see [`SECTIONS`]) are checked separately, so
+/// unknown keys are detected by `check_top_level`, not by serde.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawConfig {
     name: Option<NodeName>,
     data_dir: Option<PathBuf>,
@@ -302,7 +310,17 @@ impl Config {
         path: Option<&Path>,
         overrides: &Overrides,
     ) -> Result<Config, ConfigError> {
+        Self::parse_with_sections(text, path, overrides, SECTIONS)
+    }
+
+    fn parse_with_sections(
+        text: &str,
+        path: Option<&Path>,
+        overrides: &Overrides,
+        sections: &[&str],
+    ) -> Result<Config, ConfigError> {
         let origin = path.map_or_else(|| "nuage.toml".to_owned(), |p| p.display().to_string());
+        check_top_level(text, &origin, sections)?;
         let raw: RawConfig = toml::from_str(text).map_err(|e| locate(text, &origin, &e))?;
         if raw.peers.len() > MAX_PEERS {
             return Err(ConfigError {
@@ -315,7 +333,52 @@ impl Config {
                 ),
             });
         }
-        Self::resolve(raw, path, overrides)
+        let mut config = Self::resolve(raw, path, overrides)?;
+        config.text = text.to_owned();
+        Ok(config)
+    }
+
+    /// The subsystem table `[name]` (which must be listed in [`SECTIONS`]), or `T`'s
+    /// default when the file has none. Errors name the file, line and key, like every
+    /// configuration error; `T` should use `#[serde(deny_unknown_fields)]`.
+    pub fn section<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        name: &str,
+    ) -> Result<T, ConfigError> {
+        assert!(
+            SECTIONS.contains(&name),
+            "section [{name}] is not registered in config::SECTIONS"
+        );
+        self.section_unchecked(name)
+    }
+
+    fn section_unchecked<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        name: &str,
+    ) -> Result<T, ConfigError> {
+        let origin = self
+            .source
+            .as_ref()
+            .map_or_else(|| "nuage.toml".to_owned(), |p| p.display().to_string());
+        if self.text.is_empty() {
+            return Ok(T::default());
+        }
+        let located = |e: &toml::de::Error| locate(&self.text, &origin, e);
+        let root = toml::de::DeTable::parse(&self.text).map_err(|e| located(&e))?;
+        let Some((key, value)) = root.get_ref().iter().find(|(k, _)| k.get_ref() == name) else {
+            return Ok(T::default());
+        };
+        let span = value.span();
+        let toml::de::DeValue::Table(table) = value.get_ref() else {
+            return Err(ConfigError {
+                origin,
+                line: Some(line_of(&self.text, key.span().start)),
+                key: Some(name.to_owned()),
+                message: format!("`{name}` must be a table: write [{name}] and its keys below it"),
+            });
+        };
+        let table = toml::Spanned::new(span, table.clone());
+        T::deserialize(toml::de::Deserializer::from(table)).map_err(|e| located(&e))
     }
 
     fn resolve(raw: RawConfig, path: Option<&Path>, o: &Overrides) -> Result<Config, ConfigError> {
@@ -382,8 +445,36 @@ impl Config {
             listen: Listen { api },
             peers,
             source: path.map(Path::to_path_buf),
+            text: String::new(),
         })
     }
+}
+
+/// The node's own top-level keys.
+const NODE_KEYS: &[&str] = &["name", "data_dir", "address", "listen", "peers"];
+
+/// Refuses top-level keys that are neither the node's nor a registered subsystem's, and
+/// checks the `[listen]` and `[peers]` tables (serde checks the node's keys' values).
+fn check_top_level(text: &str, origin: &str, sections: &[&str]) -> Result<(), ConfigError> {
+    let root = toml::de::DeTable::parse(text).map_err(|e| locate(text, origin, &e))?;
+    for (key, _) in root.get_ref().iter() {
+        let name = key.get_ref().as_ref();
+        if !NODE_KEYS.contains(&name) && !sections.contains(&name) {
+            let mut known: Vec<&str> = NODE_KEYS.iter().chain(sections).copied().collect();
+            known.sort_unstable();
+            return Err(ConfigError {
+                origin: origin.to_owned(),
+                line: Some(line_of(text, key.span().start)),
+                key: Some(name.to_owned()),
+                message: format!("unknown key `{name}`, expected one of {}", known.join(", ")),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
 /// Turns a TOML error into one line naming the file, the line and the dotted key.
@@ -401,8 +492,7 @@ fn locate(text: &str, origin: &str, err: &toml::de::Error) -> ConfigError {
             message,
         };
     };
-    let start = span.start.min(text.len());
-    let line = text[..start].matches('\n').count() + 1;
+    let line = line_of(text, span.start);
     ConfigError {
         origin: origin.into(),
         line: Some(line),
@@ -584,6 +674,72 @@ n3 = "n3.example:7300"
         for bad in ["", "a b", "h:", "h:0", "h:x", "a..b", ":80"] {
             assert!(PeerAddr::parse(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Demo {
+        #[serde(default)]
+        port: u16,
+        #[serde(default)]
+        mode: String,
+    }
+
+    fn with_demo(text: &str) -> Result<Config, ConfigError> {
+        let o = Overrides {
+            name: Some("t".into()),
+            ..Default::default()
+        };
+        Config::parse_with_sections(text, Some(Path::new("n.toml")), &o, &["demo"])
+    }
+
+    #[test]
+    fn sections_parse_with_lines() {
+        let c = with_demo("name = \"x\"\n\n[demo]\nport = 8888\nmode = \"pool\"\n").unwrap();
+        assert_eq!(
+            c.section_unchecked::<Demo>("demo").unwrap(),
+            Demo {
+                port: 8888,
+                mode: "pool".into()
+            }
+        );
+
+        let c = with_demo("name = \"x\"\n").unwrap();
+        assert_eq!(
+            c.section_unchecked::<Demo>("demo").unwrap(),
+            Demo::default()
+        );
+
+        let c = with_demo("[demo]\nport = 8888\nmdoe = \"pool\"\n").unwrap();
+        let e = c.section_unchecked::<Demo>("demo").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("demo.mdoe")),
+            "{e}"
+        );
+
+        let c = with_demo("[demo]\nport = -1\n").unwrap();
+        let e = c.section_unchecked::<Demo>("demo").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("demo.port")),
+            "{e}"
+        );
+
+        let c = with_demo("demo = 3\n").unwrap();
+        let e = c.section_unchecked::<Demo>("demo").unwrap_err();
+        assert!(e.message.contains("must be a table"), "{e}");
+    }
+
+    #[test]
+    fn unregistered_section_is_an_unknown_key() {
+        let e = with_demo("name = \"x\"\n[other]\na = 1\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("other")), "{e}");
+        assert!(
+            e.message
+                .contains("expected one of address, data_dir, demo, listen, name, peers"),
+            "{e}"
+        );
     }
 
     #[test]

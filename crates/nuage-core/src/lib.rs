@@ -10,6 +10,7 @@ pub mod config;
 pub mod datadir;
 pub mod metrics;
 pub mod net;
+pub mod peers;
 pub mod service;
 pub mod time;
 

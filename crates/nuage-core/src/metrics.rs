@@ -20,6 +20,7 @@ type ValueFn = Arc<dyn Fn() -> f64 + Send + Sync>;
 enum Kind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 #[derive(Clone)]
@@ -27,6 +28,71 @@ enum Source {
     Counter(Arc<AtomicU64>),
     Gauge(Arc<AtomicI64>),
     Computed(ValueFn),
+    Histogram(Histogram),
+}
+
+/// Default latency buckets, in seconds: 100 µs to 60 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// A distribution of observed values over fixed buckets (cumulative when rendered).
+#[derive(Clone, Debug)]
+pub struct Histogram(Arc<HistogramInner>);
+
+#[derive(Debug)]
+struct HistogramInner {
+    /// Upper bounds, strictly increasing; +Inf is implicit.
+    bounds: Vec<f64>,
+    /// One count per bound, plus one for +Inf; not cumulative.
+    counts: Vec<AtomicU64>,
+    /// Sum of observations, as f64 bits.
+    sum: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &[f64]) -> Self {
+        assert!(!bounds.is_empty(), "a histogram needs buckets");
+        assert!(
+            bounds.windows(2).all(|w| w[0] < w[1]),
+            "buckets must increase strictly"
+        );
+        Histogram(Arc::new(HistogramInner {
+            bounds: bounds.to_vec(),
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0f64.to_bits()),
+        }))
+    }
+
+    pub fn observe(&self, v: f64) {
+        let i = self
+            .0
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.0.bounds.len());
+        self.0.counts[i].fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .0
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + v).to_bits())
+            });
+    }
+
+    /// Observes the time elapsed since `start`, in seconds.
+    pub fn observe_since(&self, start: std::time::Instant) {
+        self.observe(start.elapsed().as_secs_f64());
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 struct Family {
@@ -113,6 +179,22 @@ impl Metrics {
         self.register(name, help, Kind::Gauge, labels, move || Source::Computed(f));
     }
 
+    /// The histogram `name{labels}` over `buckets` (upper bounds), created empty if new.
+    pub fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        buckets: &[f64],
+    ) -> Histogram {
+        match self.register(name, help, Kind::Histogram, labels, || {
+            Source::Histogram(Histogram::new(buckets))
+        }) {
+            Source::Histogram(h) => h,
+            _ => unreachable!("register checks the kind"),
+        }
+    }
+
     /// A counter whose value is read at each scrape from a source owned elsewhere.
     pub fn counter_fn(
         &self,
@@ -171,30 +253,68 @@ impl Metrics {
             let kind = match family.kind {
                 Kind::Counter => "counter",
                 Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
             };
             let _ = writeln!(out, "# HELP {name} {}", escape(&family.help, false));
             let _ = writeln!(out, "# TYPE {name} {kind}");
             for (labels, source) in &family.series {
-                out.push_str(name);
-                if !labels.is_empty() {
-                    out.push('{');
-                    for (i, (k, v)) in labels.iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        let _ = write!(out, "{k}=\"{}\"", escape(v, true));
-                    }
-                    out.push('}');
+                if let Source::Histogram(h) = source {
+                    render_histogram(&mut out, name, labels, h);
+                    continue;
                 }
+                out.push_str(name);
+                render_labels(&mut out, labels, None);
                 match source {
                     Source::Counter(c) => _ = writeln!(out, " {}", c.load(Ordering::Relaxed)),
                     Source::Gauge(g) => _ = writeln!(out, " {}", g.load(Ordering::Relaxed)),
                     Source::Computed(f) => _ = writeln!(out, " {}", format_float(f())),
+                    Source::Histogram(_) => unreachable!("rendered above"),
                 }
             }
         }
         out
     }
+}
+
+fn render_labels(out: &mut String, labels: &Labels, le: Option<&str>) {
+    if labels.is_empty() && le.is_none() {
+        return;
+    }
+    out.push('{');
+    let mut first = true;
+    let extra = le.map(|v| ("le".to_owned(), v.to_owned()));
+    for (k, v) in labels.iter().chain(extra.as_ref()) {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        let _ = write!(out, "{k}=\"{}\"", escape(v, true));
+    }
+    out.push('}');
+}
+
+fn render_histogram(out: &mut String, name: &str, labels: &Labels, h: &Histogram) {
+    let mut cumulative = 0;
+    for (i, count) in h.0.counts.iter().enumerate() {
+        cumulative += count.load(Ordering::Relaxed);
+        let le =
+            h.0.bounds
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |b| format_float(*b));
+        let _ = write!(out, "{name}_bucket");
+        render_labels(out, labels, Some(&le));
+        let _ = writeln!(out, " {cumulative}");
+    }
+    let _ = write!(out, "{name}_sum");
+    render_labels(out, labels, None);
+    let _ = writeln!(
+        out,
+        " {}",
+        format_float(f64::from_bits(h.0.sum.load(Ordering::Relaxed)))
+    );
+    let _ = write!(out, "{name}_count");
+    render_labels(out, labels, None);
+    let _ = writeln!(out, " {cumulative}");
 }
 
 fn valid_name(name: &str) -> bool {
@@ -265,6 +385,39 @@ mod tests {
              # HELP nuage_workers Workers.\n\
              # TYPE nuage_workers gauge\n\
              nuage_workers -3\n"
+        );
+    }
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let m = Metrics::new();
+        let h = m.histogram("lat_seconds", "Latency.", &[("fn", "toupper")], &[0.1, 1.0]);
+        h.observe(0.05);
+        h.observe(0.5);
+        h.observe(0.5);
+        h.observe(7.0);
+        assert_eq!(h.count(), 4);
+        let text = m.render();
+        assert!(text.contains("# TYPE lat_seconds histogram\n"), "{text}");
+        assert!(
+            text.contains("lat_seconds_bucket{fn=\"toupper\",le=\"0.1\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lat_seconds_bucket{fn=\"toupper\",le=\"1\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lat_seconds_bucket{fn=\"toupper\",le=\"+Inf\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lat_seconds_sum{fn=\"toupper\"} 8.05\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lat_seconds_count{fn=\"toupper\"} 4\n"),
+            "{text}"
         );
     }
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::peers::PeerSource;
 
 /// A boxed future, for trait methods that must stay object-safe.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -28,6 +29,8 @@ pub struct ServiceContext {
     /// This service's own directory inside the node's data dir (created before start).
     pub data_dir: PathBuf,
     pub metrics: Metrics,
+    /// The other nodes of the cluster (static configuration today).
+    pub peers: Arc<dyn PeerSource>,
     /// Cancelled when the node stops; the service's task must then wind down.
     pub shutdown: CancellationToken,
 }

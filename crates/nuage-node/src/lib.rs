@@ -18,6 +18,7 @@ use nuage_core::config::Config;
 use nuage_core::datadir::DataDir;
 use nuage_core::metrics::Metrics;
 use nuage_core::net::bind_tcp;
+use nuage_core::peers::StaticPeers;
 use nuage_core::service::{Endpoint, Service, ServiceContext};
 use nuage_core::time::rfc3339;
 use tokio::task::JoinHandle;
@@ -50,6 +51,7 @@ impl Node {
         let api_addr = listener.local_addr()?;
         let metrics = Metrics::new();
         let shutdown = CancellationToken::new();
+        let peers = StaticPeers::from_config(&config);
 
         let mut node = Node {
             info: NodeInfo {
@@ -88,6 +90,7 @@ impl Node {
                 config: config.clone(),
                 data_dir: node._data.subdir(name)?,
                 metrics: metrics.clone(),
+                peers: peers.clone(),
                 shutdown: shutdown.child_token(),
             };
             let started = match service.start(ctx).await {
