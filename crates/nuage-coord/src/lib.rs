@@ -3,3 +3,5 @@
 //! election, failure detection, snapshots).
 //!
 //! Each module has one job; see ARCHITECTURE.md for the map.
+
+pub mod clock;
