@@ -5,3 +5,4 @@
 //! Each module has one job; see ARCHITECTURE.md for the map.
 
 pub mod clock;
+pub mod net;

@@ -2,6 +2,7 @@
 //! prints. Every user mistake ends as one line on stderr and a non-zero status.
 
 mod lab_cmd;
+mod net_cmd;
 mod node_cmd;
 mod table;
 mod up;
@@ -37,6 +38,11 @@ enum Command {
     },
     /// Several machines on this host, with faults on demand (needs root)
     Lab(lab_cmd::LabArgs),
+    /// UDP and TCP client/server tools (datagrams, streams, OK answers)
+    Net {
+        #[command(subcommand)]
+        cmd: net_cmd::NetCmd,
+    },
 }
 
 /// Environment variable setting the log level (error, warn, info, debug, trace).
@@ -54,6 +60,7 @@ fn main() {
                 match command {
                     Command::Up(args) => up::run(args).await,
                     Command::Node { cmd, api } => node_cmd::run(cmd, api).await,
+                    Command::Net { cmd } => net_cmd::run(cmd).await,
                     Command::Lab(_) => unreachable!("handled above"),
                 }
             })
