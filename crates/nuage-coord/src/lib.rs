@@ -5,4 +5,5 @@
 //! Each module has one job; see ARCHITECTURE.md for the map.
 
 pub mod clock;
+pub mod finger;
 pub mod net;

@@ -1,6 +1,7 @@
 //! The `nuage` command: a thin layer that parses arguments, calls the library crates and
 //! prints. Every user mistake ends as one line on stderr and a non-zero status.
 
+mod finger_cmd;
 mod lab_cmd;
 mod net_cmd;
 mod node_cmd;
@@ -38,6 +39,8 @@ enum Command {
     },
     /// Several machines on this host, with faults on demand (needs root)
     Lab(lab_cmd::LabArgs),
+    /// Ask a finger server who is logged in or about a user; `finger serve` runs one
+    Finger(finger_cmd::FingerArgs),
     /// UDP and TCP client/server tools (datagrams, streams, OK answers)
     Net {
         #[command(subcommand)]
@@ -61,6 +64,7 @@ fn main() {
                     Command::Up(args) => up::run(args).await,
                     Command::Node { cmd, api } => node_cmd::run(cmd, api).await,
                     Command::Net { cmd } => net_cmd::run(cmd).await,
+                    Command::Finger(args) => finger_cmd::run(args).await,
                     Command::Lab(_) => unreachable!("handled above"),
                 }
             })
