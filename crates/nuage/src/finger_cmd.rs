@@ -62,6 +62,12 @@ struct ServeArgs {
     /// Last login of each user
     #[arg(long, value_name = "FILE", default_value = "/var/log/lastlog")]
     lastlog: PathBuf,
+    /// Where terminals are (idle time is a terminal's access time)
+    #[arg(long, value_name = "DIR", default_value = "/dev")]
+    dev: PathBuf,
+    /// Mail spool: one mailbox per login
+    #[arg(long, value_name = "DIR", default_value = "/var/mail")]
+    mail_dir: PathBuf,
 }
 
 pub async fn run(args: FingerArgs) -> anyhow::Result<()> {
@@ -103,7 +109,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             utmp: args.utmp,
             wtmp: args.wtmp,
             lastlog: args.lastlog,
-            ..Sources::default()
+            dev: args.dev,
+            mail_dir: args.mail_dir,
         },
     };
     let server = FingerServer::start(config).await?;

@@ -83,18 +83,25 @@ impl Account {
         name.replace('&', &login)
     }
 
-    /// Whether a finger query word names this account: its login (any case) or one
-    /// word of its real name (any case), as finger(1) matches without `-m`.
+    /// Whether a finger query word names this account, as finger(1) matches without
+    /// `-m`: its login exactly, or one word of its real name in any case — except the
+    /// login itself in another case (`ALICE` names nobody called `alice`, even if her
+    /// real name is `Alice …`). finger(1) folds case in ASCII only; this folds every
+    /// letter, so `émile` finds `Émile`.
     pub fn matches(&self, word: &str) -> bool {
-        if self.name.eq_ignore_ascii_case(word) {
+        if self.name == word {
             return true;
+        }
+        if self.name.to_lowercase() == word.to_lowercase() {
+            return false;
         }
         let Some(real) = self.gecos().real_name else {
             return false;
         };
+        let word = word.to_lowercase();
         real.split([' ', '\t'])
             .filter(|w| !w.is_empty())
-            .any(|w| w.eq_ignore_ascii_case(word) || w.to_lowercase() == word.to_lowercase())
+            .any(|w| w.to_lowercase() == word)
     }
 }
 
@@ -157,8 +164,15 @@ erin:x:1005:1005:*Erin Liddell,,,:/home/erin:/bin/bash
     #[test]
     fn matching_is_by_login_or_real_name_word() {
         let a = parse_accounts(PASSWD);
-        assert!(a[1].matches("ALICE"));
-        assert!(a[1].matches("liddell"));
+        assert!(a[1].matches("alice"));
+        // Logins are case-sensitive (as getpwnam); real-name words are not, but the
+        // login in another case is not taken for a real-name word.
+        assert!(!a[1].matches("ALICE") && !a[1].matches("Alice"));
+        assert!(!a[2].matches("Bob") && a[2].matches("BUILDER"));
+        let yy = &parse_accounts("yy:x:7:7:&-san Alice:/:/bin/sh\n")[0];
+        assert!(yy.matches("ALICE") && yy.matches("yy-SAN"));
+        assert!(a[1].matches("liddell") && a[1].matches("LIDDELL"));
+        assert!(a[4].matches("liddell"));
         assert!(a[2].matches("bob") && a[2].matches("builder"));
         assert!(!a[1].matches("lid"));
     }

@@ -120,6 +120,18 @@ pub fn lastlog(path: &Path, uid: u32) -> Option<Login> {
     })
 }
 
+/// The last login of a user as finger(1) tells it: from lastlog where the system keeps
+/// one (finger(1) reads nothing else, so a user absent from it "never logged in"); where
+/// there is no lastlog file at all (systems that moved to lastlog2), from the latest
+/// login in wtmp.
+pub fn last_login(lastlog_path: &Path, wtmp_path: &Path, uid: u32, user: &str) -> Option<Login> {
+    if lastlog_path.exists() {
+        lastlog(lastlog_path, uid)
+    } else {
+        last_wtmp_login(wtmp_path, user)
+    }
+}
+
 /// The latest login of `user` in wtmp, reading backwards from the end, at most
 /// [`MAX_WTMP_SCAN_BYTES`].
 pub fn last_wtmp_login(path: &Path, user: &str) -> Option<Login> {
@@ -210,5 +222,23 @@ mod tests {
         );
         assert!(lastlog(&path, 1).is_none());
         assert!(lastlog(&path, 7).is_none());
+    }
+
+    #[test]
+    fn wtmp_stands_in_only_where_there_is_no_lastlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let lastlog_path = dir.path().join("lastlog");
+        let wtmp = dir.path().join("wtmp");
+        std::fs::write(
+            &wtmp,
+            encode_utmp_record(&login("bob", "pts/4", "h", 77), 1),
+        )
+        .unwrap();
+        // No lastlog file: wtmp tells.
+        let l = last_login(&lastlog_path, &wtmp, 2, "bob").unwrap();
+        assert_eq!((l.line.as_str(), l.time), ("pts/4", 77));
+        // A lastlog file without bob: he never logged in, whatever wtmp says.
+        std::fs::write(&lastlog_path, vec![0u8; LASTLOG_RECORD * 3]).unwrap();
+        assert!(last_login(&lastlog_path, &wtmp, 2, "bob").is_none());
     }
 }

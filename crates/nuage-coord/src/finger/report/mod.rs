@@ -219,8 +219,12 @@ fn logged_in(login: &Login, sources: &Sources, now: i64) -> Where {
 /// or when it is later than a current login and on another terminal. It comes from
 /// lastlog, or (where lastlog is not kept) from the latest login in wtmp.
 fn add_last_login(p: &mut Person, sources: &Sources) {
-    let last = records::lastlog(&sources.lastlog, p.account.uid)
-        .or_else(|| records::last_wtmp_login(&sources.wtmp, &p.account.name));
+    let last = records::last_login(
+        &sources.lastlog,
+        &sources.wtmp,
+        p.account.uid,
+        &p.account.name,
+    );
     let current = || {
         p.wheres
             .iter()
