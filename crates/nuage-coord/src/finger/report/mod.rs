@@ -435,11 +435,19 @@ fn show_file(out: &mut String, dir: &Path, name: &str, header: &str) -> bool {
     true
 }
 
+/// Whether anyone may reach into `dir`: it and every directory above it are
+/// searchable by others (as `nobody` needs to open a file inside).
+fn searchable_by_all(dir: &Path) -> bool {
+    dir.is_absolute()
+        && dir
+            .ancestors()
+            .all(|d| std::fs::metadata(d).is_ok_and(|m| m.is_dir() && m.mode() & 0o001 != 0))
+}
+
 fn read_public_file(dir: &Path, name: &str) -> Option<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let dir_meta = std::fs::metadata(dir).ok()?;
-    if dir_meta.mode() & 0o001 == 0 {
+    if !searchable_by_all(dir) {
         return None;
     }
     let path = dir.join(name);

@@ -280,6 +280,10 @@ fn only_files_anyone_may_read_are_shown() {
     assert!(!ask(&f, false, &["alice"]).text.contains("secret"));
     std::fs::set_permissions(&alice, std::fs::Permissions::from_mode(0o755)).unwrap();
     assert!(ask(&f, false, &["alice"]).text.contains("Plan:\nsecret\n"));
+    // Nor when a directory above the home directory is closed to others.
+    std::fs::set_permissions(&f.home, std::fs::Permissions::from_mode(0o750)).unwrap();
+    assert!(!ask(&f, false, &["alice"]).text.contains("secret"));
+    std::fs::set_permissions(&f.home, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 #[test]
