@@ -56,14 +56,16 @@ struct FakeSystem {
 /// Alice is logged in twice (one terminal idle for days, messages off) and has a plan
 /// and a project; Bob is logged in, has unread mail and forwards it; Carol last logged
 /// in 200 days ago; Dave never did and his plan holds an escape sequence; Erin hides
-/// behind ~/.nofinger.
+/// behind ~/.nofinger; Frank is on an X display. (Not here: a login whose terminal
+/// device is gone, which `Server::start` adds. finger(1) 0.17-17 segfaults listing four
+/// logins when one is like that, and fingerd then sends nothing.)
 fn fake_system(passwd_prefix: &str) -> FakeSystem {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
     chmod(&root, 0o755);
     let now = now();
     let home = root.join("home");
-    for user in ["alice", "bob", "carol", "dave", "erin"] {
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank"] {
         std::fs::create_dir_all(home.join(user)).unwrap();
         chmod(&home.join(user), 0o755);
     }
@@ -77,7 +79,8 @@ fn fake_system(passwd_prefix: &str) -> FakeSystem {
              bob:x:1002:1002:& Builder:{h}/bob:/bin/sh\n\
              carol:x:1003:1003:Carol,,5551234567,:{h}/carol:\n\
              dave:x:1004:1004::{h}/dave:/bin/bash\n\
-             erin:x:1005:1005:Erin Liddell:{h}/erin:/bin/bash\n"
+             erin:x:1005:1005:Erin Liddell:{h}/erin:/bin/bash\n\
+             frank:x:1006:1006:Frank Zappa:{h}/frank:/bin/sh\n"
         ),
         0o644,
     );
@@ -96,13 +99,17 @@ fn fake_system(passwd_prefix: &str) -> FakeSystem {
         &login("bob", "pts/6", "", now - 600),
         102,
     ));
+    utmp.extend(encode_utmp_record(
+        &login("frank", ":0", "", now - 900),
+        104,
+    ));
     // Logged in but without an account: shown by nobody.
     utmp.extend(encode_utmp_record(
         &login("ghost", "pts/7", "", now - 60),
         103,
     ));
     write(&root.join("utmp"), utmp, 0o644);
-    let mut lastlog = vec![0u8; LASTLOG_RECORD * 1006];
+    let mut lastlog = vec![0u8; LASTLOG_RECORD * 1007];
     lastlog[LASTLOG_RECORD * 1003..LASTLOG_RECORD * 1004].copy_from_slice(&encode_lastlog_record(
         now - 86_400 * 200,
         "pts/9",
@@ -154,6 +161,19 @@ struct Server {
 impl Server {
     fn start() -> Server {
         let sys = fake_system("root:x:0:0:root:/root:/bin/bash\n");
+        // Frank is also on a terminal whose device is gone.
+        let gone = Login {
+            user: "frank".into(),
+            line: "pts/44".into(),
+            host: String::new(),
+            time: now() - 800,
+        };
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(sys.root.join("utmp"))
+            .unwrap()
+            .write_all(&encode_utmp_record(&gone, 105))
+            .unwrap();
         let pid_file = sys.root.join("finger.pid");
         let log = sys.root.join("queries.log");
         let r = &sys.root;
@@ -295,6 +315,11 @@ fn server_answers_users_the_logged_in_list_and_w() {
     );
     assert!(out.contains("New mail received "), "{out}");
 
+    // A terminal finger(1) cannot look at: "messages off" in the long form.
+    let out = ok(server.finger(&["frank@127.0.0.1"]));
+    assert!(out.contains(" on :0 (messages off)\n"), "{out}");
+    assert!(out.contains(" on pts/44 (messages off)\n"), "{out}");
+
     // Unknown users are named.
     let out = ok(server.finger(&["zed@127.0.0.1"]));
     assert_eq!(out, "[127.0.0.1]\nfinger: zed: no such user.\n");
@@ -302,7 +327,7 @@ fn server_answers_users_the_logged_in_list_and_w() {
     // The empty query: who is logged in, one line per login.
     let out = ok(server.finger(&["@127.0.0.1"]));
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 5, "{out}");
+    assert_eq!(lines.len(), 7, "{out}");
     assert_eq!(
         lines[1],
         "Login     Name            Tty      Idle  Login Time   Office     Office Phone"
@@ -318,6 +343,16 @@ fn server_answers_users_the_logged_in_list_and_w() {
     );
     assert!(
         lines[4].starts_with("bob       Bob Builder     pts/6   "),
+        "{out}"
+    );
+    // An X display is starred (finger(1) takes it as not writable); a terminal without
+    // a device is not.
+    assert!(
+        lines[5].starts_with("frank     Frank Zappa    *:0      "),
+        "{out}"
+    );
+    assert!(
+        lines[6].starts_with("frank     Frank Zappa     pts/44  "),
         "{out}"
     );
     // /W (`-l`): the long form for everyone logged in.
@@ -387,7 +422,7 @@ fn bad_queries_get_one_error_line_and_are_logged() {
         "{log}"
     );
     assert!(log.contains("query=\"bob\" result=ok (1 shown)"), "{log}");
-    assert!(log.contains("query=\"\" result=ok (2 shown)"), "{log}");
+    assert!(log.contains("query=\"\" result=ok (3 shown)"), "{log}");
 }
 
 #[test]
@@ -670,6 +705,11 @@ fn standard_finger_client_gets_what_fingerd_gives() {
     );
     assert!(from_nuage[2].contains("Login: carol") && from_nuage[2].contains("Login: bob"));
     assert!(from_nuage[5].contains("*pts/3"), "{}", from_nuage[5]);
+    assert!(
+        from_nuage[6].contains("on :0 (messages off)"),
+        "{}",
+        from_nuage[6]
+    );
 
     // The nuage server wrote its pid (nsenter became it), logged every query with n2's
     // address, and removes the pid file when stopped.

@@ -66,8 +66,20 @@ pub struct Report {
 
 #[derive(Debug, Clone)]
 enum Seen {
-    LoggedIn { idle: i64, writable: bool },
+    /// `tty: None` when the terminal has no device to look at (a record naming
+    /// something that is gone): no idle time then.
+    LoggedIn {
+        idle: i64,
+        tty: Option<Tty>,
+    },
     LastLogin,
+}
+
+/// What a terminal device says: how long since it was used, and whether others may
+/// write to it (`mesg y`).
+#[derive(Debug, Clone, Copy)]
+struct Tty {
+    writable: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -195,20 +207,26 @@ fn person(account: &Account, sources: &Sources) -> Person {
 }
 
 fn logged_in(login: &Login, sources: &Sources, now: i64) -> Where {
-    let (idle, writable) = if login.line.starts_with(':') {
-        // An X display has no terminal device.
-        (0, false)
-    } else if login.line.split('/').any(|c| c == "..") {
-        (0, true)
+    // A line that climbs out of the device directory is not looked at.
+    let device = if login.line.split('/').any(|c| c == "..") {
+        None
     } else {
-        match std::fs::metadata(sources.dev.join(&login.line)) {
-            Ok(m) => ((now - m.atime()).max(0), m.mode() & 0o220 == 0o220),
-            // No device: no idle time to tell, and no reason to say messages are off.
-            Err(_) => (0, true),
-        }
+        std::fs::metadata(sources.dev.join(&login.line)).ok()
+    };
+    let (idle, tty) = match device {
+        // An X display (`:0`): finger(1) does not look for a device, and calls it
+        // not writable.
+        _ if login.line.starts_with(':') => (0, Some(Tty { writable: false })),
+        Some(m) => (
+            (now - m.atime()).max(0),
+            Some(Tty {
+                writable: m.mode() & 0o220 == 0o220,
+            }),
+        ),
+        None => (0, None),
     };
     Where {
-        seen: Seen::LoggedIn { idle, writable },
+        seen: Seen::LoggedIn { idle, tty },
         tty: login.line.clone(),
         host: login.host.clone(),
         login_at: login.time,
@@ -289,7 +307,9 @@ fn long_format(out: &mut String, p: &Person, now: i64) {
     let maxlen = p.wheres.iter().map(|w| w.tty.len()).max().unwrap_or(0);
     for w in &p.wheres {
         match w.seen {
-            Seen::LoggedIn { idle, writable } => {
+            Seen::LoggedIn { idle, tty } => {
+                // finger(1) says "messages off" for a terminal it cannot look at too.
+                let writable = tty.is_some_and(|t| t.writable);
                 out.push_str(&format!(
                     "On since {} on {}",
                     localtime::format(w.login_at, c"%a %b %e %R (%Z)"),
@@ -511,7 +531,8 @@ fn short_format(out: &mut String, people: &mut [Person], now: i64) {
                 out.push_str("  *     *  No logins   ");
             } else {
                 let (logged_in, idle, writable) = match w.seen {
-                    Seen::LoggedIn { idle, writable } => (true, idle, writable),
+                    // ... but in the short list it stars only a device that says so.
+                    Seen::LoggedIn { idle, tty } => (true, idle, tty.is_none_or(|t| t.writable)),
                     Seen::LastLogin => (false, 0, true),
                 };
                 out.push(if logged_in && !writable { '*' } else { ' ' });

@@ -249,6 +249,40 @@ fn short_list_of_logged_in_users() {
 }
 
 #[test]
+fn a_terminal_without_a_device() {
+    // As finger(1): the long form says "(messages off)", the short list stars nothing.
+    let f = fake();
+    let login = |line: &str| Login {
+        user: "bob".into(),
+        line: line.into(),
+        host: String::new(),
+        time: NOW - 60,
+    };
+    std::fs::write(&f.sources.utmp, encode_utmp_record(&login("pts/77"), 9)).unwrap();
+    let text = ask(&f, false, &["bob"]).text;
+    assert!(
+        text.contains(&format!(
+            "On since {} on pts/77 (messages off)\n",
+            t(NOW - 60, c"%a %b %e %R (%Z)")
+        )),
+        "{text}"
+    );
+    let text = ask(&f, false, &[]).text;
+    assert!(
+        text.contains(" pts/77 ") && !text.contains("*pts/77"),
+        "{text}"
+    );
+    // An X display is never looked for, and starred.
+    std::fs::write(&f.sources.utmp, encode_utmp_record(&login(":0"), 9)).unwrap();
+    assert!(ask(&f, false, &[]).text.contains("*:0  "));
+    assert!(
+        ask(&f, false, &["bob"])
+            .text
+            .contains("on :0 (messages off)\n")
+    );
+}
+
+#[test]
 fn nobody_logged_on() {
     let f = fake();
     std::fs::write(&f.sources.utmp, b"").unwrap();
