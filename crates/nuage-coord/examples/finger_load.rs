@@ -46,14 +46,17 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// `DIR/passwd` (this machine's, plus user1…userN, each logged in once, with a plan),
-/// `DIR/utmp`, empty `DIR/lastlog` and `DIR/wtmp`, `DIR/home/userI/.plan`.
+/// `DIR/utmp`, empty `DIR/lastlog` and `DIR/wtmp`, `DIR/home/userI/.plan`, and the
+/// terminals `DIR/pts/I` (to be mounted over /dev/pts).
 fn system(dir: &Path, users: usize) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     ensure!((1..=1000).contains(&users), "USERS must be 1 to 1000");
     let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
-    std::fs::create_dir_all(dir.join("home"))?;
+    for sub in ["home", "pts"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+        mode(&dir.join(sub), 0o755)?;
+    }
     mode(dir, 0o755)?;
-    mode(&dir.join("home"), 0o755)?;
     let now = nuage_core::time::unix_now() as i64;
     let mut passwd = std::fs::read_to_string("/etc/passwd")?;
     let mut utmp = Vec::new();
@@ -78,6 +81,15 @@ fn system(dir: &Path, users: usize) -> anyhow::Result<()> {
             time: now - 60 * i as i64,
         };
         utmp.extend(encode_utmp_record(&login, 1000 + i as i32));
+        let tty = dir.join(format!("pts/{i}"));
+        std::fs::write(&tty, b"")?;
+        mode(&tty, 0o620)?;
+        // Used "tomorrow": idle 0 for both servers, so their answers stay identical.
+        let tomorrow = std::time::SystemTime::now() + Duration::from_secs(86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&tty)?
+            .set_times(std::fs::FileTimes::new().set_accessed(tomorrow))?;
     }
     std::fs::write(dir.join("passwd"), passwd)?;
     std::fs::write(dir.join("utmp"), utmp)?;

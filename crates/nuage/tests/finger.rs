@@ -511,6 +511,18 @@ fn client_errors_are_one_clear_line() {
         "cannot open the log file",
     );
     assert!(!pid_file.exists());
+    // Nor with a user database it cannot read.
+    fails_with(
+        run(&[
+            "finger",
+            "serve",
+            "--port",
+            "0",
+            "--passwd",
+            dir.path().join("no-passwd").to_str().unwrap(),
+        ]),
+        "the user database (--passwd): cannot read",
+    );
 }
 
 // ---------------------------------------------------------------------------------------

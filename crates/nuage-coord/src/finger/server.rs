@@ -47,9 +47,12 @@ pub struct FingerServer {
 }
 
 impl FingerServer {
-    /// Binds the port, opens the log, then writes the pid file (last, so a failed start
-    /// leaves no pid file behind).
+    /// Checks the user database, binds the port, opens the log, then writes the pid
+    /// file (last, so a failed start leaves no pid file behind).
     pub async fn start(config: ServerConfig) -> anyhow::Result<FingerServer> {
+        // Each query reads it afresh; a path that cannot be read is a mistake to report now.
+        super::passwd::read_accounts(&config.sources.passwd)
+            .context("the user database (--passwd)")?;
         let listener =
             nuage_core::net::bind_tcp(config.listen, "the finger server", "--port").await?;
         let log = match &config.log {
