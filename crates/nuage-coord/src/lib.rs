@@ -1,5 +1,5 @@
-//! nuage-coord: logical clocks, the classic socket services built on them (finger, causal
-//! mail), and the classic coordination algorithms (launcher, mutual exclusion, ring and
+//! nuage-coord: logical clocks, the classic socket services (the UDP and TCP tools,
+//! finger), and the classic coordination algorithms (launcher, mutual exclusion, ring and
 //! election, failure detection, snapshots).
 //!
 //! Each module has one job; see ARCHITECTURE.md for the map.

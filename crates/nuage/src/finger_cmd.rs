@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -68,6 +69,9 @@ struct ServeArgs {
     /// Mail spool: one mailbox per login
     #[arg(long, value_name = "DIR", default_value = "/var/mail")]
     mail_dir: PathBuf,
+    /// Seconds a client has to send its query (1 to 3600)
+    #[arg(long, value_name = "SECS", default_value_t = finger::server::QUERY_TIMEOUT.as_secs())]
+    query_timeout: u64,
 }
 
 pub async fn run(args: FingerArgs) -> anyhow::Result<()> {
@@ -112,6 +116,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             dev: args.dev,
             mail_dir: args.mail_dir,
         },
+        query_timeout: Duration::from_secs(args.query_timeout),
     };
     let server = FingerServer::start(config).await?;
     println!("finger server listening on {}", server.local_addr());

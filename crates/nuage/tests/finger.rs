@@ -426,6 +426,35 @@ fn bad_queries_get_one_error_line_and_are_logged() {
 }
 
 #[test]
+fn a_silent_client_is_told_and_dropped() {
+    let sys = fake_system("");
+    let mut child = nuage()
+        .args(["finger", "serve", "--port", "0", "--bind", "127.0.0.1"])
+        .args(["--query-timeout", "1", "--passwd"])
+        .arg(sys.root.join("passwd"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let port: u16 = first.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "finger: no query within 1s\r\n");
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    fails_with(
+        run(&["finger", "serve", "--port", "0", "--query-timeout", "0"]),
+        "between 1 and 3600 seconds",
+    );
+}
+
+#[test]
 fn long_answers_are_read_whole_and_the_pid_file_lives_with_the_server() {
     let mut server = Server::start();
     // The pid file names the server while it runs.

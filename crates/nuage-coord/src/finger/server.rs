@@ -22,8 +22,10 @@ use crate::net::printable;
 pub const DEFAULT_PORT: u16 = 7979;
 /// Queries answered at once; more connections wait to be accepted.
 pub const MAX_CONNECTIONS: usize = 64;
-/// How long a client has to send its query (fingerd's default patience).
+/// How long a client has to send its query by default (fingerd's `-t` default).
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest query timeout accepted.
+pub const MAX_QUERY_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long a client has to take the answer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -36,6 +38,8 @@ pub struct ServerConfig {
     /// Every query is appended here: time, client, query, result.
     pub log: Option<PathBuf>,
     pub sources: Sources,
+    /// How long a client has to send its query ([`QUERY_TIMEOUT`] by default).
+    pub query_timeout: Duration,
 }
 
 /// A started server: bound, logging, pid file written.
@@ -43,6 +47,7 @@ pub struct FingerServer {
     listener: TcpListener,
     sources: Arc<Sources>,
     log: Option<Arc<QueryLog>>,
+    query_timeout: Duration,
     _pid_file: Option<PidFile>,
 }
 
@@ -50,6 +55,12 @@ impl FingerServer {
     /// Checks the user database, binds the port, opens the log, then writes the pid
     /// file (last, so a failed start leaves no pid file behind).
     pub async fn start(config: ServerConfig) -> anyhow::Result<FingerServer> {
+        if config.query_timeout.is_zero() || config.query_timeout > MAX_QUERY_TIMEOUT {
+            bail!(
+                "the query timeout must be between 1 and {} seconds",
+                MAX_QUERY_TIMEOUT.as_secs()
+            );
+        }
         // Each query reads it afresh; a path that cannot be read is a mistake to report now.
         super::passwd::read_accounts(&config.sources.passwd)
             .context("the user database (--passwd)")?;
@@ -67,6 +78,7 @@ impl FingerServer {
             listener,
             sources: Arc::new(config.sources),
             log,
+            query_timeout: config.query_timeout,
             _pid_file: pid_file,
         })
     }
@@ -101,8 +113,9 @@ impl FingerServer {
             while sessions.try_join_next().is_some() {}
             let sources = self.sources.clone();
             let log = self.log.clone();
+            let query_timeout = self.query_timeout;
             sessions.spawn(async move {
-                let outcome = serve(stream, peer, sources).await;
+                let outcome = serve(stream, peer, sources, query_timeout).await;
                 if let Some(log) = log {
                     log.record(peer, &outcome);
                 }
@@ -121,8 +134,13 @@ pub struct Outcome {
     pub result: String,
 }
 
-async fn serve(mut stream: TcpStream, peer: SocketAddr, sources: Arc<Sources>) -> Outcome {
-    let line = match read_query(&mut stream).await {
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    sources: Arc<Sources>,
+    query_timeout: Duration,
+) -> Outcome {
+    let line = match read_query(&mut stream, query_timeout).await {
         Ok(Some(line)) => line,
         Ok(None) => {
             return Outcome {
@@ -139,7 +157,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, sources: Arc<Sources>) -
             };
         }
         Err(ReadError::Timeout) => {
-            let msg = format!("finger: no query within {}s\r\n", QUERY_TIMEOUT.as_secs());
+            let msg = format!("finger: no query within {query_timeout:?}\r\n");
             let _ = stream.write_all(msg.as_bytes()).await;
             return Outcome {
                 query: None,
@@ -205,10 +223,13 @@ enum ReadError {
 
 /// Reads the query line: up to LF (CRLF or LF), at most [`MAX_QUERY`] bytes before it.
 /// `None` if the client closed without sending anything.
-async fn read_query(stream: &mut TcpStream) -> Result<Option<Vec<u8>>, ReadError> {
+async fn read_query(
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, ReadError> {
     let mut line = Vec::new();
     let mut buf = [0u8; 1024];
-    let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
             Err(_) => return Err(ReadError::Timeout),
