@@ -3,7 +3,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use super::layout::idle_parts;
 use super::*;
+use crate::finger::localtime;
 use crate::finger::records::{encode_lastlog_record, encode_utmp_record};
 
 const NOW: i64 = 1_800_000_000;
