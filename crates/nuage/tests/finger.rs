@@ -426,6 +426,36 @@ fn bad_queries_get_one_error_line_and_are_logged() {
 }
 
 #[test]
+fn more_clients_at_once_than_slots_are_all_answered() {
+    // 100 clients connected before any is answered: 64 are served at once (the
+    // server's MAX_CONNECTIONS), the others wait to be accepted, and all get their answer.
+    let server = Server::start();
+    let streams: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(b"alice\r\n").unwrap();
+            s
+        })
+        .collect();
+    let answers: Vec<String> = streams
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || {
+                let mut answer = String::new();
+                s.read_to_string(&mut answer).unwrap();
+                answer
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert!(answers.iter().all(|a| a.starts_with("Login: alice")));
+    assert!(answers.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
 fn a_silent_client_is_told_and_dropped() {
     let sys = fake_system("");
     let mut child = nuage()

@@ -170,4 +170,21 @@ mod tests {
         assert_eq!(print(&[b"x\xffy"]), "x\u{fffd}y\n");
         assert_eq!(print(&["\u{9b}".as_bytes()]), "M-^[\n");
     }
+
+    proptest::proptest! {
+        /// However the answer is cut into reads, the printed text is the same.
+        #[test]
+        fn output_does_not_depend_on_how_reads_are_cut(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            cuts in proptest::collection::vec(0usize..300, 0..8),
+        ) {
+            let whole = print(&[&bytes]);
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c <= bytes.len()).collect();
+            cuts.push(0);
+            cuts.push(bytes.len());
+            cuts.sort_unstable();
+            let chunks: Vec<&[u8]> = cuts.windows(2).map(|w| &bytes[w[0]..w[1]]).collect();
+            proptest::prop_assert_eq!(print(&chunks), whole);
+        }
+    }
 }

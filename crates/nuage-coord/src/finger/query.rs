@@ -119,4 +119,23 @@ mod tests {
         let many = vec!["a"; MAX_NAMES + 1].join(" ");
         assert_eq!(parse(many.as_bytes()), Err(QueryError::TooManyNames));
     }
+
+    proptest::proptest! {
+        /// Whatever the bytes, parsing ends in a request or an error, and a request holds
+        /// only plain words: no control characters, no spaces, no `@`, no options.
+        #[test]
+        fn any_bytes_parse_to_plain_names_or_an_error(
+            line in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..700)
+        ) {
+            if let Ok(request) = parse(&line) {
+                proptest::prop_assert!(line.len() <= MAX_QUERY);
+                proptest::prop_assert!(request.names.len() <= MAX_NAMES);
+                for name in &request.names {
+                    proptest::prop_assert!(!name.is_empty());
+                    proptest::prop_assert!(!name.chars().any(|c| c.is_control() || c == ' ' || c == '@'));
+                    proptest::prop_assert!(!name.starts_with('-') && !name.starts_with('/'));
+                }
+            }
+        }
+    }
 }

@@ -375,6 +375,28 @@ mod tests {
         assert_eq!(to_wire("\x7f é"), "^? é".as_bytes());
     }
 
+    proptest::proptest! {
+        /// Whatever a report holds, the wire form has no control byte but CR LF (paired)
+        /// and tab: nothing in a `.plan` can drive the reader's terminal.
+        #[test]
+        fn wire_form_has_no_control_bytes(text in "\\PC*|[\\x00-\\x{a0}]*") {
+            let wire = to_wire(&text);
+            for (i, &b) in wire.iter().enumerate() {
+                proptest::prop_assert!(b >= 0x20 || b == b'\t' || b == b'\r' || b == b'\n');
+                proptest::prop_assert!(b != 0x7f);
+                if b == b'\n' {
+                    proptest::prop_assert!(i > 0 && wire[i - 1] == b'\r');
+                }
+            }
+            proptest::prop_assert!(std::str::from_utf8(&wire).is_ok());
+            let c1 = std::str::from_utf8(&wire)
+                .unwrap()
+                .chars()
+                .any(|c| ('\u{80}'..'\u{a0}').contains(&c));
+            proptest::prop_assert!(!c1, "a C1 control character passed");
+        }
+    }
+
     #[test]
     fn pid_file_refuses_a_live_owner_and_replaces_a_stale_one() {
         let dir = tempfile::tempdir().unwrap();
