@@ -91,7 +91,6 @@ pub async fn run(args: FingerArgs) -> anyhow::Result<()> {
     if host.is_empty() {
         bail!("no host after `@`; write login@host or @host");
     }
-    println!("[{host}]");
     finger::client::finger(
         &host,
         args.port,

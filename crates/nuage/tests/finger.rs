@@ -538,10 +538,13 @@ fn client_errors_are_one_clear_line() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = free.local_addr().unwrap().port().to_string();
     drop(free);
-    fails_with(
-        run(&["finger", "--port", &port, "alice@127.0.0.1"]),
-        "refused",
+    let out = run(&["finger", "--port", &port, "alice@127.0.0.1"]);
+    assert_eq!(
+        stdout(&out),
+        "",
+        "nothing on stdout when there is no answer"
     );
+    fails_with(out, "refused");
     fails_with(
         run(&["finger", "alice@no-such-host.invalid"]),
         "cannot resolve host",

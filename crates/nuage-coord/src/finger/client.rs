@@ -14,7 +14,7 @@ use crate::net::connect_tcp;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Asks `host:port` about `query` (`""` for everyone logged in; `long` adds `/W`) and
-/// writes the answer to `out` as it arrives.
+/// writes `[host]`, once connected, then the answer to `out` as it arrives.
 pub async fn finger(
     host: &str,
     port: u16,
@@ -29,6 +29,7 @@ pub async fn finger(
         bail!("the query is longer than {MAX_QUERY} bytes");
     }
     let mut stream = connect_tcp(host, port).await?;
+    writeln!(out, "[{host}]").context("writing the answer")?;
     let line = format!("{}{query}\r\n", if long { "/W " } else { "" });
     stream
         .write_all(line.as_bytes())
