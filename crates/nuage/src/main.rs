@@ -2,6 +2,7 @@
 //! prints. Every user mistake ends as one line on stderr and a non-zero status.
 
 mod lab_cmd;
+mod mail_cmd;
 mod net_cmd;
 mod node_cmd;
 mod table;
@@ -43,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         cmd: net_cmd::NetCmd,
     },
+    /// Mail between domains, delivered in causal order (matrix clocks)
+    Mail {
+        #[command(subcommand)]
+        cmd: mail_cmd::MailCmd,
+    },
 }
 
 /// Environment variable setting the log level (error, warn, info, debug, trace).
@@ -50,7 +56,13 @@ const LOG_ENV: &str = "NUAGE_LOG";
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Up(_)));
+    init_logging(matches!(
+        cli.command,
+        Command::Up(_)
+            | Command::Mail {
+                cmd: mail_cmd::MailCmd::Serve(_)
+            }
+    ));
     let result = match cli.command {
         // The lab runs without an async runtime: `lab exec` must still be single-threaded
         // when it enters a machine's namespaces and replaces itself with the command.
@@ -61,6 +73,7 @@ fn main() {
                     Command::Up(args) => up::run(args).await,
                     Command::Node { cmd, api } => node_cmd::run(cmd, api).await,
                     Command::Net { cmd } => net_cmd::run(cmd).await,
+                    Command::Mail { cmd } => mail_cmd::run(cmd).await,
                     Command::Lab(_) => unreachable!("handled above"),
                 }
             })
