@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use nuage_core::datadir::DataDir;
@@ -38,6 +38,9 @@ pub const RETRY_MAX: Duration = Duration::from_secs(5);
 pub const LINGER_TIME: Duration = Duration::from_secs(2);
 /// After a framing error, how many bytes the server discards at most.
 pub const LINGER_BYTES: u64 = 4 << 20;
+/// A kept connection to a peer server unused for this long is replaced by a new one
+/// (well before the peer's [`SESSION_IDLE_TIMEOUT`] closes it).
+pub const PEER_IDLE_CLOSE: Duration = Duration::from_secs(60);
 /// Longest artificial delay `--delay-to` accepts.
 pub const MAX_DELAY: Duration = Duration::from_secs(3600);
 
@@ -351,7 +354,7 @@ async fn forwarder(shared: Arc<Shared>, dest: String, wake: Arc<Notify>, stop: C
         .expect("forwarders are made from the directory")
         .clone();
     let delay = shared.delays.get(&dest).copied().unwrap_or_default();
-    let mut conn: Option<BufReader<TcpStream>> = None;
+    let mut conn: Option<PeerConn> = None;
     let mut backoff = RETRY_FIRST;
     loop {
         let next = {
@@ -384,6 +387,13 @@ async fn forwarder(shared: Arc<Shared>, dest: String, wake: Arc<Notify>, stop: C
                 _ = tokio::time::sleep(Duration::from_millis(due - now)) => {}
             }
         }
+        if conn
+            .as_ref()
+            .is_some_and(|c| c.last_used.elapsed() > PEER_IDLE_CLOSE)
+        {
+            conn = None;
+        }
+        let reused = conn.is_some();
         let attempt = tokio::time::timeout(
             FORWARD_TIMEOUT,
             forward_one(&mut conn, &entry.host, entry.port, &out.forward),
@@ -406,6 +416,9 @@ async fn forwarder(shared: Arc<Shared>, dest: String, wake: Arc<Notify>, stop: C
                 info!("{} forwarded to {dest}: {answer}", out.forward.id);
                 backoff = RETRY_FIRST;
             }
+            // A kept connection may have been closed by the peer (restart, idle
+            // timeout) since its last use: try once more, at once, on a new one.
+            Err(_) if reused => conn = None,
             Err(e) => {
                 conn = None;
                 let qid = out.qid;
@@ -432,21 +445,35 @@ async fn forwarder(shared: Arc<Shared>, dest: String, wake: Arc<Notify>, stop: C
     }
 }
 
+/// A connection to a peer server, kept between forwards.
+struct PeerConn {
+    reader: BufReader<TcpStream>,
+    last_used: Instant,
+}
+
 /// One FWD over the (kept) connection to the destination; the destination's answer.
 async fn forward_one(
-    conn: &mut Option<BufReader<TcpStream>>,
+    conn: &mut Option<PeerConn>,
     host: &str,
     port: u16,
     fwd: &Forward,
 ) -> anyhow::Result<String> {
     if conn.is_none() {
-        *conn = Some(BufReader::new(
-            nuage_coord::net::connect_tcp(host, port).await?,
-        ));
+        *conn = Some(PeerConn {
+            reader: BufReader::new(nuage_coord::net::connect_tcp(host, port).await?),
+            last_used: Instant::now(),
+        });
     }
     let c = conn.as_mut().expect("connected above");
-    write_frame(c.get_mut(), &Request::Forward(fwd.clone()).to_frame()).await?;
-    let answer = read_frame(c).await.map_err(|e| anyhow!("{e}"))?;
+    c.last_used = Instant::now();
+    write_frame(
+        c.reader.get_mut(),
+        &Request::Forward(fwd.clone()).to_frame(),
+    )
+    .await?;
+    let answer = read_frame(&mut c.reader)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
     let info = answer.text(0, "answer").unwrap_or_default().to_owned();
     match answer.verb.as_str() {
         "OK" => Ok(info),

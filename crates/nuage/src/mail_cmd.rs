@@ -129,9 +129,9 @@ pub async fn run(cmd: MailCmd) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stop = crate::net_cmd::stop_on_signal()?;
     let directory = Directory::load(&args.servers)?;
-    let data_dir = args
-        .data_dir
-        .unwrap_or_else(|| PathBuf::from(format!("nuage-mail-{}", args.domain)));
+    let data_dir = args.data_dir.unwrap_or_else(|| {
+        PathBuf::from(format!("nuage-mail-{}", args.domain.to_ascii_lowercase()))
+    });
     let server = MailServer::bind(ServerConfig {
         listen: SocketAddr::new(args.bind, args.port),
         domain: args.domain.clone(),

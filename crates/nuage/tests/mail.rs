@@ -236,6 +236,11 @@ fn mail_to_a_down_server_is_queued_across_restarts_and_delivered() {
     let b = serve(dir, "b", ports[1], &[]);
     assert_eq!(mailbox(b.port, "brandon@b").len(), 2);
     assert_eq!(mailbox(a.port, "afida@a").len(), 1);
+    // a's kept connection to the old b is dead: the next forward still gets through.
+    send(a.port, "afida@a", "brandon@b", "third");
+    wait_for(Duration::from_secs(20), "the third message at b", || {
+        (mailbox(b.port, "brandon@b").len() == 3).then_some(())
+    });
     a.stop();
     b.stop();
 }
