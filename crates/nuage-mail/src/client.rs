@@ -108,6 +108,13 @@ impl Client {
         }
     }
 
+    /// The server's report on its queues and hold-back.
+    pub async fn status(&mut self) -> anyhow::Result<String> {
+        self.request(&Request::Status).await?;
+        let answer = self.next_frame().await?;
+        Client::ok(&answer)
+    }
+
     /// Says goodbye and closes the connection.
     pub async fn quit(mut self) -> anyhow::Result<()> {
         self.request(&Request::Quit).await?;

@@ -5,6 +5,7 @@
 //! | `SEND from text to…` (1 to [`MAX_RECIPIENTS`] recipients)      | client → server |
 //! | `READ mailbox`                                                 | client → server |
 //! | `QUIT`                                                         | client → server |
+//! | `STAT` (answer: `OK report`, the queues and hold-back as text) | client → server |
 //! | `FWD origin fingerprint id from sent_at stamp text to…`        | server → server |
 //! | `MSG number id from sent_at text to…` (one per message)        | server → client |
 //! | `OK info` / `ERR message`                                      | the answer      |
@@ -64,6 +65,8 @@ pub enum Request {
     Send(Submission),
     Read(Address),
     Forward(Forward),
+    /// The server's queues and hold-back (what `mailq` shows for sendmail).
+    Status,
     Quit,
 }
 
@@ -129,6 +132,7 @@ impl Request {
             }
             Request::Read(a) => Frame::new("READ").with(a.to_string()),
             Request::Quit => Frame::new("QUIT"),
+            Request::Status => Frame::new("STAT"),
             Request::Forward(w) => {
                 let mut f = Frame::new("FWD")
                     .with(w.origin.as_str())
@@ -164,6 +168,10 @@ impl Request {
                 frame.expect_fields(0, 0)?;
                 Ok(Request::Quit)
             }
+            "STAT" => {
+                frame.expect_fields(0, 0)?;
+                Ok(Request::Status)
+            }
             "FWD" => {
                 frame.expect_fields(8, 7 + MAX_RECIPIENTS)?;
                 let text = frame.text(6, "text")?.to_owned();
@@ -182,7 +190,7 @@ impl Request {
                 }))
             }
             other => Err(format!(
-                "unknown verb `{other}` (SEND, READ, QUIT, or FWD between servers)"
+                "unknown verb `{other}` (SEND, READ, STAT, QUIT, or FWD between servers)"
             )),
         }
     }
@@ -268,6 +276,7 @@ mod tests {
             ),
             Request::Read(addr("nabilla@n")),
             Request::Quit,
+            Request::Status,
             Request::Forward(Forward {
                 origin: "a".into(),
                 fingerprint: "0123".into(),

@@ -21,7 +21,7 @@ use crate::causal::Order;
 use crate::frame::{Frame, FrameError, read_frame, write_frame};
 use crate::protocol::{self, Forward, Request};
 use crate::servers::Directory;
-use crate::store::{Accepted, DB_FILE, Store, now_ms};
+use crate::store::{Accepted, DB_FILE, QueueStatus, Store, now_ms};
 
 /// Most client and peer connections served at once; more are told to retry.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -66,6 +66,7 @@ pub struct MailServer {
 struct Shared {
     store: Mutex<Store>,
     domain: String,
+    order: Order,
     directory: Directory,
     delays: HashMap<String, Duration>,
     /// Wakes the forwarder of a domain when a copy is queued for it.
@@ -117,6 +118,7 @@ impl MailServer {
             shared: Arc::new(Shared {
                 store: Mutex::new(store),
                 domain,
+                order: config.order,
                 directory: config.directory,
                 delays,
                 wake,
@@ -306,6 +308,25 @@ async fn handle(shared: &Arc<Shared>, request: Request, peer: SocketAddr) -> Vec
                     Err(why) => vec![protocol::err(why)],
                 })
         }
+        Request::Status => {
+            let (order, delays) = (shared.order, shared.delays.clone());
+            let header = format!(
+                "mail server of `{}`, {order} order, domains {}",
+                shared.domain,
+                shared.directory.domain_list()
+            );
+            with_store(shared, move |s| Ok((s.queue_status()?, s.held_back()?)))
+                .await
+                .map(|(queues, held)| {
+                    vec![protocol::ok(status_report(
+                        &header,
+                        &queues,
+                        held,
+                        &delays,
+                        now_ms(),
+                    ))]
+                })
+        }
         Request::Forward(fwd) => {
             let what = format!("{} from {} ({})", fwd.id, fwd.origin, peer);
             with_store(shared, move |s| s.accept(&fwd, now_ms()))
@@ -343,6 +364,43 @@ async fn handle(shared: &Arc<Shared>, request: Request, peer: SocketAddr) -> Vec
             shared.domain
         ))]
     })
+}
+
+/// The text `STAT` answers: one line per fact.
+fn status_report(
+    header: &str,
+    queues: &[QueueStatus],
+    held: u64,
+    delays: &HashMap<String, Duration>,
+    now_ms: u64,
+) -> String {
+    let mut lines = vec![header.to_owned()];
+    if queues.is_empty() {
+        lines.push("outbound queue: empty".to_owned());
+    }
+    for q in queues {
+        let age = Duration::from_millis(now_ms.saturating_sub(q.oldest_queued_at_ms));
+        let mut line = format!(
+            "queued for {}: {} message(s), oldest queued {} ago",
+            q.dest,
+            q.messages,
+            nuage_core::time::human_duration(age)
+        );
+        if q.attempts > 0 {
+            line.push_str(&format!(", {} failed attempt(s)", q.attempts));
+        }
+        if let Some(e) = &q.last_error {
+            line.push_str(&format!(", last error: {e}"));
+        }
+        lines.push(line);
+    }
+    lines.push(format!("held back: {held} message(s)"));
+    let mut delays: Vec<_> = delays.iter().collect();
+    delays.sort();
+    for (to, d) in delays {
+        lines.push(format!("delay to {to}: {} ms (--delay-to)", d.as_millis()));
+    }
+    lines.join("\n")
 }
 
 /// Forwards the queue of `dest`, oldest first, forever: a copy leaves the queue only

@@ -84,6 +84,18 @@ pub struct Outbound {
     pub forward: Forward,
 }
 
+/// What waits in the outbound queue for one domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStatus {
+    pub dest: String,
+    pub messages: u64,
+    /// When the oldest copy was queued (ms since the epoch).
+    pub oldest_queued_at_ms: u64,
+    /// Failed attempts to forward the oldest copy, and the last failure.
+    pub attempts: u64,
+    pub last_error: Option<String>,
+}
+
 /// A refusal the sender must hear (`ERR`), as opposed to an internal failure.
 pub type Refusal = String;
 
@@ -459,13 +471,21 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// Copies queued per destination domain.
-    pub fn queue_lengths(&self) -> anyhow::Result<Vec<(String, u64)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT dest, count(*) FROM outbox GROUP BY dest ORDER BY dest")?;
+    /// The outbound queue per destination domain, for `nuage mail queue`.
+    pub fn queue_status(&self) -> anyhow::Result<Vec<QueueStatus>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT o.dest, q.n, o.queued_at_ms, o.attempts, o.last_error
+             FROM (SELECT dest, count(*) AS n, min(qid) AS first FROM outbox GROUP BY dest) q
+             JOIN outbox o ON o.qid = q.first ORDER BY o.dest",
+        )?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            Ok(QueueStatus {
+                dest: r.get(0)?,
+                messages: r.get::<_, i64>(1)? as u64,
+                oldest_queued_at_ms: r.get::<_, i64>(2)? as u64,
+                attempts: r.get::<_, i64>(3)? as u64,
+                last_error: r.get(4)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -671,6 +691,31 @@ mod tests {
         assert_eq!(forward(&w.a, &mut w.n), Accepted::Delivered { released: 1 });
         assert_eq!(senders(&w.n, "nabilla@n"), ["afida@a", "brandon@b"]);
         assert_eq!(w.n.held_back().unwrap(), 0);
+    }
+
+    #[test]
+    fn held_back_copies_and_queues_survive_reopening() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = |d: &str| tmp.path().join(format!("{d}.db"));
+        let open = |d: &str| Store::open(&path(d), directory(), d, Order::Causal).unwrap();
+        let (mut a, mut b, mut n) = (open("a"), open("b"), open("n"));
+        send(&mut a, "afida@a", &["brandon@b", "nabilla@n"], "hi both");
+        forward(&a, &mut b);
+        send(&mut b, "brandon@b", &["nabilla@n"], "hi back");
+        assert_eq!(forward(&b, &mut n), Accepted::Held);
+        let out = a.next_outbound("n").unwrap().unwrap();
+        a.outbound_failed(out.qid, "no route").unwrap();
+        let status = a.queue_status().unwrap();
+        assert_eq!(status.len(), 1);
+        assert_eq!((status[0].dest.as_str(), status[0].messages), ("n", 1));
+        assert_eq!(status[0].attempts, 1);
+        assert_eq!(status[0].last_error.as_deref(), Some("no route"));
+        drop((a, n));
+        let (a, mut n) = (open("a"), open("n"));
+        assert_eq!(n.held_back().unwrap(), 1);
+        assert_eq!(forward(&a, &mut n), Accepted::Delivered { released: 1 });
+        assert_eq!(senders(&n, "nabilla@n"), ["afida@a", "brandon@b"]);
+        assert!(a.queue_status().unwrap().is_empty());
     }
 
     #[test]

@@ -41,6 +41,12 @@ pub enum MailCmd {
         /// The message (any text; read from stdin when absent)
         text: Option<String>,
     },
+    /// Show a server's outbound queues (with the last error) and held-back mail
+    Queue {
+        /// The mail server
+        #[arg(long, value_name = "HOST:PORT")]
+        server: String,
+    },
     /// Print a mailbox in causal order, each message with its sender
     Read {
         /// The mail server of the mailbox's domain
@@ -115,6 +121,12 @@ pub async fn run(cmd: MailCmd) -> anyhow::Result<()> {
             let mut client = Client::connect(&host, port).await?;
             let mailbox = client.read(&owner).await?;
             print_mailbox(&owner, &mailbox)?;
+            client.quit().await
+        }
+        MailCmd::Queue { server } => {
+            let (host, port) = parse_server(&server)?;
+            let mut client = Client::connect(&host, port).await?;
+            println!("{}", client.status().await?);
             client.quit().await
         }
         MailCmd::Client { host, port, from } => {

@@ -208,9 +208,16 @@ fn mail_to_a_down_server_is_queued_across_restarts_and_delivered() {
     let text = "sent while b was down\nline two: @ and « UTF-8 »";
     let id = send(a.port, "afida@a", "brandon@b", text);
     assert_eq!(id, "sent a-1\n");
-    std::thread::sleep(Duration::from_secs(1));
-    // a restarts (its queue is on disk), then b comes up.
-    a.stop();
+    // The queue shows the copy and why it is still there.
+    let server_a = format!("127.0.0.1:{}", a.port);
+    let status = wait_for(Duration::from_secs(10), "a failed attempt", || {
+        let out = ok(run(&["mail", "queue", "--server", &server_a]));
+        out.contains("failed attempt").then_some(out)
+    });
+    assert!(status.contains("queued for b: 1 message(s)"), "{status}");
+    assert!(status.contains("connection refused"), "{status}");
+    // a crashes (SIGKILL: its queue is on disk), restarts, then b comes up.
+    drop(a);
     let a = serve(dir, "a", ports[0], &[]);
     send(a.port, "afida@a", "brandon@b,afida@a", "second");
     let b = serve(dir, "b", ports[1], &[]);
@@ -241,6 +248,9 @@ fn mail_to_a_down_server_is_queued_across_restarts_and_delivered() {
     wait_for(Duration::from_secs(20), "the third message at b", || {
         (mailbox(b.port, "brandon@b").len() == 3).then_some(())
     });
+    let status = ok(run(&["mail", "queue", "--server", &server_a]));
+    assert!(status.contains("outbound queue: empty"), "{status}");
+    assert!(status.contains("held back: 0 message(s)"), "{status}");
     a.stop();
     b.stop();
 }
@@ -390,7 +400,10 @@ fn bad_input_gets_clear_errors() {
 fn interactive_client_sends_and_reads() {
     let (tmp, ports) = setup(&["a"]);
     let a = serve(tmp.path(), "a", ports[0], &[]);
-    let script = "help\nsend brandon@a\nbefore from\n.\nfrom afida@a\nsend brandon@a, afida@a\nfirst line\n..\n.\nbogus\nsend nobody@zz\nx\n.\nread brandon@a\nread\nquit\n";
+    let long = "y".repeat(300 * 1024);
+    let script = format!(
+        "help\n{long}\nsend brandon@a\nbefore from\n.\nfrom afida@a\nsend brandon@a, afida@a\nfirst line\n..\n.\nbogus\nsend nobody@zz\nx\n.\nread brandon@a\nread\nquit\n"
+    );
     let mut child = nuage()
         .args(["mail", "client", "127.0.0.1", &a.port.to_string()])
         .stdin(Stdio::piped())
@@ -406,6 +419,10 @@ fn interactive_client_sends_and_reads() {
         .unwrap();
     let out = ok(child.wait_with_output().unwrap());
     assert!(out.contains("commands:"), "{out}");
+    assert!(
+        out.contains("error: line longer than 262144 bytes; ignored"),
+        "{out}"
+    );
     assert!(out.contains("error: say who you are first"), "{out}");
     assert!(out.contains("you are afida@a"), "{out}");
     assert!(out.contains("sent a-1"), "{out}");
