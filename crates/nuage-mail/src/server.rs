@@ -106,6 +106,14 @@ impl MailServer {
         )?;
         let listener =
             nuage_core::net::bind_tcp(config.listen, "the mail server", "--port").await?;
+        let mine = config.directory.entry(&domain).expect("checked above");
+        let port = listener.local_addr()?.port();
+        if mine.port != port {
+            warn!(
+                "the servers file says the server of `{domain}` listens on port {} (line {}), but this one listens on {port}: other servers will look for it at {}:{}",
+                mine.port, mine.line, mine.host, mine.port
+            );
+        }
         let wake = config
             .directory
             .entries()

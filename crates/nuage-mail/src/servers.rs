@@ -152,6 +152,12 @@ fn parse_line(content: &str, line: usize) -> Result<ServerEntry, String> {
         return Err(format!("{}: the host is empty or has spaces", shape()));
     }
     let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.len() > crate::address::MAX_DOMAIN {
+        return Err(format!(
+            "the host is longer than {} bytes",
+            crate::address::MAX_DOMAIN
+        ));
+    }
     if bare.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
         return Err(format!(
             "`{content}`: write an IPv6 host in brackets, e.g. [::1]:2525:{domain}"
@@ -206,6 +212,11 @@ mod tests {
             ("::1:25:a\n", 1, "in brackets"),
             (":25:a\n", 1, "host is empty"),
             ("h:25:\n", 1, "domain is empty"),
+            (
+                &format!("{}:25:a\n", "h".repeat(300)),
+                1,
+                "host is longer than 253",
+            ),
         ] {
             let err = Directory::parse(text, "servers.txt")
                 .unwrap_err()
