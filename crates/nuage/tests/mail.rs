@@ -256,6 +256,61 @@ fn mail_to_a_down_server_is_queued_across_restarts_and_delivered() {
 }
 
 #[test]
+fn a_destination_killed_mid_stream_loses_and_duplicates_nothing() {
+    let (tmp, ports) = setup(&["a", "b"]);
+    let dir = tmp.path();
+    let a = serve(dir, "a", ports[0], &[]);
+    let b = serve(dir, "b", ports[1], &[]);
+    // Bursts of messages, each in one session (the interactive client reads a script).
+    const COUNT: usize = 60;
+    let burst = |from: usize, to: usize| {
+        let mut script = String::from("from afida@a\n");
+        for i in from..=to {
+            script.push_str(&format!("send brandon@b\nmessage {i}\n.\n"));
+        }
+        script.push_str("quit\n");
+        let mut child = nuage()
+            .args(["mail", "client", "127.0.0.1", &a.port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        child
+    };
+    let first = burst(1, COUNT / 2);
+    // Kill b (SIGKILL) as soon as mail arrives there, likely with copies in flight.
+    wait_for(Duration::from_secs(20), "some mail at b", || {
+        (!mailbox(b.port, "brandon@b").is_empty()).then_some(())
+    });
+    drop(b);
+    let out = ok(first.wait_with_output().unwrap());
+    assert_eq!(out.matches("sent a-").count(), COUNT / 2, "{out}");
+    // The second half certainly finds b down: it waits in a's queue.
+    let out = ok(burst(COUNT / 2 + 1, COUNT).wait_with_output().unwrap());
+    assert_eq!(out.matches("sent a-").count(), COUNT / 2, "{out}");
+    let server_a = format!("127.0.0.1:{}", a.port);
+    let status = ok(run(&["mail", "queue", "--server", &server_a]));
+    assert!(status.contains("queued for b: "), "{status}");
+    let b = serve(dir, "b", ports[1], &[]);
+    let mail = wait_for(Duration::from_secs(30), "every message at b", || {
+        let m = mailbox(b.port, "brandon@b");
+        (m.len() >= COUNT).then_some(m)
+    });
+    // Every message exactly once, in the order sent.
+    let ids: Vec<String> = mail.into_iter().map(|(id, _)| id).collect();
+    let expected: Vec<String> = (1..=COUNT).map(|i| format!("a-{i}")).collect();
+    assert_eq!(ids, expected);
+    a.stop();
+    b.stop();
+}
+
+#[test]
 fn bad_input_gets_clear_errors() {
     let (tmp, ports) = setup(&["a", "b"]);
     let dir = tmp.path();
