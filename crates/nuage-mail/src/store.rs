@@ -106,6 +106,8 @@ pub struct Store {
     order: Order,
     clock: MatrixClock,
     next_id: u64,
+    /// [`MAX_HOLDBACK`], lowered by tests.
+    holdback_limit: usize,
 }
 
 impl Store {
@@ -186,6 +188,7 @@ impl Store {
             order,
             clock,
             next_id,
+            holdback_limit: MAX_HOLDBACK,
         })
     }
 
@@ -302,16 +305,23 @@ impl Store {
         }
         let me = self.clock.me();
         let link_seq = stamp.get(from, me);
-        if causal::verdict(self.order, &self.clock, from, &stamp) == Verdict::Duplicate {
+        let verdict = causal::verdict(self.order, &self.clock, from, &stamp);
+        if verdict == Verdict::Duplicate {
             return Ok(Ok(Accepted::Duplicate));
         }
-        let held: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM holdback", [], |r| r.get(0))?;
-        if held as usize >= MAX_HOLDBACK {
-            return Ok(Err(format!(
-                "{held} messages are held back here (the limit is {MAX_HOLDBACK}); retry later"
-            )));
+        // Only a copy that would wait is refused when the hold-back is full: a copy
+        // deliverable now is always taken, so the copies the held ones wait for get in
+        // and the hold-back drains (refusing those would deadlock).
+        if verdict == Verdict::Hold {
+            let held: i64 = self
+                .conn
+                .query_row("SELECT count(*) FROM holdback", [], |r| r.get(0))?;
+            if held as usize >= self.holdback_limit {
+                return Ok(Err(format!(
+                    "{held} messages are held back here (the limit is {}); retry later",
+                    self.holdback_limit
+                )));
+            }
         }
         let tx = self.conn.transaction()?;
         tx.execute(
@@ -716,6 +726,28 @@ mod tests {
         assert_eq!(forward(&a, &mut n), Accepted::Delivered { released: 1 });
         assert_eq!(senders(&n, "nabilla@n"), ["afida@a", "brandon@b"]);
         assert!(a.queue_status().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_full_hold_back_still_takes_what_it_waits_for() {
+        let mut w = world(Order::Causal);
+        w.n.holdback_limit = 1;
+        send(&mut w.a, "afida@a", &["brandon@b", "nabilla@n"], "one");
+        forward(&w.a, &mut w.b);
+        send(&mut w.b, "brandon@b", &["nabilla@n"], "reply 1");
+        send(&mut w.b, "brandon@b", &["nabilla@n"], "reply 2");
+        assert_eq!(forward(&w.b, &mut w.n), Accepted::Held);
+        // Full: another copy that would wait is refused (and stays queued at b)…
+        let out = w.b.next_outbound("n").unwrap().unwrap();
+        let err = w.n.accept(&out.forward, 1).unwrap().unwrap_err();
+        assert!(err.contains("the limit is 1"), "{err}");
+        // …but the copy everything waits for is taken, and releases the held one.
+        assert_eq!(forward(&w.a, &mut w.n), Accepted::Delivered { released: 1 });
+        assert_eq!(forward(&w.b, &mut w.n), Accepted::Delivered { released: 0 });
+        assert_eq!(
+            senders(&w.n, "nabilla@n"),
+            ["afida@a", "brandon@b", "brandon@b"]
+        );
     }
 
     #[test]
