@@ -605,3 +605,110 @@ fn lab_three_servers_fifo_order_shows_the_reply_first() {
         assert_eq!(senders, ["brandon@b", "afida@a"]);
     }
 }
+
+/// A real network fault instead of a delay: the link between a's and n's machines is
+/// cut (nftables). Afida's copy for n waits in a's queue, Brandon's reply waits in n's
+/// hold-back, and once the link heals both arrive, in causal order.
+#[test]
+fn lab_partitioned_link_queues_mail_and_keeps_causal_order() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let mut lab = nuage_lab::Lab::create(&format!("mp-{}", std::process::id()), 3).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_nuage");
+    let machines = [("n1", "a"), ("n2", "b"), ("n3", "n")];
+    let mut text = String::new();
+    for (m, d) in machines {
+        text.push_str(&format!("{}:2525:{d}\n", lab.addr(m).unwrap()));
+    }
+    let servers = tmp.path().join("servers");
+    std::fs::write(&servers, text).unwrap();
+    let mut procs = Vec::new();
+    for (m, d) in machines {
+        let mut cmd = lab.command(m, bin).unwrap();
+        cmd.args(["mail", "serve", "--port", "2525", "--domain", d])
+            .arg("--servers")
+            .arg(&servers)
+            .arg("--data-dir")
+            .arg(tmp.path().join(d));
+        procs.push(MailServer::start(cmd));
+    }
+    let addrs: std::collections::HashMap<&str, String> = machines
+        .iter()
+        .map(|(m, _)| (*m, format!("{}:2525", lab.addr(m).unwrap())))
+        .collect();
+    let addr = |m: &str| addrs[m].clone();
+    let client = |lab: &nuage_lab::Lab, m: &str, args: &[&str]| ok(lab.exec(m, bin, args).unwrap());
+    lab.partition(&[vec!["n1"], vec!["n3"]]).unwrap();
+    client(
+        &lab,
+        "n1",
+        &[
+            "mail",
+            "send",
+            "--server",
+            &addr("n1"),
+            "--from",
+            "afida@a",
+            "--to",
+            "brandon@b,nabilla@n",
+            "Lunch at noon?",
+        ],
+    );
+    wait_for(Duration::from_secs(10), "Afida's message at b", || {
+        let out = client(
+            &lab,
+            "n2",
+            &["mail", "read", "--server", &addr("n2"), "brandon@b"],
+        );
+        (!parse_mailbox(&out).is_empty()).then_some(())
+    });
+    client(
+        &lab,
+        "n2",
+        &[
+            "mail",
+            "send",
+            "--server",
+            &addr("n2"),
+            "--from",
+            "brandon@b",
+            "--to",
+            "afida@a,nabilla@n",
+            "Yes",
+        ],
+    );
+    // The reply is at n, held back; Afida's copy is queued at a.
+    wait_for(Duration::from_secs(10), "the reply held back at n", || {
+        let out = client(
+            &lab,
+            "n3",
+            &["mail", "read", "--server", &addr("n3"), "nabilla@n"],
+        );
+        assert!(parse_mailbox(&out).is_empty(), "{out}");
+        out.contains("1 more held back").then_some(())
+    });
+    let queue = client(&lab, "n1", &["mail", "queue", "--server", &addr("n1")]);
+    assert!(queue.contains("queued for n: 1 message(s)"), "{queue}");
+    lab.heal().unwrap();
+    let nabilla = wait_for(
+        Duration::from_secs(40),
+        "both messages at n after healing",
+        || {
+            let out = client(
+                &lab,
+                "n3",
+                &["mail", "read", "--server", &addr("n3"), "nabilla@n"],
+            );
+            let m = parse_mailbox(&out);
+            (m.len() == 2).then_some(m)
+        },
+    );
+    let senders: Vec<&str> = nabilla.iter().map(|(_, f)| f.as_str()).collect();
+    assert_eq!(senders, ["afida@a", "brandon@b"]);
+    for p in procs {
+        p.stop();
+    }
+}
