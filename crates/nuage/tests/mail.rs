@@ -144,7 +144,7 @@ fn wait_for<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>
 fn scenario(order: &str) -> (Vec<String>, bool) {
     let (tmp, ports) = setup(&["a", "b", "n"]);
     let dir = tmp.path();
-    let delay = "n=4000";
+    let delay = "n=6000";
     let a = serve(dir, "a", ports[0], &["--order", order, "--delay-to", delay]);
     let b = serve(dir, "b", ports[1], &["--order", order]);
     let n = serve(dir, "n", ports[2], &["--order", order]);
@@ -523,7 +523,7 @@ fn lab_scenario(order: &str) -> Option<(Vec<String>, bool)> {
         .arg("--data-dir")
         .arg(tmp.path().join(d));
         if d == "a" {
-            cmd.args(["--delay-to", "n=5000"]);
+            cmd.args(["--delay-to", "n=8000"]);
         }
         procs.push(MailServer::start(cmd));
     }
