@@ -317,6 +317,43 @@ mod tests {
         assert!(matches!(parse(b"SEND 5").await, Err(FrameError::Truncated)));
     }
 
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    proptest::proptest! {
+        /// Any fields (any bytes, any lengths) come back exactly, however the stream
+        /// is cut into reads.
+        #[test]
+        fn any_fields_round_trip(
+            fields in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 0..20),
+            chunk in 1usize..64,
+        ) {
+            let frame = Frame { verb: "MSG".into(), fields };
+            let bytes = frame.to_bytes();
+            let (client, mut server) = tokio::io::duplex(chunk);
+            let got = block_on(async move {
+                let writer = tokio::spawn(async move {
+                    tokio::io::AsyncWriteExt::write_all(&mut server, &bytes).await.unwrap();
+                });
+                let mut r = tokio::io::BufReader::new(client);
+                let got = read_frame(&mut r).await.unwrap();
+                writer.await.unwrap();
+                got
+            });
+            proptest::prop_assert_eq!(got, frame);
+        }
+
+        /// Arbitrary bytes are a frame or an error, never a panic.
+        #[test]
+        fn garbage_is_an_error_not_a_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = block_on(parse(&bytes));
+        }
+    }
+
     #[test]
     fn field_counts_are_checked() {
         let f = Frame::new("READ").with("x");
