@@ -230,6 +230,18 @@ async fn interactive(host: &str, port: u16, mut from: Option<Address>) -> anyhow
         println!("connected to the mail server at {host}:{port}; `help` for commands");
     }
     let mut input = BufReader::new(tokio::io::stdin());
+    // A person at a terminal is asked who they are once; a script says `from` itself.
+    while prompt && from.is_none() {
+        print!("your address (user@domain): ");
+        std::io::stdout().flush().ok();
+        let Some(line) = read_line(&mut input).await? else {
+            return client.quit().await;
+        };
+        match line.map(|l| Address::parse(l.trim())) {
+            Ok(Ok(a)) => from = Some(a),
+            Ok(Err(e)) | Err(e) => println!("error: {e}"),
+        }
+    }
     loop {
         if prompt {
             print!("mail> ");
