@@ -3,6 +3,7 @@
 
 mod finger_cmd;
 mod lab_cmd;
+mod mail_cmd;
 mod net_cmd;
 mod node_cmd;
 mod table;
@@ -46,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         cmd: net_cmd::NetCmd,
     },
+    /// Mail between domains, delivered in causal order (matrix clocks)
+    Mail {
+        #[command(subcommand)]
+        cmd: mail_cmd::MailCmd,
+    },
 }
 
 /// Environment variable setting the log level (error, warn, info, debug, trace).
@@ -53,7 +59,13 @@ const LOG_ENV: &str = "NUAGE_LOG";
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Up(_)));
+    init_logging(matches!(
+        cli.command,
+        Command::Up(_)
+            | Command::Mail {
+                cmd: mail_cmd::MailCmd::Serve(_)
+            }
+    ));
     let result = match cli.command {
         // The lab runs without an async runtime: `lab exec` must still be single-threaded
         // when it enters a machine's namespaces and replaces itself with the command.
@@ -65,6 +77,7 @@ fn main() {
                     Command::Node { cmd, api } => node_cmd::run(cmd, api).await,
                     Command::Net { cmd } => net_cmd::run(cmd).await,
                     Command::Finger(args) => finger_cmd::run(args).await,
+                    Command::Mail { cmd } => mail_cmd::run(cmd).await,
                     Command::Lab(_) => unreachable!("handled above"),
                 }
             })
