@@ -41,7 +41,9 @@ pub struct Placed {
 impl Drop for Placed {
     fn drop(&mut self) {
         let mut open = self.balancer.open.lock().expect("balancer lock poisoned");
-        let n = open.get_mut(&self.key).expect("a placed connection is counted");
+        let n = open
+            .get_mut(&self.key)
+            .expect("a placed connection is counted");
         *n -= 1;
         if *n == 0 {
             open.remove(&self.key);
@@ -52,7 +54,12 @@ impl Drop for Placed {
 impl Balancer {
     /// `machines` (sorted by name, at least one) in the order to try for a new
     /// connection of `function`.
-    pub fn order(&self, function: &str, policy: Balance, mut machines: Vec<Candidate>) -> Vec<Candidate> {
+    pub fn order(
+        &self,
+        function: &str,
+        policy: Balance,
+        mut machines: Vec<Candidate>,
+    ) -> Vec<Candidate> {
         assert!(!machines.is_empty(), "placing a connection needs a machine");
         assert!(
             machines.windows(2).all(|w| w[0].machine < w[1].machine),
@@ -145,12 +152,21 @@ mod tests {
         let _a = b.placed("f", "n1");
         let _c = b.placed("f", "n1");
         let d = b.placed("f", "n2");
-        assert_eq!(firsts(&b, Balance::LeastConns, &["n1", "n2", "n3"], 2), ["n3", "n3"]);
+        assert_eq!(
+            firsts(&b, Balance::LeastConns, &["n1", "n2", "n3"], 2),
+            ["n3", "n3"]
+        );
         let _e = b.placed("f", "n3");
         let _g = b.placed("f", "n3");
-        assert_eq!(firsts(&b, Balance::LeastConns, &["n1", "n2", "n3"], 1), ["n2"]);
+        assert_eq!(
+            firsts(&b, Balance::LeastConns, &["n1", "n2", "n3"], 1),
+            ["n2"]
+        );
         drop(d);
-        assert_eq!(firsts(&b, Balance::LeastConns, &["n1", "n2", "n3"], 1), ["n2"]);
+        assert_eq!(
+            firsts(&b, Balance::LeastConns, &["n1", "n2", "n3"], 1),
+            ["n2"]
+        );
         // Other functions are counted apart.
         assert!(b.order("g", Balance::LeastConns, machines(&["n1"])).len() == 1);
     }

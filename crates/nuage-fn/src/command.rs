@@ -51,7 +51,11 @@ impl SearchPath {
         let dirs: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
         Err(format!(
             "command `{program}` not found (looked in {}); give its path after --, or add its directory to [functions] path",
-            if dirs.is_empty() { "no directory".to_owned() } else { dirs.join(", ") }
+            if dirs.is_empty() {
+                "no directory".to_owned()
+            } else {
+                dirs.join(", ")
+            }
         ))
     }
 }

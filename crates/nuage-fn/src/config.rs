@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer};
 use serde::Deserialize;
+use serde::de::{self, Deserializer};
 
 /// Name of the table in nuage.toml (registered in `nuage_core::config::SECTIONS`).
 pub const SECTION: &str = "functions";

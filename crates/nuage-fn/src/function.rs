@@ -51,6 +51,7 @@ pub struct Function {
     /// Cancelled when whatever still runs must end now.
     stop: CancellationToken,
     max_line: usize,
+    max_response: usize,
     connection_idle: Duration,
     pub local_addr: SocketAddr,
 }
@@ -75,7 +76,9 @@ impl Function {
         };
         let draining = shared.shutdown.child_token();
         let engine = match spec.mode {
-            Mode::Spawn => Engine::Spawn(Spawner::new(program.clone(), stats.clone(), logs.clone())),
+            Mode::Spawn => {
+                Engine::Spawn(Spawner::new(program.clone(), stats.clone(), logs.clone()))
+            }
             Mode::Pool => {
                 let pool = Pool::new(
                     program.clone(),
@@ -100,6 +103,7 @@ impl Function {
             draining,
             stop: shared.shutdown.child_token(),
             max_line: shared.config.max_line(),
+            max_response: shared.config.max_response(),
             connection_idle: shared.config.connection_idle_timeout(),
             local_addr,
         });
@@ -128,6 +132,11 @@ impl Function {
             pool.set_limits(spec.limits);
         }
         *self.spec.write().expect("spec lock poisoned") = spec;
+    }
+
+    /// Longest answer line of an instance, newline included.
+    pub fn max_response(&self) -> usize {
+        self.max_response
     }
 
     pub fn is_draining(&self) -> bool {
@@ -184,14 +193,26 @@ impl Function {
     }
 
     /// Serves a connection on this machine (accepted here, or relayed here).
-    pub async fn serve_local(self: &Arc<Self>, stream: TcpStream, client: SocketAddr, permit: Permit) {
+    pub async fn serve_local(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        client: SocketAddr,
+        permit: Permit,
+    ) {
         let _permit = permit;
         self.stats.connections_total.inc();
         let _open = GaugeGuard::new(&self.stats.connections);
         match &self.engine {
             Engine::Spawn(spawner) => {
                 spawner
-                    .serve(stream, client, &self.limits(), self.connection_idle, &self.stop)
+                    .serve(
+                        stream,
+                        client,
+                        &self.limits(),
+                        self.connection_idle,
+                        &self.draining,
+                        &self.stop,
+                    )
                     .await
             }
             Engine::Pool(pool) => self.serve_lines(pool, stream).await,
@@ -210,7 +231,7 @@ impl Function {
                 r = tokio::time::timeout(self.connection_idle, line::read_line(&mut reader, self.max_line)) => r,
             };
             let mut reply = match next {
-                Err(_idle) | Ok(Err(_)) | Ok(Ok(Line::End)) => break,
+                Err(_) | Ok(Err(_)) | Ok(Ok(Line::End)) => break,
                 Ok(Ok(Line::TooLong)) => {
                     self.stats.error(ErrorKind::TooLong);
                     format!("ERR request too long (max {} bytes)", self.max_line).into_bytes()
@@ -239,7 +260,10 @@ impl Function {
     pub async fn drain(&self, grace: Duration) {
         self.draining.cancel();
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(function = %self.name, "requests still running after {grace:?}: ending them");
             self.stop.cancel();
             let _ = tokio::time::timeout(KILL_WAIT, self.tracker.wait()).await;
@@ -278,7 +302,9 @@ async fn accept_loop(function: Arc<Function>, shared: Arc<Shared>, listener: Tcp
             Ok((stream, client)) => {
                 let f = function.clone();
                 let s = shared.clone();
-                function.tracker.spawn(async move { f.place(&s, stream, client).await });
+                function
+                    .tracker
+                    .spawn(async move { f.place(&s, stream, client).await });
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait a little rather than spin.
@@ -293,7 +319,12 @@ async fn accept_loop(function: Arc<Function>, shared: Arc<Shared>, listener: Tcp
 impl Function {
     /// Admits a new connection and places it: here, or relayed to another machine that
     /// runs the function; if the chosen machine cannot take it, the next one.
-    async fn place(self: Arc<Self>, shared: &Arc<Shared>, mut stream: TcpStream, client: SocketAddr) {
+    async fn place(
+        self: Arc<Self>,
+        shared: &Arc<Shared>,
+        mut stream: TcpStream,
+        client: SocketAddr,
+    ) {
         let _ = stream.set_nodelay(true);
         let permit = match self.admit(Some(client.ip())) {
             Ok(p) => p,
@@ -337,7 +368,10 @@ impl Function {
         self.stats.error(ErrorKind::NoMachine);
         refuse(
             &mut stream,
-            &format!("no machine can take the connection ({})", failures.join("; ")),
+            &format!(
+                "no machine can take the connection ({})",
+                failures.join("; ")
+            ),
         )
         .await;
     }

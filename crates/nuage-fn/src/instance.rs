@@ -185,7 +185,10 @@ mod tests {
         assert!(logs.after(0).0.iter().any(|l| l.text == "oops"));
 
         let mut slow = Instance::start(&program("read l; sleep 30"), &logs).unwrap();
-        assert_eq!(slow.call(b"x", soon(300), 64).await, Err(CallError::Timeout));
+        assert_eq!(
+            slow.call(b"x", soon(300), 64).await,
+            Err(CallError::Timeout)
+        );
         slow.kill();
         assert_eq!(slow.exit_status().await, "signal 9");
     }

@@ -68,13 +68,24 @@ impl Limiter {
     }
 }
 
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut c = self.limiter.inner.lock().expect("limiter lock poisoned");
         assert!(c.total > 0, "permit count underflow");
         c.total -= 1;
         if let Some(ip) = self.source {
-            let n = c.by_source.get_mut(&ip).expect("source of a permit is counted");
+            let n = c
+                .by_source
+                .get_mut(&ip)
+                .expect("source of a permit is counted");
             *n -= 1;
             if *n == 0 {
                 c.by_source.remove(&ip);
@@ -94,7 +105,10 @@ mod tests {
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let p1 = l.admit(Some(a), 3, 2).unwrap();
         let _p2 = l.admit(Some(a), 3, 2).unwrap();
-        assert_eq!(l.admit(Some(a), 3, 2).unwrap_err().kind, ErrorKind::PerSource);
+        assert_eq!(
+            l.admit(Some(a), 3, 2).unwrap_err().kind,
+            ErrorKind::PerSource
+        );
         let _p3 = l.admit(Some(b), 3, 2).unwrap();
         let e = l.admit(None, 3, 2).unwrap_err();
         assert_eq!(e.kind, ErrorKind::MaxConns);

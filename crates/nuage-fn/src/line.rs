@@ -16,7 +16,10 @@ pub enum Line {
 }
 
 /// Reads the next line of at most `max` bytes, newline included.
-pub async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, max: usize) -> std::io::Result<Line> {
+pub async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> std::io::Result<Line> {
     assert!(max >= 1, "a line limit must leave room for the newline");
     let mut line = Vec::new();
     let mut too_long = false;
@@ -87,8 +90,14 @@ mod tests {
             ]
         );
         // The limit counts the newline: 5 bytes + newline fit in 6, 6 + newline do not.
-        assert_eq!(lines(b"abcde\n", 6).await, vec![Full(b"abcde".to_vec()), End]);
-        assert_eq!(lines(b"abcdef\nx\n", 6).await, vec![TooLong, Full(b"x".to_vec()), End]);
+        assert_eq!(
+            lines(b"abcde\n", 6).await,
+            vec![Full(b"abcde".to_vec()), End]
+        );
+        assert_eq!(
+            lines(b"abcdef\nx\n", 6).await,
+            vec![TooLong, Full(b"x".to_vec()), End]
+        );
         assert_eq!(lines(b"abcdefgh", 6).await, vec![TooLong, End]);
         assert_eq!(lines(b"", 6).await, vec![End]);
     }

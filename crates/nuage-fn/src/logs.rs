@@ -66,13 +66,22 @@ impl LogRing {
     /// Lines with a sequence number above `after`, oldest first, and the last number.
     pub fn after(&self, after: u64) -> (Vec<LogLine>, u64) {
         let ring = self.inner.lock().expect("log lock poisoned");
-        let lines = ring.lines.iter().filter(|l| l.seq > after).cloned().collect();
+        let lines = ring
+            .lines
+            .iter()
+            .filter(|l| l.seq > after)
+            .cloned()
+            .collect();
         (lines, ring.last_seq)
     }
 }
 
 /// Copies a process's stderr into `ring`, line by line, until it closes.
-pub async fn collect_stderr(ring: std::sync::Arc<LogRing>, pid: u32, stderr: impl AsyncRead + Unpin) {
+pub async fn collect_stderr(
+    ring: std::sync::Arc<LogRing>,
+    pid: u32,
+    stderr: impl AsyncRead + Unpin,
+) {
     let mut reader = BufReader::new(stderr);
     let mut buf = Vec::new();
     loop {

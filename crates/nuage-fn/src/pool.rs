@@ -5,7 +5,7 @@
 //! out), or starts one if fewer than `--max` exist (scale from zero, scale up while
 //! requests wait), or waits for one to be free. An instance that dies is replaced on
 //! demand and its request gets an error line; an instance over `--timeout` is killed.
-//! Every second, instances idle longer than `--idle-timeout` are stopped down to
+//! Every quarter second, instances idle longer than `--idle-timeout` are stopped down to
 //! `--min`, and the pool is filled up to `--min`. Starts after crashes are backed off.
 
 use std::collections::VecDeque;
@@ -23,8 +23,9 @@ use crate::process::Program;
 use crate::spec::Limits;
 use crate::stats::{ErrorKind, GaugeGuard, Stats};
 
-/// How often the pool looks for instances to stop, dead idle ones, and `--min`.
-pub const MAINTENANCE_PERIOD: Duration = Duration::from_secs(1);
+/// How often the pool looks for instances to stop, dead idle ones, and `--min` (short,
+/// so an idle instance that died is replaced soon; a look is a lock and a `waitpid`).
+pub const MAINTENANCE_PERIOD: Duration = Duration::from_millis(250);
 
 /// Why a request got no answer; [`PoolError::line`] is what the client reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +33,10 @@ pub enum PoolError {
     Timeout(u64),
     Exited(String),
     StartFailed(String),
-    Failing { why: String, retry_in: Duration },
+    Failing {
+        why: String,
+        retry_in: Duration,
+    },
     BadResponse(String),
     /// The function is being removed or the node stops.
     Closed,
@@ -157,7 +161,8 @@ impl Pool {
     /// Whether the function crash-loops, and why.
     pub fn failing(&self) -> Option<String> {
         let b = self.backoff();
-        b.failing().then(|| b.last_failure.clone().unwrap_or_default())
+        b.failing()
+            .then(|| b.last_failure.clone().unwrap_or_default())
     }
 
     /// Sends one request line to an instance and returns its answer line.
@@ -205,7 +210,10 @@ impl Pool {
                 self.logs.push(
                     instance.pid,
                     "nuage",
-                    &format!("killed: request over the timeout of {}s", limits.timeout_secs),
+                    &format!(
+                        "killed: request over the timeout of {}s",
+                        limits.timeout_secs
+                    ),
                 );
                 self.discard(instance, None);
                 Err(PoolError::Timeout(limits.timeout_secs))
@@ -216,7 +224,8 @@ impl Pool {
                 Err(PoolError::Exited(status))
             }
             Err(CallError::BadResponse(why)) => {
-                self.logs.push(instance.pid, "nuage", &format!("killed: {why}"));
+                self.logs
+                    .push(instance.pid, "nuage", &format!("killed: {why}"));
                 self.discard(instance, None);
                 Err(PoolError::BadResponse(why))
             }
@@ -388,7 +397,11 @@ impl Pool {
         let served = instance.served;
         self.stopping.spawn(async move {
             let status = instance.stop().await;
-            logs.push(pid, "nuage", &format!("{why} after {served} requests: {status}"));
+            logs.push(
+                pid,
+                "nuage",
+                &format!("{why} after {served} requests: {status}"),
+            );
         });
         self.give_back_place();
     }
@@ -427,10 +440,9 @@ impl Pool {
             // Oldest idle first; never below --min counting the busy ones.
             let mut live = st.live - dead.len() as u32;
             while live > limits.min
-                && st
-                    .idle
-                    .first()
-                    .is_some_and(|i| now.saturating_duration_since(i.idle_since) >= limits.idle_timeout())
+                && st.idle.first().is_some_and(|i| {
+                    now.saturating_duration_since(i.idle_since) >= limits.idle_timeout()
+                })
             {
                 expired.push(st.idle.remove(0));
                 live -= 1;
@@ -509,13 +521,25 @@ mod tests {
 
     #[tokio::test]
     async fn scales_from_zero_up_and_down() {
-        let p = pool("while read l; do sleep 0.3; echo \"$$ $l\"; done", 0, 3, 10, 1);
+        let p = pool(
+            "while read l; do sleep 0.3; echo \"$$ $l\"; done",
+            0,
+            3,
+            10,
+            1,
+        );
         assert_eq!(p.live(), 0);
         let first = p.call(b"a").await.unwrap();
         assert_eq!(p.live(), 1);
         // Sequential requests reuse the warm instance.
         let second = p.call(b"b").await.unwrap();
-        let pid = |a: &[u8]| String::from_utf8_lossy(a).split(' ').next().unwrap().to_owned();
+        let pid = |a: &[u8]| {
+            String::from_utf8_lossy(a)
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
         assert_eq!(pid(&first), pid(&second));
         // Five at once: the pool grows to its max of 3, no further.
         let calls: Vec<_> = (0..5)
@@ -536,7 +560,11 @@ mod tests {
         tokio::spawn(p.clone().maintain(stop.clone()));
         let deadline = Instant::now() + Duration::from_secs(10);
         while p.live() > 0 {
-            assert!(Instant::now() < deadline, "pool did not shrink: {}", p.live());
+            assert!(
+                Instant::now() < deadline,
+                "pool did not shrink: {}",
+                p.live()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         stop.cancel();

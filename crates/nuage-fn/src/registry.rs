@@ -125,7 +125,12 @@ impl Registry {
         // FNV-1a: stable across builds and machines (unlike std's hasher).
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for e in self.entries.values() {
-            for part in [e.name.as_bytes(), &e.version.to_le_bytes(), e.origin.as_bytes(), b"\0"] {
+            for part in [
+                e.name.as_bytes(),
+                &e.version.to_le_bytes(),
+                e.origin.as_bytes(),
+                b"\0",
+            ] {
                 for b in part {
                     h ^= u64::from(*b);
                     h = h.wrapping_mul(0x0100_0000_01b3);
@@ -165,7 +170,8 @@ impl Registry {
         }
         tombs.sort_by(|a, b| a.0.total_cmp(&b.0));
         for (_, name) in &tombs[..tombs.len() - MAX_TOMBSTONES] {
-            self.conn.execute("DELETE FROM functions WHERE name = ?1", [name])?;
+            self.conn
+                .execute("DELETE FROM functions WHERE name = ?1", [name])?;
             self.entries.remove(name);
         }
         Ok(())
@@ -208,8 +214,14 @@ mod tests {
         let mut r = Registry::open(tmp.path()).unwrap();
         assert!(r.merge(entry("a", 1, "n1", Some(8001))).unwrap());
         assert!(r.merge(entry("a", 2, "n1", Some(8002))).unwrap());
-        assert!(!r.merge(entry("a", 1, "n2", Some(8003))).unwrap(), "older loses");
-        assert!(r.merge(entry("a", 2, "n2", Some(8004))).unwrap(), "tie: higher node wins");
+        assert!(
+            !r.merge(entry("a", 1, "n2", Some(8003))).unwrap(),
+            "older loses"
+        );
+        assert!(
+            r.merge(entry("a", 2, "n2", Some(8004))).unwrap(),
+            "tie: higher node wins"
+        );
         assert!(!r.merge(entry("a", 2, "n1", Some(8005))).unwrap());
         assert!(r.merge(entry("b", 3, "n1", Some(9000))).unwrap());
         assert!(r.merge(entry("b", 4, "n2", None)).unwrap(), "removal");

@@ -163,7 +163,9 @@ mod tests {
             s.write_all(&buf).await.unwrap();
             let (mut s, _) = listener.accept().await.unwrap();
             read_header(&mut s).await.unwrap();
-            answer(&mut s, Err("function `x` does not run on n2")).await.unwrap();
+            answer(&mut s, Err("function `x` does not run on n2"))
+                .await
+                .unwrap();
             let (_s, _) = listener.accept().await.unwrap();
             tokio::time::sleep(Duration::from_secs(5)).await;
         });

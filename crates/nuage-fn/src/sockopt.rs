@@ -10,6 +10,36 @@ use std::time::Duration;
 pub struct Activity {
     pub since_recv: Duration,
     pub since_sent: Duration,
+    /// Bytes received so far.
+    pub bytes_received: u64,
+    /// Bytes sent and acknowledged by the peer so far.
+    pub bytes_acked: u64,
+}
+
+/// Whether a connection has a request waiting for its answer, followed tick by tick from
+/// [`Activity`] samples: new bytes in make a request pending, new bytes out answer it.
+/// Both in one tick: the later of the two (by the millisecond timestamps) wins, a tie
+/// counts as answered (an answer follows its request).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    received: u64,
+    acked: u64,
+    pub pending: bool,
+}
+
+impl Pending {
+    pub fn update(&mut self, a: &Activity) -> bool {
+        let got = a.bytes_received > self.received;
+        let sent = a.bytes_acked > self.acked;
+        if got && (!sent || a.since_recv < a.since_sent) {
+            self.pending = true;
+        } else if sent {
+            self.pending = false;
+        }
+        self.received = a.bytes_received;
+        self.acked = a.bytes_acked;
+        self.pending
+    }
 }
 
 /// Reads TCP_INFO; `None` if the socket is not TCP or the call fails.
@@ -34,6 +64,8 @@ pub fn activity(fd: BorrowedFd<'_>) -> Option<Activity> {
     Some(Activity {
         since_recv: Duration::from_millis(info.tcpi_last_data_recv.into()),
         since_sent: Duration::from_millis(info.tcpi_last_data_sent.into()),
+        bytes_received: info.tcpi_bytes_received,
+        bytes_acked: info.tcpi_bytes_acked,
     })
 }
 
@@ -54,8 +86,16 @@ pub fn keepalive(fd: BorrowedFd<'_>, idle: Duration, interval: Duration, count: 
         };
     };
     set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle.as_secs().max(1) as libc::c_int);
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval.as_secs().max(1) as libc::c_int);
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPIDLE,
+        idle.as_secs().max(1) as libc::c_int,
+    );
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPINTVL,
+        interval.as_secs().max(1) as libc::c_int,
+    );
     set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count as libc::c_int);
 }
 
@@ -90,12 +130,24 @@ mod tests {
         client.write_all(b"x").unwrap();
         let mut b = [0u8; 1];
         server.read_exact(&mut b).unwrap();
+        let mut pending = Pending::default();
         let a = activity(server.as_fd()).unwrap();
-        assert!(a.since_recv < a.since_sent, "received after sending: {a:?}");
+        assert_eq!(a.bytes_received, 1);
+        assert!(pending.update(&a), "a request came in: {a:?}");
+        assert!(pending.update(&a), "still unanswered");
         send_now(server.as_fd(), b"y");
         client.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"y");
-        keepalive(server.as_fd(), Duration::from_secs(5), Duration::from_secs(2), 3);
+        std::thread::sleep(Duration::from_millis(50)); // the ack
+        let a = activity(server.as_fd()).unwrap();
+        assert_eq!(a.bytes_acked, 1);
+        assert!(!pending.update(&a), "answered: {a:?}");
+        keepalive(
+            server.as_fd(),
+            Duration::from_secs(5),
+            Duration::from_secs(2),
+            3,
+        );
         let not_a_socket = std::fs::File::open("/dev/null").unwrap();
         assert!(activity(not_a_socket.as_fd()).is_none());
     }

@@ -89,7 +89,8 @@ impl Spawner {
     /// Whether the function crash-loops, and why.
     pub fn failing(&self) -> Option<String> {
         let b = self.backoff();
-        b.failing().then(|| b.last_failure.clone().unwrap_or_default())
+        b.failing()
+            .then(|| b.last_failure.clone().unwrap_or_default())
     }
 
     /// The refusal line while a crash-looping function is backed off.
@@ -107,13 +108,14 @@ impl Spawner {
     }
 
     /// Serves one connection with a fresh process, until it exits (or is ended: idle,
-    /// unanswered past the timeout, or `stop`).
+    /// unanswered past the timeout, answered while the function drains, or `stop`).
     pub async fn serve(
         &self,
         mut stream: TcpStream,
         client: SocketAddr,
         limits: &Limits,
         idle_timeout: Duration,
+        draining: &CancellationToken,
         stop: &CancellationToken,
     ) {
         if let Some(why) = self.refusal() {
@@ -172,11 +174,10 @@ impl Spawner {
             tokio::spawn(collect_stderr(self.logs.clone(), pid, stderr));
         }
 
-        let mut watch = tokio::time::interval_at(
-            tokio::time::Instant::now() + WATCH_PERIOD,
-            WATCH_PERIOD,
-        );
+        let mut watch =
+            tokio::time::interval_at(tokio::time::Instant::now() + WATCH_PERIOD, WATCH_PERIOD);
         let mut ended = Ended::Itself;
+        let mut requests = sockopt::Pending::default();
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status,
@@ -186,8 +187,11 @@ impl Spawner {
                 }
                 _ = watch.tick(), if ended == Ended::Itself => {
                     let Some(activity) = sockopt::activity(socket.as_fd()) else { continue };
-                    let unanswered = activity.since_recv < activity.since_sent;
-                    if unanswered && activity.since_recv >= limits.timeout() {
+                    let unanswered = requests.update(&activity);
+                    if draining.is_cancelled() && !unanswered {
+                        // Removal: the last request was answered; end the conversation.
+                        ended = Ended::Stopped;
+                    } else if unanswered && activity.since_recv >= limits.timeout() {
                         ended = Ended::Timeout;
                         self.stats.error(ErrorKind::Timeout);
                         sockopt::send_now(
@@ -232,7 +236,11 @@ impl Spawner {
                 self.backoff().failure(started, Instant::now(), why);
             }
             Ended::Idle => {
-                self.logs.push(pid, "nuage", &format!("closed: idle for {}s", idle_timeout.as_secs()));
+                self.logs.push(
+                    pid,
+                    "nuage",
+                    &format!("closed: idle for {}s", idle_timeout.as_secs()),
+                );
             }
             Ended::Timeout | Ended::Stopped => {}
         }
@@ -316,7 +324,10 @@ impl Spawner {
             Ok(r) => r,
             Err(_) => Err(RunError::Timeout(limits.timeout_secs)),
         };
-        if matches!(result, Err(RunError::Timeout(_) | RunError::TooMuchOutput(_))) {
+        if matches!(
+            result,
+            Err(RunError::Timeout(_) | RunError::TooMuchOutput(_))
+        ) {
             // Not reaped yet (the wait never finished), so the group is still its own.
             process::signal_group(pid, Signal::SIGKILL);
         }

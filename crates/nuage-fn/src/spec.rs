@@ -199,7 +199,9 @@ impl FunctionSpec {
     pub fn check(&self) -> Result<(), String> {
         check_name(&self.name)?;
         if self.port == 0 {
-            return Err("--port is required: the TCP port the function listens on, e.g. --port 8888".into());
+            return Err(
+                "--port is required: the TCP port the function listens on, e.g. --port 8888".into(),
+            );
         }
         if self.command.is_empty() || self.command[0].is_empty() {
             return Err("the command is empty; give it after --, e.g. -- /usr/bin/cat".into());
@@ -245,10 +247,7 @@ impl FunctionSpec {
             ));
         }
         if l.min > l.max {
-            return Err(format!(
-                "--min {} is more than --max {}",
-                l.min, l.max
-            ));
+            return Err(format!("--min {} is more than --max {}", l.min, l.max));
         }
         if l.idle_timeout_secs == 0 || l.idle_timeout_secs > MAX_IDLE_TIMEOUT_SECS {
             return Err(format!(
@@ -344,31 +343,71 @@ mod tests {
         let cases: Vec<(DeployRequest, &str)> = vec![
             (req("Bad"), "not a function name"),
             (req("_x"), "not a function name"),
-            (DeployRequest { port: 0, ..req("a") }, "--port is required"),
-            (DeployRequest { min: Some(1), ..req("a") }, "pool mode"),
             (
-                DeployRequest { mode: Mode::Pool, min: Some(3), max: Some(2), ..req("a") },
+                DeployRequest {
+                    port: 0,
+                    ..req("a")
+                },
+                "--port is required",
+            ),
+            (
+                DeployRequest {
+                    min: Some(1),
+                    ..req("a")
+                },
+                "pool mode",
+            ),
+            (
+                DeployRequest {
+                    mode: Mode::Pool,
+                    min: Some(3),
+                    max: Some(2),
+                    ..req("a")
+                },
                 "--min 3 is more than --max 2",
             ),
             (
-                DeployRequest { mode: Mode::Pool, max: Some(0), ..req("a") },
+                DeployRequest {
+                    mode: Mode::Pool,
+                    max: Some(0),
+                    ..req("a")
+                },
                 "--max 0 is out of range",
             ),
-            (DeployRequest { timeout: Some(0), ..req("a") }, "--timeout 0"),
             (
-                DeployRequest { max_conns: Some(2), per_source: Some(3), ..req("a") },
+                DeployRequest {
+                    timeout: Some(0),
+                    ..req("a")
+                },
+                "--timeout 0",
+            ),
+            (
+                DeployRequest {
+                    max_conns: Some(2),
+                    per_source: Some(3),
+                    ..req("a")
+                },
                 "--per-source 3",
             ),
             (
-                DeployRequest { command: vec!["a\0b".into()], ..req("a") },
+                DeployRequest {
+                    command: vec!["a\0b".into()],
+                    ..req("a")
+                },
                 "NUL",
             ),
             (
-                DeployRequest { env: [("1X".to_owned(), "v".to_owned())].into(), ..req("a") },
+                DeployRequest {
+                    env: [("1X".to_owned(), "v".to_owned())].into(),
+                    ..req("a")
+                },
                 "not an environment variable name",
             ),
             (
-                DeployRequest { on: vec!["n1".into(), "n1".into()], ..req("a") },
+                DeployRequest {
+                    on: vec!["n1".into(), "n1".into()],
+                    ..req("a")
+                },
                 "twice",
             ),
         ];

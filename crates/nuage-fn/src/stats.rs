@@ -191,7 +191,10 @@ mod tests {
         }
         assert_eq!(s.in_flight.get(), 0);
         let text = m.render();
-        assert!(text.contains("nuage_fn_errors_total{function=\"f\",kind=\"timeout\"} 2"), "{text}");
+        assert!(
+            text.contains("nuage_fn_errors_total{function=\"f\",kind=\"timeout\"} 2"),
+            "{text}"
+        );
         // The same function again shares its series (a redeploy keeps counting).
         assert_eq!(Stats::new(&m, "f").errors_total(), 3);
     }

@@ -1,6 +1,7 @@
 //! The `nuage` command: a thin layer that parses arguments, calls the library crates and
 //! prints. Every user mistake ends as one line on stderr and a non-zero status.
 
+mod fn_cmd;
 mod lab_cmd;
 mod node_cmd;
 mod table;
@@ -35,6 +36,13 @@ enum Command {
         #[command(flatten)]
         api: node_cmd::ApiArg,
     },
+    /// Functions: stdin/stdout programs served on network connections (FaaS)
+    Fn {
+        #[command(subcommand)]
+        cmd: fn_cmd::FnCmd,
+        #[command(flatten)]
+        api: node_cmd::ApiArg,
+    },
     /// Several machines on this host, with faults on demand (needs root)
     Lab(lab_cmd::LabArgs),
 }
@@ -54,6 +62,7 @@ fn main() {
                 match command {
                     Command::Up(args) => up::run(args).await,
                     Command::Node { cmd, api } => node_cmd::run(cmd, api).await,
+                    Command::Fn { cmd, api } => fn_cmd::run(cmd, api).await,
                     Command::Lab(_) => unreachable!("handled above"),
                 }
             })

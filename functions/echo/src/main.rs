@@ -26,7 +26,11 @@ fn main() {
         if line.last() != Some(&b'\n') {
             line.push(b'\n');
         }
-        if output.write_all(&line).and_then(|()| output.flush()).is_err() {
+        if output
+            .write_all(&line)
+            .and_then(|()| output.flush())
+            .is_err()
+        {
             return; // the reader has gone
         }
     }
