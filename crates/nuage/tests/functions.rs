@@ -663,3 +663,61 @@ fn limits_refuse_extra_connections_and_crash_loops_back_off() {
     assert!(starts < 30, "{starts} starts in 3 s: not backed off");
     assert_eq!(node.ls_row("dies")[8], "failing");
 }
+
+#[test]
+fn the_functions_table_is_read_strictly_and_applied() {
+    functions_built();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("nuage.toml");
+    std::fs::write(&config, "name = \"c1\"\n\n[functions]\nmax_lien = 10\n").unwrap();
+    let out = run(&[
+        "up",
+        "--config",
+        config.to_str().unwrap(),
+        "--api",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("nuage.toml:4") && err.contains("max_lien"),
+        "{err}"
+    );
+
+    // A smaller max_line applies to the function's connections.
+    let data = tmp.path().join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"c1\"\ndata_dir = \"{}\"\n\n[functions]\nmax_line = 16\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let up = start_up(&["--config", config.to_str().unwrap(), "--api", "127.0.0.1:0"]);
+    let port = free_port();
+    let api = up.api.clone();
+    let node = Node {
+        up: Some(up),
+        dir: tmp,
+    };
+    assert_eq!(api, node.api());
+    node.ok(&[
+        "deploy",
+        "echo",
+        "--port",
+        &port.to_string(),
+        "--mode",
+        "pool",
+    ]);
+    let mut c = Conn::open(port);
+    assert_eq!(
+        c.ask("fifteen bytes!!"),
+        "fifteen bytes!!",
+        "15 bytes + newline fit"
+    );
+    assert_eq!(
+        c.ask("sixteen bytes!!!"),
+        "ERR request too long (max 16 bytes)"
+    );
+}
