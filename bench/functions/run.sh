@@ -11,9 +11,11 @@
 #   socat         socat TCP-LISTEN:P,fork,reuseaddr,backlog=1024 EXEC:/bin/cat
 #   xinetd        wait = no, server = /bin/cat, cps = 100000 1, instances UNLIMITED
 # and, for balancing over two machines:
-#   HAProxy       mode tcp, balance roundrobin, in front of two socat backends (loopback)
-#   nuage         function on two lab machines, connections to n1 placed round-robin,
-#                 compared with the same function on n1 alone (no balancing).
+#   HAProxy       on lab machine n1, mode tcp, balance roundrobin, in front of socat on
+#                 n1 and n2; compared with socat on n1 alone (no balancing)
+#   nuage         function on lab machines n1 and n2, connections to n1 placed
+#                 round-robin; compared with the same function on n1 alone.
+# "added by balancing" = p50 with balancing - p50 without, for each.
 # Figures: median of RUNS runs (each run: fn-loadgen, see loadgen/src/main.rs).
 set -euo pipefail
 
@@ -141,48 +143,51 @@ row "$REQS round trips, 32 conns" reqs "$REQS" 32
 if [ "$(id -u)" -ne 0 ]; then
   echo; echo "balancing: skipped (the lab needs root)"; exit 0
 fi
-SOCAT2=$(port)
-socat "TCP-LISTEN:$SOCAT2,bind=127.0.0.1,fork,reuseaddr,backlog=1024" EXEC:/bin/cat &
-PIDS+=($!)
-HAP=$(port)
+touch "$TMP/lab"
+"$NUAGE" lab --name "$LAB" up 2 --start >"$TMP/lab.out"
+N1=$(awk '$1 == "n1" { print $2 }' "$TMP/lab.out")
+N2=$(awk '$1 == "n2" { print $2 }' "$TMP/lab.out")
+"$NUAGE" fn --api "$N1:7070" deploy one --port 9001 --on n1 -- /bin/cat >/dev/null
+"$NUAGE" fn --api "$N1:7070" deploy two --port 9002 -- /bin/cat >/dev/null
+# The peers run where nuage runs: socat on n1 and n2 (port 9101), HAProxy on n1 (9100)
+# in front of both, so both balancers cross the same links.
+for m in n1 n2; do
+  "$NUAGE" lab --name "$LAB" exec "$m" -- socat "TCP-LISTEN:9101,fork,reuseaddr,backlog=1024" EXEC:/bin/cat &
+  PIDS+=($!)
+done
 cat >"$TMP/haproxy.cfg" <<EOF
 global
-    maxconn 20000
+    maxconn 4096
 defaults
     mode tcp
     timeout connect 5s
     timeout client 30s
     timeout server 30s
 frontend bench
-    bind 127.0.0.1:$HAP
+    bind $N1:9100
     default_backend cats
 backend cats
     balance roundrobin
-    server s1 127.0.0.1:$SOCAT
-    server s2 127.0.0.1:$SOCAT2
+    server n1 $N1:9101
+    server n2 $N2:9101
 EOF
-haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
+"$NUAGE" lab --name "$LAB" exec n1 -- haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
 PIDS+=($!)
-wait_port 127.0.0.1 "$HAP"
-
-touch "$TMP/lab"
-"$NUAGE" lab --name "$LAB" up 2 --start >"$TMP/lab.out"
-N1=$(awk '$1 == "n1" { print $2 }' "$TMP/lab.out")
-"$NUAGE" fn --api "$N1:7070" deploy one --port 9001 --on n1 -- /bin/cat >/dev/null
-"$NUAGE" fn --api "$N1:7070" deploy two --port 9002 -- /bin/cat >/dev/null
+for p in 9100 9101; do wait_port "$N1" "$p"; done
+wait_port "$N2" 9101
 for _ in $(seq 100); do # n1 sees `two` running on n2
   "$NUAGE" fn --api "$N1:7070" ls | grep -q '^two .* running$' && break
   sleep 0.2
 done
 sleep 1
 
-printf '\n%-28s %12s %12s %12s %12s %11s\n' "balancing (2 machines)" "nuage 1 mach" "nuage 2 mach" "socat direct" "haproxy 2x" "nuage/hap"
+printf '\n%-28s %12s %12s %12s %12s %11s\n' "balancing (client->n1)" "nuage n1" "nuage n1+n2" "socat n1" "haproxy n1+n2" "nuage/hap"
 balance_row() { # title MODE TOTAL CLIENTS
   local a b c d
   read -r -a a <<<"$(measure "$2" "$N1:9001" "$3" "$4")"
   read -r -a b <<<"$(measure "$2" "$N1:9002" "$3" "$4")"
-  read -r -a c <<<"$(measure "$2" "127.0.0.1:$SOCAT" "$3" "$4")"
-  read -r -a d <<<"$(measure "$2" "127.0.0.1:$HAP" "$3" "$4")"
+  read -r -a c <<<"$(measure "$2" "$N1:9101" "$3" "$4")"
+  read -r -a d <<<"$(measure "$2" "$N1:9100" "$3" "$4")"
   printf '%-28s %12s %12s %12s %12s %11s\n' "$1 (conn/s)" "${a[0]}" "${b[0]}" "${c[0]}" "${d[0]}" "$(ratio "${b[0]}" "${d[0]}")"
   printf '%-28s %12s %12s %12s %12s %11s\n' "  p50 latency (µs)" "${a[1]}" "${b[1]}" "${c[1]}" "${d[1]}" "$(ratio "${b[1]}" "${d[1]}")"
   printf '%-28s %12s %12s %12s %12s %11s\n' "  p99 latency (µs)" "${a[2]}" "${b[2]}" "${c[2]}" "${d[2]}" "$(ratio "${b[2]}" "${d[2]}")"

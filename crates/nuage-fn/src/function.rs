@@ -264,7 +264,9 @@ impl Function {
             .await
             .is_err()
         {
-            tracing::warn!(function = %self.name, "requests still running after {grace:?}: ending them");
+            if !grace.is_zero() {
+                tracing::warn!(function = %self.name, "requests still running after {grace:?}: ending them");
+            }
             self.stop.cancel();
             let _ = tokio::time::timeout(KILL_WAIT, self.tracker.wait()).await;
         }
@@ -345,7 +347,7 @@ impl Function {
                     return self.serve_local(stream, client, permit).await;
                 }
                 Target::Peer { host, port } => {
-                    match relay::connect(&host, port, &self.name, client).await {
+                    match relay::connect(&host, port, &self.name, client, &mut stream).await {
                         Ok(upstream) => {
                             let _placed = shared.balancer.placed(&self.name, &candidate.machine);
                             self.stats.relayed.inc();

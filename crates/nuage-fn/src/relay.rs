@@ -9,10 +9,11 @@
 //!                              "-" <len: u8> <message>      refused (unknown, full, stopping)
 //! ```
 //!
-//! The placing machine sends none of the client's bytes before the `+`, so a refusal or a
-//! silent machine costs the client nothing: the connection goes to the next machine. The
-//! header is read with exact reads, so after it the socket can be handed to a spawned
-//! process as is.
+//! The placing machine sends the client's first bytes right after the header, without
+//! waiting for the `+`, but it only *peeks* them: they leave the client's socket only once
+//! the `+` arrives. So a refusal or a silent machine costs the client nothing: the
+//! connection goes to the next machine (or to a local process) intact. The header is read
+//! with exact reads, so after it the socket can be handed to a spawned process as is.
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -44,50 +45,92 @@ pub struct RelayError {
     pub message: String,
 }
 
-/// Connects to the relay at `host:port` and asks it to serve a connection of `function`
-/// from `client`. On success the returned stream carries the conversation.
+/// Most bytes of the client's first data sent ahead, before the receiver accepts.
+pub const AHEAD_MAX: usize = 4096;
+
+/// Connects to the relay at `host:port` and asks it to serve `stream`, a connection of
+/// `function` from `client`. On success `stream`'s conversation continues on the returned
+/// stream (splice them).
+///
+/// The client's first bytes go along with the header without waiting for the `+` (one
+/// round trip saved), but they are only *peeked*: on a refusal or a silent machine the
+/// client's socket is untouched, so the connection can go to the next machine, or be
+/// handed as is to a local process. Once accepted, the bytes sent ahead are consumed.
 pub async fn connect(
     host: &str,
     port: u16,
     function: &str,
     client: SocketAddr,
+    stream: &mut TcpStream,
 ) -> Result<TcpStream, RelayError> {
     let unreachable = |message: String| RelayError {
         unreachable: true,
         message,
     };
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+    let mut upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
         .await
         .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
         .map_err(|e| unreachable(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
     let (idle, interval, count) = KEEPALIVE;
-    sockopt::keepalive(stream.as_fd(), idle, interval, count);
-    stream
+    sockopt::keepalive(upstream.as_fd(), idle, interval, count);
+    upstream
         .write_all(&header(function, client))
         .await
         .map_err(|e| unreachable(e.to_string()))?;
-    let answer = async {
-        let mut sign = [0u8; 1];
-        stream.read_exact(&mut sign).await?;
-        if sign[0] == b'+' {
-            return Ok(None);
+    let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+    let mut ahead = vec![0u8; AHEAD_MAX];
+    let mut sent_ahead = 0;
+    let mut sign = [0u8; 1];
+    let accepted = loop {
+        tokio::select! {
+            // Reading one byte is cancellation-safe: it either happened or not.
+            r = upstream.read(&mut sign) => match r {
+                Ok(1) => break sign[0] == b'+',
+                Ok(_) => return Err(unreachable("closed without answering".into())),
+                Err(e) => return Err(unreachable(e.to_string())),
+            },
+            // Once only: the first bytes the client sent (usually its first request).
+            r = stream.peek(&mut ahead), if sent_ahead == 0 => match r {
+                Ok(0) | Err(_) => sent_ahead = usize::MAX, // nothing to send ahead
+                Ok(n) => {
+                    upstream.write_all(&ahead[..n]).await.map_err(|e| unreachable(e.to_string()))?;
+                    sent_ahead = n;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(unreachable(format!("no answer within {ACK_TIMEOUT:?}")));
+            }
         }
-        let mut len = [0u8; 1];
-        stream.read_exact(&mut len).await?;
-        let mut message = vec![0u8; len[0] as usize];
-        stream.read_exact(&mut message).await?;
-        Ok::<_, std::io::Error>(Some(String::from_utf8_lossy(&message).into_owned()))
     };
-    match tokio::time::timeout(ACK_TIMEOUT, answer).await {
-        Err(_) => Err(unreachable(format!("no answer within {ACK_TIMEOUT:?}"))),
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Ok(Ok(Some(refusal))) => Err(RelayError {
-            unreachable: false,
-            message: refusal,
-        }),
-        Ok(Ok(None)) => Ok(stream),
+    if !accepted {
+        let refusal = async {
+            let mut len = [0u8; 1];
+            upstream.read_exact(&mut len).await?;
+            let mut message = vec![0u8; len[0] as usize];
+            upstream.read_exact(&mut message).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&message).into_owned())
+        };
+        return match tokio::time::timeout_at(deadline, refusal).await {
+            Ok(Ok(message)) => Err(RelayError {
+                unreachable: false,
+                message,
+            }),
+            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Err(_) => Err(unreachable(format!("no answer within {ACK_TIMEOUT:?}"))),
+        };
     }
+    if sent_ahead != 0 && sent_ahead != usize::MAX {
+        // Accepted: the bytes sent ahead are the receiver's now; take them off the socket.
+        stream
+            .read_exact(&mut ahead[..sent_ahead])
+            .await
+            .map_err(|e| RelayError {
+                unreachable: false,
+                message: format!("client: {e}"),
+            })?;
+    }
+    Ok(upstream)
 }
 
 fn header(function: &str, client: SocketAddr) -> Vec<u8> {
@@ -120,7 +163,10 @@ pub async fn read_header(stream: &mut TcpStream) -> std::io::Result<(String, Soc
     Ok((function.to_owned(), client))
 }
 
-/// Accepts a relayed connection (`Ok`) or refuses it with a message.
+/// Accepts a relayed connection (`Ok`) or refuses it with a message. After a refusal the
+/// bytes the placing machine sent ahead are read out until it closes (at most
+/// [`ACK_TIMEOUT`]), so closing sends a FIN rather than a reset that could destroy the
+/// refusal before it is read.
 pub async fn answer(stream: &mut TcpStream, verdict: Result<(), &str>) -> std::io::Result<()> {
     match verdict {
         Ok(()) => stream.write_all(b"+").await,
@@ -131,7 +177,13 @@ pub async fn answer(stream: &mut TcpStream, verdict: Result<(), &str>) -> std::i
             }
             let mut out = vec![b'-', cut as u8];
             out.extend_from_slice(&message.as_bytes()[..cut]);
-            stream.write_all(&out).await
+            stream.write_all(&out).await?;
+            let _ = tokio::time::timeout(ACK_TIMEOUT, async {
+                let mut sink = [0u8; 4096];
+                while stream.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+            })
+            .await;
+            Ok(())
         }
     }
 }
@@ -144,6 +196,16 @@ pub async fn splice(mut client: TcpStream, mut upstream: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client connection: the client's end and the accepted end.
+    async fn client_pair() -> (TcpStream, TcpStream) {
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let user = TcpStream::connect(front.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = front.accept().await.unwrap();
+        (user, accepted)
+    }
 
     #[tokio::test]
     async fn handshake_accepts_refuses_and_times_out() {
@@ -158,7 +220,7 @@ mod tests {
                 ("toupper".to_owned(), "10.0.0.9:4242".parse().unwrap())
             );
             answer(&mut s, Ok(())).await.unwrap();
-            let mut buf = [0u8; 5];
+            let mut buf = [0u8; 6];
             s.read_exact(&mut buf).await.unwrap();
             s.write_all(&buf).await.unwrap();
             let (mut s, _) = listener.accept().await.unwrap();
@@ -169,21 +231,37 @@ mod tests {
             let (_s, _) = listener.accept().await.unwrap();
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
-        let mut s = connect("127.0.0.1", port, "toupper", client).await.unwrap();
-        s.write_all(b"hello").await.unwrap();
-        let mut buf = [0u8; 5];
-        s.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"hello");
-        let e = connect("127.0.0.1", port, "x", client).await.unwrap_err();
-        assert_eq!(
-            e,
-            RelayError {
-                unreachable: false,
-                message: "function `x` does not run on n2".into()
+        // Accepted: the client's first line went ahead and left its socket.
+        let (mut user, mut accepted) = client_pair().await;
+        user.write_all(b"hello\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut up = connect("127.0.0.1", port, "toupper", client, &mut accepted)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 6];
+        up.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello\n");
+        user.write_all(b"more").await.unwrap();
+        let mut rest = [0u8; 4];
+        accepted.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"more", "only the bytes sent ahead were consumed");
+
+        // Refused, or no answer: the client's bytes are still all there.
+        for (function, unreachable) in [("x", false), ("y", true)] {
+            let (mut user, mut accepted) = client_pair().await;
+            user.write_all(b"intact\n").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let e = connect("127.0.0.1", port, function, client, &mut accepted)
+                .await
+                .unwrap_err();
+            assert_eq!(e.unreachable, unreachable, "{e:?}");
+            if !unreachable {
+                assert_eq!(e.message, "function `x` does not run on n2");
             }
-        );
-        let e = connect("127.0.0.1", port, "y", client).await.unwrap_err();
-        assert!(e.unreachable, "{e:?}");
+            let mut buf = [0u8; 7];
+            accepted.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"intact\n");
+        }
     }
 
     #[tokio::test]

@@ -227,6 +227,11 @@ impl Spawner {
             Ended::Itself if status.success() => {
                 self.stats.requests.inc();
                 self.backoff().success();
+                self.logs.push(
+                    pid,
+                    "nuage",
+                    &format!("exited with {how} after {:.3}s", took.as_secs_f64()),
+                );
             }
             Ended::Itself => {
                 self.stats.error(ErrorKind::ExitStatus);

@@ -311,6 +311,14 @@ fn spawn_mode_serves_connections_concurrently_on_the_socket_itself() {
         "{out}"
     );
 
+    // Each process's end is logged with its status and duration.
+    let logs = node.ok(&["logs", "toupper"]);
+    assert_eq!(
+        logs.matches("nuage: exited with status 0 after ").count(),
+        10,
+        "{logs}"
+    );
+
     // Metrics count them.
     let (_, metrics) = http_get(&node.api(), "/metrics");
     assert!(
