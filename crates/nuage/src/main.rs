@@ -2,6 +2,7 @@
 //! prints. Every user mistake ends as one line on stderr and a non-zero status.
 
 mod finger_cmd;
+mod fn_cmd;
 mod lab_cmd;
 mod mail_cmd;
 mod net_cmd;
@@ -35,6 +36,13 @@ enum Command {
     Node {
         #[command(subcommand)]
         cmd: node_cmd::NodeCmd,
+        #[command(flatten)]
+        api: node_cmd::ApiArg,
+    },
+    /// Functions: stdin/stdout programs served on network connections (FaaS)
+    Fn {
+        #[command(subcommand)]
+        cmd: fn_cmd::FnCmd,
         #[command(flatten)]
         api: node_cmd::ApiArg,
     },
@@ -78,6 +86,7 @@ fn main() {
                     Command::Net { cmd } => net_cmd::run(cmd).await,
                     Command::Finger(args) => finger_cmd::run(args).await,
                     Command::Mail { cmd } => mail_cmd::run(cmd).await,
+                    Command::Fn { cmd, api } => fn_cmd::run(cmd, api).await,
                     Command::Lab(_) => unreachable!("handled above"),
                 }
             })

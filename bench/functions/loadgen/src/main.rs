@@ -1,0 +1,123 @@
+//! The load generator of `bench/functions/run.sh`. It speaks to any TCP server that
+//! answers each line with one line (nuage's functions, socat/xinetd running cat, HAProxy
+//! in front of them) and prints one line of figures:
+//!
+//! ```text
+//! fn-loadgen conns ADDR TOTAL CLIENTS   connect, send a line, read the answer, close
+//! fn-loadgen reqs  ADDR TOTAL CONNS     round trips on persistent connections
+//! fn-loadgen free-port                  a free TCP port on 127.0.0.1
+//! ```
+//!
+//! Output: `rate=<ops/s> p50_us=<µs> p99_us=<µs> errors=<n>`. Each of CLIENTS threads
+//! runs its share of TOTAL operations back to back; latency is per operation.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// The request line every operation sends (its answer must be the same bytes).
+const REQUEST: &[u8] = b"hello nuage\n";
+/// Longest wait for one answer before the operation counts as an error.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most client threads.
+const MAX_CLIENTS: usize = 1024;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("free-port") => {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+            println!("{}", l.local_addr().expect("local address").port());
+            return;
+        }
+        Some(mode @ ("conns" | "reqs")) if args.len() == 4 => run(mode, &args[1..]),
+        _ => Err("usage: fn-loadgen conns|reqs ADDR TOTAL CLIENTS | fn-loadgen free-port".into()),
+    };
+    if let Err(e) = result {
+        eprintln!("fn-loadgen: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(mode: &str, args: &[String]) -> Result<(), String> {
+    let addr: SocketAddr = args[0].parse().map_err(|e| format!("{}: {e}", args[0]))?;
+    let total: usize = args[1]
+        .parse()
+        .map_err(|e| format!("TOTAL {}: {e}", args[1]))?;
+    let clients: usize = args[2]
+        .parse()
+        .map_err(|e| format!("CLIENTS {}: {e}", args[2]))?;
+    if clients == 0 || clients > MAX_CLIENTS || total < clients {
+        return Err(format!(
+            "CLIENTS must be 1 to {MAX_CLIENTS} and at most TOTAL"
+        ));
+    }
+    let persistent = mode == "reqs";
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|i| {
+            let share = total / clients + usize::from(i < total % clients);
+            std::thread::spawn(move || client(addr, share, persistent))
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(total);
+    let mut errors = 0;
+    for t in threads {
+        let (lat, err) = t
+            .join()
+            .map_err(|_| "a client thread panicked".to_owned())?;
+        latencies.extend(lat);
+        errors += err;
+    }
+    let took = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let pct = |p: f64| -> u128 {
+        if latencies.is_empty() {
+            return 0;
+        }
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i].as_micros()
+    };
+    println!(
+        "rate={:.0} p50_us={} p99_us={} errors={errors}",
+        latencies.len() as f64 / took,
+        pct(0.50),
+        pct(0.99)
+    );
+    Ok(())
+}
+
+/// Runs `n` operations; their latencies and the number that failed.
+fn client(addr: SocketAddr, n: usize, persistent: bool) -> (Vec<Duration>, usize) {
+    let mut latencies = Vec::with_capacity(n);
+    let mut errors = 0;
+    let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    let mut answer = Vec::with_capacity(64);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let ok = (|| -> std::io::Result<bool> {
+            if conn.is_none() {
+                let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(IO_TIMEOUT))?;
+                conn = Some((s.try_clone()?, BufReader::new(s)));
+            }
+            let (w, r) = conn.as_mut().expect("connected above");
+            w.write_all(REQUEST)?;
+            answer.clear();
+            r.read_until(b'\n', &mut answer)?;
+            Ok(answer == REQUEST)
+        })();
+        match ok {
+            Ok(true) => latencies.push(t0.elapsed()),
+            _ => {
+                errors += 1;
+                conn = None;
+            }
+        }
+        if !persistent {
+            conn = None; // close: the server sees end of input
+        }
+    }
+    (latencies, errors)
+}

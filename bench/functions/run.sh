@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# The functions benchmark: nuage side by side with the real peers, in one run, on this
+# machine (see docs/functions.md, "Benchmark").
+#
+#   bench/functions/run.sh            # as root (the balancing part uses a lab)
+#   RUNS=5 CONNS=2000 REQS=20000 bench/functions/run.sh
+#
+# Every server runs the same program, /bin/cat, so the figures compare the servers:
+#   nuage spawn   nuage fn deploy … -- /bin/cat               (a process per connection)
+#   nuage pool    nuage fn deploy … --mode pool --min 32 --max 32 -- /bin/cat
+#   socat         socat TCP-LISTEN:P,fork,reuseaddr,backlog=1024 EXEC:/bin/cat
+#   xinetd        wait = no, server = /bin/cat, cps = 100000 1, instances UNLIMITED
+# and, for balancing over two machines:
+#   HAProxy       on lab machine n1, mode tcp, balance roundrobin, in front of socat on
+#                 n1 and n2; compared with socat on n1 alone (no balancing)
+#   nuage         function on lab machines n1 and n2, connections to n1 placed
+#                 round-robin; compared with the same function on n1 alone.
+# "added by balancing" = p50 with balancing - p50 without, for each.
+# Figures: median of RUNS runs (each run: fn-loadgen, see loadgen/src/main.rs).
+set -euo pipefail
+
+RUNS=${RUNS:-3}
+CONNS=${CONNS:-2000}
+REQS=${REQS:-20000}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+
+for tool in socat xinetd haproxy; do
+  command -v "$tool" >/dev/null || { echo "run.sh: $tool is missing: apt-get install -y socat xinetd haproxy" >&2; exit 1; }
+done
+
+echo "building (release)…" >&2
+cargo build --release -q -p nuage -p fn-echo -p fn-toupper -p fn-loadgen
+BIN=$ROOT/target/release
+NUAGE=$BIN/nuage
+LG=$BIN/fn-loadgen
+TMP=$(mktemp -d /tmp/nuage-fn-bench.XXXXXX)
+LAB=fnb-$$
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  [ -f "$TMP/lab" ] && "$NUAGE" lab --name "$LAB" down >/dev/null 2>&1 || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+port() { "$LG" free-port; }
+wait_port() { # host port
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "run.sh: nothing listens on $1:$2" >&2; exit 1
+}
+
+# --- the servers -----------------------------------------------------------------------
+API=$(port)
+"$NUAGE" up --data "$TMP/data" --api "127.0.0.1:$API" --name bench >"$TMP/nuage.log" 2>&1 &
+PIDS+=($!)
+wait_port 127.0.0.1 "$API"
+export NUAGE_API=127.0.0.1:$API
+SPAWN=$(port); POOL=$(port)
+"$NUAGE" fn deploy bspawn --port "$SPAWN" -- /bin/cat >/dev/null
+"$NUAGE" fn deploy bpool --port "$POOL" --mode pool --min 32 --max 32 -- /bin/cat >/dev/null
+
+SOCAT=$(port)
+socat "TCP-LISTEN:$SOCAT,bind=127.0.0.1,fork,reuseaddr,backlog=1024" EXEC:/bin/cat &
+PIDS+=($!)
+
+XINETD=$(port)
+cat >"$TMP/xinetd.conf" <<EOF
+defaults
+{
+    log_on_success =
+    log_on_failure =
+}
+service nuagebench
+{
+    type         = UNLISTED
+    port         = $XINETD
+    bind         = 127.0.0.1
+    socket_type  = stream
+    protocol     = tcp
+    wait         = no
+    user         = root
+    server       = /bin/cat
+    cps          = 100000 1
+    instances    = UNLIMITED
+    per_source   = UNLIMITED
+}
+EOF
+xinetd -dontfork -f "$TMP/xinetd.conf" -pidfile "$TMP/xinetd.pid" &
+PIDS+=($!)
+
+for p in "$SPAWN" "$POOL" "$SOCAT" "$XINETD"; do wait_port 127.0.0.1 "$p"; done
+sleep 1 # the pool's 32 warm instances
+
+# --- measuring -------------------------------------------------------------------------
+# measure MODE ADDR TOTAL CLIENTS -> "rate p50_us p99_us" (medians of RUNS runs)
+measure() {
+  local out=() errors=0
+  for _ in $(seq "$RUNS"); do
+    local line
+    line=$("$LG" "$1" "$2" "$3" "$4")
+    out+=("$line")
+    errors=$((errors + $(sed 's/.*errors=//' <<<"$line")))
+  done
+  [ "$errors" -eq 0 ] || echo "run.sh: $errors failed operations on $2 ($1)" >&2
+  local field med=()
+  for field in rate p50_us p99_us; do
+    med+=("$(printf '%s\n' "${out[@]}" | sed "s/.*$field=\([0-9]*\).*/\1/" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')")
+  done
+  echo "${med[*]}"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2f", a / b }'; }
+
+printf '%s\n' "functions benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), median of $RUNS runs"
+printf '\n%-28s %12s %12s %12s %12s %11s %12s %11s\n' figure "nuage spawn" "nuage pool" socat xinetd spawn/socat spawn/xinetd pool/socat
+
+row() { # title MODE TOTAL CLIENTS
+  local s p so x
+  read -r -a s <<<"$(measure "$2" "127.0.0.1:$SPAWN" "$3" "$4")"
+  read -r -a p <<<"$(measure "$2" "127.0.0.1:$POOL" "$3" "$4")"
+  read -r -a so <<<"$(measure "$2" "127.0.0.1:$SOCAT" "$3" "$4")"
+  read -r -a x <<<"$(measure "$2" "127.0.0.1:$XINETD" "$3" "$4")"
+  local unit=$([ "$2" = conns ] && echo "conn/s" || echo "req/s")
+  printf '%-28s %12s %12s %12s %12s %11s %12s %11s\n' "$1 ($unit)" "${s[0]}" "${p[0]}" "${so[0]}" "${x[0]}" \
+    "$(ratio "${s[0]}" "${so[0]}")" "$(ratio "${s[0]}" "${x[0]}")" "$(ratio "${p[0]}" "${so[0]}")"
+  printf '%-28s %12s %12s %12s %12s %11s %12s %11s\n' "  p50 latency (µs)" "${s[1]}" "${p[1]}" "${so[1]}" "${x[1]}" \
+    "$(ratio "${s[1]}" "${so[1]}")" "$(ratio "${s[1]}" "${x[1]}")" "$(ratio "${p[1]}" "${so[1]}")"
+  printf '%-28s %12s %12s %12s %12s %11s %12s %11s\n' "  p99 latency (µs)" "${s[2]}" "${p[2]}" "${so[2]}" "${x[2]}" \
+    "$(ratio "${s[2]}" "${so[2]}")" "$(ratio "${s[2]}" "${x[2]}")" "$(ratio "${p[2]}" "${so[2]}")"
+}
+
+row "$CONNS conns, sequential" conns "$CONNS" 1
+row "$CONNS conns, 32 clients" conns "$CONNS" 32
+row "$REQS round trips, 1 conn" reqs "$REQS" 1
+row "$REQS round trips, 32 conns" reqs "$REQS" 32
+
+# --- balancing over two machines -------------------------------------------------------
+if [ "$(id -u)" -ne 0 ]; then
+  echo; echo "balancing: skipped (the lab needs root)"; exit 0
+fi
+touch "$TMP/lab"
+"$NUAGE" lab --name "$LAB" up 2 --start >"$TMP/lab.out"
+N1=$(awk '$1 == "n1" { print $2 }' "$TMP/lab.out")
+N2=$(awk '$1 == "n2" { print $2 }' "$TMP/lab.out")
+"$NUAGE" fn --api "$N1:7070" deploy one --port 9001 --on n1 -- /bin/cat >/dev/null
+"$NUAGE" fn --api "$N1:7070" deploy two --port 9002 -- /bin/cat >/dev/null
+# The peers run where nuage runs: socat on n1 and n2 (port 9101), HAProxy on n1 (9100)
+# in front of both, so both balancers cross the same links.
+for m in n1 n2; do
+  "$NUAGE" lab --name "$LAB" exec "$m" -- socat "TCP-LISTEN:9101,fork,reuseaddr,backlog=1024" EXEC:/bin/cat &
+  PIDS+=($!)
+done
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend bench
+    bind $N1:9100
+    default_backend cats
+backend cats
+    balance roundrobin
+    server n1 $N1:9101
+    server n2 $N2:9101
+EOF
+"$NUAGE" lab --name "$LAB" exec n1 -- haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
+PIDS+=($!)
+for p in 9100 9101; do wait_port "$N1" "$p"; done
+wait_port "$N2" 9101
+for _ in $(seq 100); do # n1 sees `two` running on n2
+  "$NUAGE" fn --api "$N1:7070" ls | grep -q '^two .* running$' && break
+  sleep 0.2
+done
+sleep 1
+
+printf '\n%-28s %12s %12s %12s %12s %11s\n' "balancing (client->n1)" "nuage n1" "nuage n1+n2" "socat n1" "haproxy n1+n2" "nuage/hap"
+balance_row() { # title MODE TOTAL CLIENTS
+  local a b c d
+  read -r -a a <<<"$(measure "$2" "$N1:9001" "$3" "$4")"
+  read -r -a b <<<"$(measure "$2" "$N1:9002" "$3" "$4")"
+  read -r -a c <<<"$(measure "$2" "$N1:9101" "$3" "$4")"
+  read -r -a d <<<"$(measure "$2" "$N1:9100" "$3" "$4")"
+  printf '%-28s %12s %12s %12s %12s %11s\n' "$1 (conn/s)" "${a[0]}" "${b[0]}" "${c[0]}" "${d[0]}" "$(ratio "${b[0]}" "${d[0]}")"
+  printf '%-28s %12s %12s %12s %12s %11s\n' "  p50 latency (µs)" "${a[1]}" "${b[1]}" "${c[1]}" "${d[1]}" "$(ratio "${b[1]}" "${d[1]}")"
+  printf '%-28s %12s %12s %12s %12s %11s\n' "  p99 latency (µs)" "${a[2]}" "${b[2]}" "${c[2]}" "${d[2]}" "$(ratio "${b[2]}" "${d[2]}")"
+  local nuage_added=$((b[1] - a[1])) hap_added=$((d[1] - c[1]))
+  printf '%-28s %12s %12s %12s %12s\n' "  added by balancing (µs)" "" "$nuage_added" "" "$hap_added"
+}
+balance_row "$CONNS conns, sequential" conns "$CONNS" 1
+balance_row "$CONNS conns, 32 clients" conns "$CONNS" 32

@@ -1,0 +1,380 @@
+//! A function running on this machine: its listening port, the admission of its
+//! connections, their placement (here or on another machine), and serving them here in
+//! spawn or pool mode. Removal drains it: the port closes, requests in flight finish,
+//! then its processes stop.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::balancer::Target;
+use crate::limiter::{Limiter, Permit, Refusal};
+use crate::line::{self, Line};
+use crate::logs::LogRing;
+use crate::pool::Pool;
+use crate::process::Program;
+use crate::relay;
+use crate::service::Shared;
+use crate::spawn::Spawner;
+use crate::spec::{FunctionSpec, Limits, Mode};
+use crate::stats::{ErrorKind, GaugeGuard, Stats};
+use crate::types::LocalStatus;
+
+/// How long a refusal line may take to leave.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// After the drain timeout, how long the killed requests may take to end.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// How the function's code is run.
+pub enum Engine {
+    Spawn(Spawner),
+    Pool(Arc<Pool>),
+}
+
+pub struct Function {
+    pub name: String,
+    spec: RwLock<FunctionSpec>,
+    pub program: Program,
+    pub engine: Engine,
+    pub stats: Arc<Stats>,
+    pub logs: Arc<LogRing>,
+    limiter: Arc<Limiter>,
+    /// Connection and gateway tasks, awaited by a drain.
+    tracker: TaskTracker,
+    /// Cancelled when the function stops taking new connections and requests.
+    draining: CancellationToken,
+    /// Cancelled when whatever still runs must end now.
+    stop: CancellationToken,
+    max_line: usize,
+    max_response: usize,
+    connection_idle: Duration,
+    pub local_addr: SocketAddr,
+}
+
+impl Function {
+    /// Resolves the command, binds the port and starts accepting.
+    pub async fn start(shared: &Arc<Shared>, spec: FunctionSpec) -> Result<Arc<Function>, String> {
+        let path = shared.search.resolve(&spec.command[0])?;
+        let addr = SocketAddr::new(shared.listen_ip, spec.port);
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            nuage_core::net::bind_error(&e, addr, &format!("function `{}`", spec.name), "--port")
+                .to_string()
+        })?;
+        let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let stats = Arc::new(Stats::new(&shared.metrics, &spec.name));
+        let logs = Arc::new(LogRing::default());
+        let program = Program {
+            function: spec.name.clone(),
+            path,
+            args: spec.command[1..].to_vec(),
+            env: spec.env.clone(),
+        };
+        let draining = shared.shutdown.child_token();
+        let engine = match spec.mode {
+            Mode::Spawn => {
+                Engine::Spawn(Spawner::new(program.clone(), stats.clone(), logs.clone()))
+            }
+            Mode::Pool => {
+                let pool = Pool::new(
+                    program.clone(),
+                    spec.limits,
+                    stats.clone(),
+                    logs.clone(),
+                    shared.config.max_response(),
+                );
+                tokio::spawn(pool.clone().maintain(draining.clone()));
+                Engine::Pool(pool)
+            }
+        };
+        let function = Arc::new(Function {
+            name: spec.name.clone(),
+            spec: RwLock::new(spec),
+            program,
+            engine,
+            stats,
+            logs,
+            limiter: Arc::new(Limiter::default()),
+            tracker: TaskTracker::new(),
+            draining,
+            stop: shared.shutdown.child_token(),
+            max_line: shared.config.max_line(),
+            max_response: shared.config.max_response(),
+            connection_idle: shared.config.connection_idle_timeout(),
+            local_addr,
+        });
+        tokio::spawn(accept_loop(function.clone(), shared.clone(), listener));
+        tracing::info!(
+            function = %function.name,
+            "listening on {local_addr} ({}, {})",
+            function.spec().mode,
+            function.program.path.display()
+        );
+        Ok(function)
+    }
+
+    pub fn spec(&self) -> FunctionSpec {
+        self.spec.read().expect("spec lock poisoned").clone()
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.spec.read().expect("spec lock poisoned").limits
+    }
+
+    /// Applies a new spec that needs no restart (limits, balance, placement).
+    pub fn update(&self, spec: FunctionSpec) {
+        assert!(!self.spec().needs_restart(&spec), "update needs a restart");
+        if let Engine::Pool(pool) = &self.engine {
+            pool.set_limits(spec.limits);
+        }
+        *self.spec.write().expect("spec lock poisoned") = spec;
+    }
+
+    /// Longest answer line of an instance, newline included.
+    pub fn max_response(&self) -> usize {
+        self.max_response
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// Admits a connection or gateway request from `source` (per-source limit applies
+    /// only with a source).
+    pub fn admit(self: &Arc<Self>, source: Option<std::net::IpAddr>) -> Result<Permit, Refusal> {
+        let limits = self.limits();
+        self.limiter
+            .admit(source, limits.max_conns, limits.per_source)
+            .inspect_err(|r| self.stats.error(r.kind))
+    }
+
+    /// Runs `task` as part of this function: a drain waits for it.
+    pub fn track<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tracker.spawn(task)
+    }
+
+    pub async fn tracked<F: std::future::Future>(&self, fut: F) -> F::Output {
+        self.tracker.track_future(fut).await
+    }
+
+    pub fn status(&self) -> LocalStatus {
+        let (error, instances) = match &self.engine {
+            Engine::Spawn(s) => (s.failing(), self.stats.instances.get()),
+            Engine::Pool(p) => (p.failing(), i64::from(p.live())),
+        };
+        let state = if self.is_draining() {
+            "draining"
+        } else if error.is_some() {
+            "failing"
+        } else {
+            "running"
+        }
+        .to_owned();
+        LocalStatus {
+            name: self.name.clone(),
+            state,
+            error,
+            program: Some(self.program.path.display().to_string()),
+            instances: instances.max(0) as u64,
+            in_flight: self.stats.in_flight.get().max(0) as u64,
+            connections: self.stats.connections.get().max(0) as u64,
+            served: self.stats.requests.get(),
+            errors: self.stats.errors_total(),
+            cold_starts: self.stats.cold_starts.get(),
+        }
+    }
+
+    /// Serves a connection on this machine (accepted here, or relayed here).
+    pub async fn serve_local(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        client: SocketAddr,
+        permit: Permit,
+    ) {
+        let _permit = permit;
+        self.stats.connections_total.inc();
+        let _open = GaugeGuard::new(&self.stats.connections);
+        match &self.engine {
+            Engine::Spawn(spawner) => {
+                spawner
+                    .serve(
+                        stream,
+                        client,
+                        &self.limits(),
+                        self.connection_idle,
+                        &self.draining,
+                        &self.stop,
+                    )
+                    .await
+            }
+            Engine::Pool(pool) => self.serve_lines(pool, stream).await,
+        }
+    }
+
+    /// Pool mode: request lines in, one answer line out per request, until the client
+    /// ends, goes idle, or the function drains.
+    async fn serve_lines(&self, pool: &Arc<Pool>, stream: TcpStream) {
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.draining.cancelled() => break,
+                r = tokio::time::timeout(self.connection_idle, line::read_line(&mut reader, self.max_line)) => r,
+            };
+            let mut reply = match next {
+                Err(_) | Ok(Err(_)) | Ok(Ok(Line::End)) => break,
+                Ok(Ok(Line::TooLong)) => {
+                    self.stats.error(ErrorKind::TooLong);
+                    format!("ERR request too long (max {} bytes)", self.max_line).into_bytes()
+                }
+                Ok(Ok(Line::Full(request))) => {
+                    let answer = tokio::select! {
+                        a = pool.call(&request) => a,
+                        _ = self.stop.cancelled() => break,
+                    };
+                    match answer {
+                        Ok(answer) => answer,
+                        Err(e) => format!("ERR {}", e.message()).into_bytes(),
+                    }
+                }
+            };
+            reply.push(b'\n');
+            if write.write_all(&reply).await.is_err() {
+                break;
+            }
+        }
+        let _ = write.shutdown().await;
+    }
+
+    /// Stops taking connections (the port closes), lets requests in flight finish for at
+    /// most `grace`, ends what remains, then stops the processes.
+    pub async fn drain(&self, grace: Duration) {
+        self.draining.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            if !grace.is_zero() {
+                tracing::warn!(function = %self.name, "requests still running after {grace:?}: ending them");
+            }
+            self.stop.cancel();
+            let _ = tokio::time::timeout(KILL_WAIT, self.tracker.wait()).await;
+        }
+        self.stop.cancel();
+        if let Engine::Pool(pool) = &self.engine {
+            let _ = tokio::time::timeout(KILL_WAIT, pool.close()).await;
+        }
+        tracing::info!(function = %self.name, "stopped");
+    }
+
+    /// Ends everything now (the node stops).
+    pub async fn kill(&self) {
+        self.stop.cancel();
+        self.drain(Duration::ZERO).await;
+    }
+}
+
+/// Writes `ERR <message>` and closes the connection.
+pub async fn refuse(stream: &mut TcpStream, message: &str) {
+    let line = format!("ERR {message}\n");
+    let _ = tokio::time::timeout(REFUSE_TIMEOUT, async {
+        let _ = stream.write_all(line.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+async fn accept_loop(function: Arc<Function>, shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = function.draining.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                let f = function.clone();
+                let s = shared.clone();
+                function
+                    .tracker
+                    .spawn(async move { f.place(&s, stream, client).await });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little rather than spin.
+                tracing::warn!(function = %function.name, "accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop(listener);
+}
+
+impl Function {
+    /// Admits a new connection and places it: here, or relayed to another machine that
+    /// runs the function; if the chosen machine cannot take it, the next one.
+    async fn place(
+        self: Arc<Self>,
+        shared: &Arc<Shared>,
+        mut stream: TcpStream,
+        client: SocketAddr,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let permit = match self.admit(Some(client.ip())) {
+            Ok(p) => p,
+            Err(refusal) => return refuse(&mut stream, &refusal.message).await,
+        };
+        let spec = self.spec();
+        let candidates = shared.candidates(&spec);
+        if candidates.len() <= 1 {
+            let _placed = shared.balancer.placed(&self.name, &shared.me);
+            return self.serve_local(stream, client, permit).await;
+        }
+        let order = shared.balancer.order(&self.name, spec.balance, candidates);
+        let mut failures = Vec::new();
+        for candidate in order {
+            match candidate.target {
+                Target::Local => {
+                    let _placed = shared.balancer.placed(&self.name, &candidate.machine);
+                    return self.serve_local(stream, client, permit).await;
+                }
+                Target::Peer { host, port } => {
+                    match relay::connect(&host, port, &self.name, client, &mut stream).await {
+                        Ok(upstream) => {
+                            let _placed = shared.balancer.placed(&self.name, &candidate.machine);
+                            self.stats.relayed.inc();
+                            tokio::select! {
+                                _ = relay::splice(stream, upstream) => {}
+                                _ = self.stop.cancelled() => {}
+                            }
+                            return;
+                        }
+                        Err(e) => {
+                            if e.unreachable {
+                                shared.cluster.mark_down(&candidate.machine, &e.message);
+                            }
+                            failures.push(format!("{}: {}", candidate.machine, e.message));
+                        }
+                    }
+                }
+            }
+        }
+        self.stats.error(ErrorKind::NoMachine);
+        refuse(
+            &mut stream,
+            &format!(
+                "no machine can take the connection ({})",
+                failures.join("; ")
+            ),
+        )
+        .await;
+    }
+}
