@@ -216,7 +216,10 @@ impl Client {
             })??,
             None => wait.await?,
         }
-        Ok(ids.iter().map(|id| done.remove(id).expect("waited for")).collect())
+        Ok(ids
+            .iter()
+            .map(|id| done.remove(id).expect("waited for"))
+            .collect())
     }
 
     /// The output of a job (and with `follow`, new output until it ends), given to

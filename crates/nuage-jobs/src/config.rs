@@ -91,7 +91,10 @@ impl ManagerOptions {
     /// Checks every bound; the message names the option.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.max_attempts == 0 || self.max_attempts > MAX_MAX_ATTEMPTS {
-            bail!("max attempts must be 1 to {MAX_MAX_ATTEMPTS}, not {}", self.max_attempts);
+            bail!(
+                "max attempts must be 1 to {MAX_MAX_ATTEMPTS}, not {}",
+                self.max_attempts
+            );
         }
         if self.worker_timeout < MIN_WORKER_TIMEOUT || self.worker_timeout > MAX_WORKER_TIMEOUT {
             bail!(
@@ -303,14 +306,8 @@ mod tests {
     #[test]
     fn urls_normalize() {
         assert_eq!(normalize_url("n1").unwrap(), "http://n1:50051");
-        assert_eq!(
-            normalize_url("10.0.0.1:7").unwrap(),
-            "http://10.0.0.1:7"
-        );
-        assert_eq!(
-            normalize_url("http://h:9/").unwrap(),
-            "http://h:9"
-        );
+        assert_eq!(normalize_url("10.0.0.1:7").unwrap(), "http://10.0.0.1:7");
+        assert_eq!(normalize_url("http://h:9/").unwrap(), "http://h:9");
         assert_eq!(normalize_url("[::1]").unwrap(), "http://[::1]:50051");
         assert_eq!(normalize_url("[::1]:5").unwrap(), "http://[::1]:5");
         for bad in ["", "https://h", "h:0", "h:x", "a b", "h/x"] {
@@ -334,8 +331,7 @@ mod tests {
 
     #[test]
     fn section_fills_defaults() {
-        let s: JobsSection =
-            toml::from_str("manager = \"n1\"\nworker_timeout = \"3s\"\n").unwrap();
+        let s: JobsSection = toml::from_str("manager = \"n1\"\nworker_timeout = \"3s\"\n").unwrap();
         let o = s.manager_options().unwrap();
         assert_eq!(o.worker_timeout, Duration::from_secs(3));
         assert_eq!(o.max_attempts, DEFAULT_MAX_ATTEMPTS);

@@ -4,9 +4,7 @@
 //!   (`proto/jobs.proto`). Start reading at [`manager::Manager`].
 //! - [`worker`]: registers, heartbeats, runs one task at a time as a process group.
 //! - [`client`]: what `nuage jobs submit/ls/show/…` call.
-//! - [`trace`]: spans written as CTF 1.8 and Trace Event JSON; [`analyze`] reads them
-//!   back and finds where the time goes.
-//! - [`demo`]: the three-tier `demo-auth` service used to practise finding bottlenecks.
+//! - [`trace`]: spans written as CTF 1.8 and Trace Event JSON, and read back.
 //! - [`service`]: the manager (and optionally a worker) as a service of `nuage up`.
 
 pub mod client;

@@ -27,11 +27,14 @@ pub struct JobsService;
 
 /// Where this node's worker finds the manager: itself, or the peer named manager (on
 /// this node's manager port).
-fn manager_url(config: &Config, section: &JobsSection, listen: SocketAddr) -> anyhow::Result<String> {
-    let manager = section
-        .manager
-        .as_deref()
-        .ok_or_else(|| anyhow!("[jobs] worker = true needs `manager`, the node that runs the manager"))?;
+fn manager_url(
+    config: &Config,
+    section: &JobsSection,
+    listen: SocketAddr,
+) -> anyhow::Result<String> {
+    let manager = section.manager.as_deref().ok_or_else(|| {
+        anyhow!("[jobs] worker = true needs `manager`, the node that runs the manager")
+    })?;
     if manager == config.name.as_str() {
         let ip = if listen.ip().is_unspecified() {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -48,7 +51,11 @@ fn manager_url(config: &Config, section: &JobsSection, listen: SocketAddr) -> an
             anyhow!("[jobs] manager = \"{manager}\" is neither this node nor one of its peers")
         })?;
     let host = &peer.address.host;
-    let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
     Ok(format!("http://{host}:{}", listen.port()))
 }
 
@@ -79,7 +86,9 @@ impl Service for JobsService {
                 let manager = Manager::open(&ctx.data_dir, opts.clone())
                     .with_context(|| format!("jobs manager in {}", ctx.data_dir.display()))?;
                 let shutdown = ctx.shutdown.clone();
-                tasks.push(tokio::spawn(async move { manager.serve(listener, shutdown).await }));
+                tasks.push(tokio::spawn(async move {
+                    manager.serve(listener, shutdown).await
+                }));
             }
             if section.worker {
                 let wopts = WorkerOptions {

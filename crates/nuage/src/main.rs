@@ -1,6 +1,7 @@
 //! The `nuage` command: a thin layer that parses arguments, calls the library crates and
 //! prints. Every user mistake ends as one line on stderr and a non-zero status.
 
+mod jobs_cmd;
 mod lab_cmd;
 mod node_cmd;
 mod table;
@@ -37,6 +38,8 @@ enum Command {
     },
     /// Several machines on this host, with faults on demand (needs root)
     Lab(lab_cmd::LabArgs),
+    /// A FIFO job scheduler over gRPC: manager, workers, submit, ls, cancel, logs
+    Jobs(jobs_cmd::JobsArgs),
 }
 
 /// Environment variable setting the log level (error, warn, info, debug, trace).
@@ -44,7 +47,12 @@ const LOG_ENV: &str = "NUAGE_LOG";
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Up(_)));
+    let daemon = match &cli.command {
+        Command::Up(_) => true,
+        Command::Jobs(args) => args.is_daemon(),
+        _ => false,
+    };
+    init_logging(daemon);
     let result = match cli.command {
         // The lab runs without an async runtime: `lab exec` must still be single-threaded
         // when it enters a machine's namespaces and replaces itself with the command.
@@ -54,6 +62,7 @@ fn main() {
                 match command {
                     Command::Up(args) => up::run(args).await,
                     Command::Node { cmd, api } => node_cmd::run(cmd, api).await,
+                    Command::Jobs(args) => jobs_cmd::run(args).await,
                     Command::Lab(_) => unreachable!("handled above"),
                 }
             })

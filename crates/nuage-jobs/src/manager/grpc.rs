@@ -78,7 +78,10 @@ impl proto::jobs_server::Jobs for Grpc {
         Ok(Response::new(proto::ListReply { jobs, total }))
     }
 
-    async fn cancel(&self, request: Request<proto::CancelRequest>) -> Result<Response<Job>, Status> {
+    async fn cancel(
+        &self,
+        request: Request<proto::CancelRequest>,
+    ) -> Result<Response<Job>, Status> {
         let id = request.into_inner().job_id;
         Ok(Response::new(self.0.core().cancel(id)?))
     }
@@ -113,7 +116,11 @@ impl proto::jobs_server::Jobs for Grpc {
                 if is_final(job.state()) {
                     pending.remove(&job.id);
                 }
-                if tx.send(Ok(proto::JobEvent { job: Some(job) })).await.is_err() {
+                if tx
+                    .send(Ok(proto::JobEvent { job: Some(job) }))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -148,7 +155,11 @@ impl proto::jobs_server::Jobs for Grpc {
                     if !all && is_final(job.state()) {
                         pending.remove(&job.id);
                     }
-                    if tx.send(Ok(proto::JobEvent { job: Some(job) })).await.is_err() {
+                    if tx
+                        .send(Ok(proto::JobEvent { job: Some(job) }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -303,7 +314,9 @@ impl proto::workers_server::Workers for Grpc {
         &self,
         request: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatReply>, Status> {
-        Ok(Response::new(self.0.core().heartbeat(request.into_inner())?))
+        Ok(Response::new(
+            self.0.core().heartbeat(request.into_inner())?,
+        ))
     }
 
     type AssignmentsStream = UnboundedReceiverStream<Result<proto::Assignment, Status>>;
@@ -312,7 +325,10 @@ impl proto::workers_server::Workers for Grpc {
         &self,
         request: Request<proto::AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
-        let rx = self.0.core().open_assignments(&request.into_inner().session)?;
+        let rx = self
+            .0
+            .core()
+            .open_assignments(&request.into_inner().session)?;
         Ok(Response::new(UnboundedReceiverStream::new(rx)))
     }
 
@@ -321,6 +337,8 @@ impl proto::workers_server::Workers for Grpc {
         request: Request<proto::ReportRequest>,
     ) -> Result<Response<proto::ReportReply>, Status> {
         let parent = trace::from_metadata(request.metadata());
-        Ok(Response::new(self.0.core().report(request.into_inner(), parent)?))
+        Ok(Response::new(
+            self.0.core().report(request.into_inner(), parent)?,
+        ))
     }
 }

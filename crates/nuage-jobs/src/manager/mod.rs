@@ -17,10 +17,14 @@
 //! heartbeat, so a task is never running twice. After a restart the jobs recorded as
 //! running wait one worker timeout for their worker to register again and claim them.
 
+// The handlers answer with tonic's `Status`, which is large; boxing it in every
+// internal function would only move the allocation around.
+#![allow(clippy::result_large_err)]
+
 mod grpc;
 pub mod store;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -145,7 +149,9 @@ pub struct NewJob {
 pub fn validate_submit(req: &proto::SubmitRequest) -> Result<NewJob, Status> {
     let name = req.name.trim();
     if name.is_empty() {
-        return Err(Status::invalid_argument("the job name is empty; give a name such as tache45"));
+        return Err(Status::invalid_argument(
+            "the job name is empty; give a name such as tache45",
+        ));
     }
     if name.chars().count() > config::MAX_NAME_LEN {
         return Err(Status::invalid_argument(format!(
@@ -154,7 +160,9 @@ pub fn validate_submit(req: &proto::SubmitRequest) -> Result<NewJob, Status> {
         )));
     }
     if name.chars().any(char::is_control) {
-        return Err(Status::invalid_argument("the job name contains control characters"));
+        return Err(Status::invalid_argument(
+            "the job name contains control characters",
+        ));
     }
     let argv = match &req.task {
         None => {
@@ -198,7 +206,12 @@ pub fn validate_submit(req: &proto::SubmitRequest) -> Result<NewJob, Status> {
 
 impl Core {
     /// Rebuilds the queue and the assignments from the store.
-    fn load(store: Store, opts: ManagerOptions, job_events: broadcast::Sender<Job>, log_events: broadcast::Sender<LogEvent>) -> anyhow::Result<Core> {
+    fn load(
+        store: Store,
+        opts: ManagerOptions,
+        job_events: broadcast::Sender<Job>,
+        log_events: broadcast::Sender<LogEvent>,
+    ) -> anyhow::Result<Core> {
         let queued = store.queued()?;
         let head_seq = queued.first().map_or(0, |q| q.1);
         let tail_seq = queued.last().map_or(0, |q| q.1);
@@ -254,20 +267,33 @@ impl Core {
         Ok(core)
     }
 
-    /// Asserts the invariants of the module documentation.
+    /// Asserts the invariants of the module documentation (after every step of the
+    /// tests; O(jobs), too slow to run on every request of a large queue).
+    #[cfg(test)]
     pub(crate) fn check(&self) {
-        let queued: HashSet<u64> = self.queue.iter().copied().collect();
+        let queued: std::collections::HashSet<u64> = self.queue.iter().copied().collect();
         assert_eq!(queued.len(), self.queue.len(), "a job is queued twice");
         for (id, a) in &self.running {
             assert!(!queued.contains(id), "job {id} is both queued and running");
             if a.orphan_deadline.is_none() {
-                let w = self.workers.get(&a.worker).expect("a running job names a known worker");
-                assert_eq!(w.job, Some(*id), "job {id} runs on {} which does not hold it", a.worker);
+                let w = self
+                    .workers
+                    .get(&a.worker)
+                    .expect("a running job names a known worker");
+                assert_eq!(
+                    w.job,
+                    Some(*id),
+                    "job {id} runs on {} which does not hold it",
+                    a.worker
+                );
             }
         }
         for w in self.workers.values() {
             if let Some(j) = w.job {
-                assert_eq!(self.running.get(&j).map(|a| a.worker.as_str()), Some(w.name.as_str()));
+                assert_eq!(
+                    self.running.get(&j).map(|a| a.worker.as_str()),
+                    Some(w.name.as_str())
+                );
             }
         }
         for (s, n) in &self.sessions {
@@ -312,7 +338,14 @@ impl Core {
         let seq = self.tail_seq + 1;
         let id = self
             .store
-            .insert(&job.name, job.argv.as_deref(), job.array_index, &traceparent, seq, now)
+            .insert(
+                &job.name,
+                job.argv.as_deref(),
+                job.array_index,
+                &traceparent,
+                seq,
+                now,
+            )
             .map_err(status_internal)?;
         self.tail_seq = seq;
         self.queue.push_back(id);
@@ -369,10 +402,14 @@ impl Core {
         if let Some(span) = self.queued_spans.remove(&id) {
             span.end();
         }
-        let dispatch_span = Span::child(parent, "manager.dispatch", "manager", || format!("job {id} to {name}"));
+        let dispatch_span = Span::child(parent, "manager.dispatch", "manager", || {
+            format!("job {id} to {name}")
+        });
         let attempt = attempts + 1;
         if let Err(e) = self.store.dispatched(id, name, attempt, now) {
-            tracing::error!("jobs manager: cannot record the dispatch of job {id}, left queued: {e:#}");
+            tracing::error!(
+                "jobs manager: cannot record the dispatch of job {id}, left queued: {e:#}"
+            );
             self.queue.push_front(id);
             return;
         }
@@ -388,10 +425,12 @@ impl Core {
         let worker = self.workers.get_mut(name).expect("idle worker exists");
         debug_assert!(worker.job.is_none(), "worker {name} given two jobs");
         worker.job = Some(id);
-        let delivered = worker
-            .tx
-            .as_ref()
-            .is_some_and(|tx| tx.send(Ok(Assignment { kind: Some(assignment::Kind::Run(task)) })).is_ok());
+        let delivered = worker.tx.as_ref().is_some_and(|tx| {
+            tx.send(Ok(Assignment {
+                kind: Some(assignment::Kind::Run(task)),
+            }))
+            .is_ok()
+        });
         self.running.insert(
             id,
             Assigned {
@@ -409,14 +448,19 @@ impl Core {
         if !delivered {
             // The stream closed between the check and the send.
             self.workers.get_mut(name).expect("exists").tx = None;
-            self.requeue_or_fail(id, &format!("the assignment stream of worker {name} closed"));
+            self.requeue_or_fail(
+                id,
+                &format!("the assignment stream of worker {name} closed"),
+            );
         }
     }
 
     /// Takes a job away from its worker: back to the queue's head, or failed after its
     /// last attempt, or cancelled if that was asked.
     fn requeue_or_fail(&mut self, id: u64, why: &str) {
-        let Some(a) = self.running.remove(&id) else { return };
+        let Some(a) = self.running.remove(&id) else {
+            return;
+        };
         if let Some(w) = self.workers.get_mut(&a.worker) {
             if w.job == Some(id) {
                 w.job = None;
@@ -428,7 +472,15 @@ impl Core {
         }
         let now = crate::now_us();
         let result = if a.cancel_requested {
-            self.store.ended(id, a.attempt, &a.worker, JobState::Cancelled, "cancelled", &format!("cancelled; {why}"), now)
+            self.store.ended(
+                id,
+                a.attempt,
+                &a.worker,
+                JobState::Cancelled,
+                "cancelled",
+                &format!("cancelled; {why}"),
+                now,
+            )
         } else if a.attempt >= self.opts.max_attempts {
             self.store.ended(
                 id,
@@ -450,7 +502,9 @@ impl Core {
                     if parent.is_some() {
                         self.queued_spans.insert(
                             id,
-                            Span::child(parent, "manager.queued", "queue", || format!("job {id} (requeued)")),
+                            Span::child(parent, "manager.queued", "queue", || {
+                                format!("job {id} (requeued)")
+                            }),
                         );
                     }
                 }
@@ -463,14 +517,20 @@ impl Core {
         if let Err(e) = result {
             tracing::error!("jobs manager: recording that job {id} was lost: {e:#}");
         }
-        tracing::info!("jobs manager: job {id} attempt {} taken from {}: {why}", a.attempt, a.worker);
+        tracing::info!(
+            "jobs manager: job {id} attempt {} taken from {}: {why}",
+            a.attempt,
+            a.worker
+        );
         self.publish(id);
         self.dispatch();
     }
 
     /// A worker stopped heartbeating: forget its session, take its job back.
     fn lose_worker(&mut self, name: &str, why: &str) {
-        let Some(w) = self.workers.get_mut(name) else { return };
+        let Some(w) = self.workers.get_mut(name) else {
+            return;
+        };
         if let Some(s) = w.session.take() {
             self.sessions.remove(&s);
         }
@@ -492,7 +552,10 @@ impl Core {
             .map(|w| w.name.clone())
             .collect();
         for name in silent {
-            self.lose_worker(&name, &format!("stopped heartbeating for {}", format_duration(timeout)));
+            self.lose_worker(
+                &name,
+                &format!("stopped heartbeating for {}", format_duration(timeout)),
+            );
         }
         let now = Instant::now();
         let orphans: Vec<(u64, String)> = self
@@ -504,14 +567,24 @@ impl Core {
         for (id, worker) in orphans {
             self.requeue_or_fail(
                 id,
-                &format!("worker {worker} did not claim it within {} of the manager's restart", format_duration(timeout)),
+                &format!(
+                    "worker {worker} did not claim it within {} of the manager's restart",
+                    format_duration(timeout)
+                ),
             );
         }
     }
 
-    fn register(&mut self, req: proto::RegisterRequest, address: String) -> Result<proto::RegisterReply, Status> {
+    fn register(
+        &mut self,
+        req: proto::RegisterRequest,
+        address: String,
+    ) -> Result<proto::RegisterReply, Status> {
         let name = req.name.trim().to_owned();
-        if name.is_empty() || name.len() > config::MAX_NAME_LEN || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        if name.is_empty()
+            || name.len() > config::MAX_NAME_LEN
+            || name.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
             return Err(Status::invalid_argument(format!(
                 "bad worker name {:?}: 1–{} characters, no spaces",
                 req.name,
@@ -528,24 +601,33 @@ impl Core {
                         format_duration(self.opts.worker_timeout)
                     )));
                 }
-                self.lose_worker(&name, "was replaced by a new registration after its timeout");
+                self.lose_worker(
+                    &name,
+                    "was replaced by a new registration after its timeout",
+                );
             }
         } else if self.workers.len() >= config::MAX_WORKERS {
-            return Err(Status::resource_exhausted(format!("{} workers already", config::MAX_WORKERS)));
+            return Err(Status::resource_exhausted(format!(
+                "{} workers already",
+                config::MAX_WORKERS
+            )));
         }
         let session = format!("{:016x}{:016x}", crate::random_u64(), crate::random_u64());
         let now_us = crate::now_us();
-        let entry = self.workers.entry(name.clone()).or_insert_with(|| WorkerEntry {
-            name: name.clone(),
-            session: None,
-            address: String::new(),
-            registered_us: 0,
-            last_heartbeat: Instant::now(),
-            last_heartbeat_us: 0,
-            job: None,
-            tx: None,
-            tasks_done: 0,
-        });
+        let entry = self
+            .workers
+            .entry(name.clone())
+            .or_insert_with(|| WorkerEntry {
+                name: name.clone(),
+                session: None,
+                address: String::new(),
+                registered_us: 0,
+                last_heartbeat: Instant::now(),
+                last_heartbeat_us: 0,
+                job: None,
+                tx: None,
+                tasks_done: 0,
+            });
         entry.session = Some(session.clone());
         entry.address = address;
         entry.registered_us = now_us;
@@ -574,10 +656,19 @@ impl Core {
                 a.orphan_deadline = None;
                 a.started = true;
                 self.workers.get_mut(&name).expect("inserted").job = Some(id);
-                if let Err(e) = self.store.note(id, attempt, &name, "adopted", "its worker registered again and still holds it", now_us) {
+                if let Err(e) = self.store.note(
+                    id,
+                    attempt,
+                    &name,
+                    "adopted",
+                    "its worker registered again and still holds it",
+                    now_us,
+                ) {
                     tracing::error!("jobs manager: {e:#}");
                 }
-                tracing::info!("jobs manager: worker {name} registered again and kept job {id} attempt {attempt}");
+                tracing::info!(
+                    "jobs manager: worker {name} registered again and kept job {id} attempt {attempt}"
+                );
             } else {
                 self.requeue_or_fail(id, &format!("worker {name} registered again without it"));
             }
@@ -599,9 +690,10 @@ impl Core {
     }
 
     fn session(&self, session: &str) -> Result<String, Status> {
-        self.sessions.get(session).cloned().ok_or_else(|| {
-            Status::not_found("unknown or expired worker session; register again")
-        })
+        self.sessions
+            .get(session)
+            .cloned()
+            .ok_or_else(|| Status::not_found("unknown or expired worker session; register again"))
     }
 
     fn heartbeat(&mut self, req: proto::HeartbeatRequest) -> Result<proto::HeartbeatReply, Status> {
@@ -630,7 +722,10 @@ impl Core {
         Ok(proto::HeartbeatReply { kill_running: kill })
     }
 
-    fn open_assignments(&mut self, session: &str) -> Result<mpsc::UnboundedReceiver<Result<Assignment, Status>>, Status> {
+    fn open_assignments(
+        &mut self,
+        session: &str,
+    ) -> Result<mpsc::UnboundedReceiver<Result<Assignment, Status>>, Status> {
         let name = self.session(session)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let w = self.workers.get_mut(&name).expect("session names a worker");
@@ -651,7 +746,9 @@ impl Core {
                             max_output_bytes: self.opts.max_output_bytes,
                             traceparent,
                         };
-                        let _ = tx.send(Ok(Assignment { kind: Some(assignment::Kind::Run(task)) }));
+                        let _ = tx.send(Ok(Assignment {
+                            kind: Some(assignment::Kind::Run(task)),
+                        }));
                     }
                 }
                 if a.cancel_requested {
@@ -676,13 +773,16 @@ impl Core {
         }
     }
 
-    fn report(&mut self, req: proto::ReportRequest, parent: Option<TraceContext>) -> Result<proto::ReportReply, Status> {
+    fn report(
+        &mut self,
+        req: proto::ReportRequest,
+        parent: Option<TraceContext>,
+    ) -> Result<proto::ReportReply, Status> {
         let name = self.session(&req.session)?;
         let id = req.job_id;
-        let current = self
-            .running
-            .get(&id)
-            .is_some_and(|a| a.worker == name && a.attempt == req.attempt && a.orphan_deadline.is_none());
+        let current = self.running.get(&id).is_some_and(|a| {
+            a.worker == name && a.attempt == req.attempt && a.orphan_deadline.is_none()
+        });
         let now = crate::now_us();
         use proto::report_request::Report;
         if !current {
@@ -691,11 +791,21 @@ impl Core {
                 req.attempt
             );
             if matches!(req.report, Some(Report::Finished(_))) {
-                if let Err(e) = self.store.note(id, req.attempt, &name, "stale_report", "ignored: the attempt was taken back", now) {
+                if let Err(e) = self.store.note(
+                    id,
+                    req.attempt,
+                    &name,
+                    "stale_report",
+                    "ignored: the attempt was taken back",
+                    now,
+                ) {
                     tracing::debug!("jobs manager: {e:#}");
                 }
             }
-            return Ok(proto::ReportReply { accepted: false, detail });
+            return Ok(proto::ReportReply {
+                accepted: false,
+                detail,
+            });
         }
         match req.report {
             None => return Err(Status::invalid_argument("empty report")),
@@ -711,16 +821,22 @@ impl Core {
                 self.store_output(id, &o)?;
             }
             Some(Report::Finished(f)) => {
-                let _span = Span::child(parent, "manager.report", "manager", || format!("job {id}"));
+                let _span =
+                    Span::child(parent, "manager.report", "manager", || format!("job {id}"));
                 if let Some(o) = &f.output {
                     self.store_output(id, o)?;
                 }
                 if f.fenced {
                     self.requeue_or_fail(
                         id,
-                        &format!("worker {name} lost contact with the manager and stopped the task"),
+                        &format!(
+                            "worker {name} lost contact with the manager and stopped the task"
+                        ),
                     );
-                    return Ok(proto::ReportReply { accepted: true, detail: String::new() });
+                    return Ok(proto::ReportReply {
+                        accepted: true,
+                        detail: String::new(),
+                    });
                 }
                 let a = self.running.remove(&id).expect("current");
                 let (state, reason) = if a.cancel_requested {
@@ -730,9 +846,15 @@ impl Core {
                 } else if f.exit_code == Some(0) {
                     (JobState::Succeeded, String::new())
                 } else if let Some(sig) = f.signal {
-                    (JobState::Failed, format!("killed by signal {sig} ({})", signal_name(sig)))
+                    (
+                        JobState::Failed,
+                        format!("killed by signal {sig} ({})", signal_name(sig)),
+                    )
                 } else {
-                    (JobState::Failed, format!("exit status {}", f.exit_code.unwrap_or(-1)))
+                    (
+                        JobState::Failed,
+                        format!("exit status {}", f.exit_code.unwrap_or(-1)),
+                    )
                 };
                 let ending = Ending {
                     state,
@@ -740,7 +862,11 @@ impl Core {
                     signal: f.signal,
                     reason,
                     started_us: f.started_at_us,
-                    finished_us: if f.finished_at_us > 0 { f.finished_at_us } else { now },
+                    finished_us: if f.finished_at_us > 0 {
+                        f.finished_at_us
+                    } else {
+                        now
+                    },
                     stdout_total: f.stdout_total,
                     stderr_total: f.stderr_total,
                 };
@@ -761,14 +887,20 @@ impl Core {
                     self.finished_since_prune = 0;
                     match self.store.prune(self.opts.history_limit) {
                         Ok(0) => {}
-                        Ok(n) => tracing::info!("jobs manager: dropped the {n} oldest finished jobs (history limit {})", self.opts.history_limit),
+                        Ok(n) => tracing::info!(
+                            "jobs manager: dropped the {n} oldest finished jobs (history limit {})",
+                            self.opts.history_limit
+                        ),
                         Err(e) => tracing::warn!("jobs manager: pruning the history: {e:#}"),
                     }
                 }
                 self.dispatch();
             }
         }
-        Ok(proto::ReportReply { accepted: true, detail: String::new() })
+        Ok(proto::ReportReply {
+            accepted: true,
+            detail: String::new(),
+        })
     }
 
     fn store_output(&mut self, id: u64, o: &proto::Output) -> Result<(), Status> {
@@ -783,7 +915,12 @@ impl Core {
                 .map_err(status_internal)?
             {
                 if self.log_events.receiver_count() > 0 {
-                    let _ = self.log_events.send(LogEvent { job_id: id, stream, offset: at, data: Arc::new(new) });
+                    let _ = self.log_events.send(LogEvent {
+                        job_id: id,
+                        stream,
+                        offset: at,
+                        data: Arc::new(new),
+                    });
                 }
             }
         }
@@ -791,7 +928,11 @@ impl Core {
     }
 
     fn cancel(&mut self, id: u64) -> Result<Job, Status> {
-        let job = self.store.get(id, false).map_err(status_internal)?.ok_or_else(|| not_found(id))?;
+        let job = self
+            .store
+            .get(id, false)
+            .map_err(status_internal)?
+            .ok_or_else(|| not_found(id))?;
         let now = crate::now_us();
         match job.state() {
             s if is_final(s) => {
@@ -809,17 +950,29 @@ impl Core {
                     s.end();
                 }
                 self.store
-                    .ended(id, job.attempts, "", JobState::Cancelled, "cancelled", "cancelled while queued", now)
+                    .ended(
+                        id,
+                        job.attempts,
+                        "",
+                        JobState::Cancelled,
+                        "cancelled",
+                        "cancelled while queued",
+                        now,
+                    )
                     .map_err(status_internal)?;
             }
             _ => {
                 let Some(a) = self.running.get_mut(&id) else {
-                    return Err(Status::internal(format!("job {id} is running but has no worker")));
+                    return Err(Status::internal(format!(
+                        "job {id} is running but has no worker"
+                    )));
                 };
                 if !a.cancel_requested {
                     a.cancel_requested = true;
                     let (worker, attempt) = (a.worker.clone(), a.attempt);
-                    self.store.cancel_requested(id, attempt, &worker, now).map_err(status_internal)?;
+                    self.store
+                        .cancel_requested(id, attempt, &worker, now)
+                        .map_err(status_internal)?;
                     let msg = self.cancel_message(id, attempt);
                     if let Some(tx) = self.workers.get(&worker).and_then(|w| w.tx.as_ref()) {
                         let _ = tx.send(Ok(msg));
@@ -828,7 +981,10 @@ impl Core {
             }
         }
         self.publish(id);
-        self.store.get(id, false).map_err(status_internal)?.ok_or_else(|| not_found(id))
+        self.store
+            .get(id, false)
+            .map_err(status_internal)?
+            .ok_or_else(|| not_found(id))
     }
 
     fn workers(&self) -> Vec<proto::WorkerInfo> {
@@ -868,7 +1024,8 @@ impl Core {
 
 /// `SIGKILL` for 9, etc.
 pub fn signal_name(sig: i32) -> String {
-    nix::sys::signal::Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_owned())
+    nix::sys::signal::Signal::try_from(sig)
+        .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_owned())
 }
 
 impl Manager {
@@ -891,7 +1048,9 @@ impl Manager {
     fn core(&self) -> std::sync::MutexGuard<'_, Core> {
         // A panic while holding the lock is a bug; the state may be half-changed, so
         // stop rather than go on with it.
-        self.core.lock().expect("jobs manager state poisoned by an earlier panic")
+        self.core
+            .lock()
+            .expect("jobs manager state poisoned by an earlier panic")
     }
 
     pub fn options(&self) -> &ManagerOptions {
@@ -900,7 +1059,11 @@ impl Manager {
 
     /// Serves the gRPC services on `listener` until `shutdown` is cancelled; reaps lost
     /// workers meanwhile.
-    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let reaper = {
             let m = self.clone();
             let period = (self.opts.worker_timeout / 10).max(Duration::from_millis(50));
@@ -952,11 +1115,6 @@ impl Manager {
     /// Binds `opts.listen` with an error that says what to do.
     pub async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
         nuage_core::net::bind_tcp(addr, "the jobs manager", flag).await
-    }
-
-    #[cfg(test)]
-    pub(crate) fn check(&self) {
-        self.core().check();
     }
 }
 

@@ -76,7 +76,10 @@ pub fn parse_state(s: &str) -> Option<JobState> {
 }
 
 pub fn is_final(s: JobState) -> bool {
-    matches!(s, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    matches!(
+        s,
+        JobState::Succeeded | JobState::Failed | JobState::Cancelled
+    )
 }
 
 /// Which output stream.
@@ -171,7 +174,15 @@ impl Store {
     }
 
     /// A history line without a change of the job.
-    pub fn note(&mut self, job: u64, attempt: u32, worker: &str, event: &str, detail: &str, now: i64) -> anyhow::Result<()> {
+    pub fn note(
+        &mut self,
+        job: u64,
+        attempt: u32,
+        worker: &str,
+        event: &str,
+        detail: &str,
+        now: i64,
+    ) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         Self::history(&tx, job, attempt, worker, event, detail, now)?;
         tx.commit()?;
@@ -202,7 +213,13 @@ impl Store {
     }
 
     /// Queued → running on `worker` as attempt `attempt`.
-    pub fn dispatched(&mut self, id: u64, worker: &str, attempt: u32, now: i64) -> anyhow::Result<()> {
+    pub fn dispatched(
+        &mut self,
+        id: u64,
+        worker: &str,
+        attempt: u32,
+        now: i64,
+    ) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         let n = tx
             .prepare_cached(
@@ -216,11 +233,27 @@ impl Store {
         Ok(())
     }
 
-    pub fn started(&mut self, id: u64, attempt: u32, worker: &str, at_us: i64, pid: u32, now: i64) -> anyhow::Result<()> {
+    pub fn started(
+        &mut self,
+        id: u64,
+        attempt: u32,
+        worker: &str,
+        at_us: i64,
+        pid: u32,
+        now: i64,
+    ) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         tx.prepare_cached("UPDATE jobs SET started_us = ?2, pid = ?3 WHERE id = ?1")?
             .execute(params![id as i64, at_us, pid])?;
-        Self::history(&tx, id, attempt, worker, "started", &format!("pid {pid}"), now)?;
+        Self::history(
+            &tx,
+            id,
+            attempt,
+            worker,
+            "started",
+            &format!("pid {pid}"),
+            now,
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -240,11 +273,13 @@ impl Store {
             return Ok(None);
         }
         let col = stream.column();
-        let have: i64 = self
+        // Read, extend, write back: SQLite's `||` turns blobs into text, and the kept
+        // output is bounded (max_output_bytes), so the copy is cheap.
+        let mut kept: Vec<u8> = self
             .conn
-            .prepare_cached(&format!("SELECT length({col}) FROM jobs WHERE id = ?1"))?
+            .prepare_cached(&format!("SELECT {col} FROM jobs WHERE id = ?1"))?
             .query_row([id as i64], |r| r.get(0))?;
-        let have = have as u64;
+        let have = kept.len() as u64;
         let end = offset + data.len() as u64;
         if end <= have || offset > have || have >= limit {
             // Already stored, a gap (should not happen: reports are ordered), or full.
@@ -253,14 +288,22 @@ impl Store {
         let skip = (have - offset) as usize;
         let room = (limit - have) as usize;
         let new = &data[skip..(skip + room).min(data.len())];
+        kept.extend_from_slice(new);
         self.conn
-            .prepare_cached(&format!("UPDATE jobs SET {col} = {col} || ?2 WHERE id = ?1"))?
-            .execute(params![id as i64, new])?;
+            .prepare_cached(&format!("UPDATE jobs SET {col} = ?2 WHERE id = ?1"))?
+            .execute(params![id as i64, kept])?;
         Ok(Some((have, new.to_vec())))
     }
 
     /// Running → a final state.
-    pub fn finished(&mut self, id: u64, attempt: u32, worker: &str, end: &Ending, now: i64) -> anyhow::Result<()> {
+    pub fn finished(
+        &mut self,
+        id: u64,
+        attempt: u32,
+        worker: &str,
+        end: &Ending,
+        now: i64,
+    ) -> anyhow::Result<()> {
         assert!(is_final(end.state));
         let tx = self.conn.transaction()?;
         tx.prepare_cached(
@@ -291,7 +334,17 @@ impl Store {
 
     /// Ends a job that did not finish on a worker (cancelled while queued, failed after
     /// its last attempt was lost).
-    pub fn ended(&mut self, id: u64, attempt: u32, worker: &str, state: JobState, event: &str, reason: &str, now: i64) -> anyhow::Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn ended(
+        &mut self,
+        id: u64,
+        attempt: u32,
+        worker: &str,
+        state: JobState,
+        event: &str,
+        reason: &str,
+        now: i64,
+    ) -> anyhow::Result<()> {
         assert!(is_final(state));
         let tx = self.conn.transaction()?;
         tx.prepare_cached(
@@ -305,7 +358,15 @@ impl Store {
 
     /// Running → queued again at `queue_seq` (the head), its output of the lost attempt
     /// dropped.
-    pub fn requeued(&mut self, id: u64, attempt: u32, worker: &str, queue_seq: i64, detail: &str, now: i64) -> anyhow::Result<()> {
+    pub fn requeued(
+        &mut self,
+        id: u64,
+        attempt: u32,
+        worker: &str,
+        queue_seq: i64,
+        detail: &str,
+        now: i64,
+    ) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         tx.prepare_cached(
             "UPDATE jobs SET state = 'queued', queue_seq = ?2, started_us = 0, pid = 0, \
@@ -317,7 +378,13 @@ impl Store {
         Ok(())
     }
 
-    pub fn cancel_requested(&mut self, id: u64, attempt: u32, worker: &str, now: i64) -> anyhow::Result<()> {
+    pub fn cancel_requested(
+        &mut self,
+        id: u64,
+        attempt: u32,
+        worker: &str,
+        now: i64,
+    ) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         tx.prepare_cached("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1")?
             .execute([id as i64])?;
@@ -357,12 +424,17 @@ impl Store {
         let filter = if states.is_empty() {
             String::new()
         } else {
-            let names: Vec<String> = states.iter().map(|s| format!("'{}'", state_name(*s))).collect();
+            let names: Vec<String> = states
+                .iter()
+                .map(|s| format!("'{}'", state_name(*s)))
+                .collect();
             format!("WHERE state IN ({})", names.join(","))
         };
-        let total: i64 = self
-            .conn
-            .query_row(&format!("SELECT count(*) FROM jobs {filter}"), [], |r| r.get(0))?;
+        let total: i64 =
+            self.conn
+                .query_row(&format!("SELECT count(*) FROM jobs {filter}"), [], |r| {
+                    r.get(0)
+                })?;
         let mut stmt = self.conn.prepare(&format!(
             "SELECT * FROM (SELECT {JOB_COLUMNS} FROM jobs {filter} ORDER BY id DESC LIMIT ?1) ORDER BY id"
         ))?;
@@ -374,11 +446,16 @@ impl Store {
 
     /// Queued jobs in queue order: (id, queue_seq).
     pub fn queued(&self) -> anyhow::Result<Vec<(u64, i64)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, queue_seq FROM jobs WHERE state = 'queued' ORDER BY queue_seq, id")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT id, queue_seq FROM jobs WHERE state = 'queued' ORDER BY queue_seq, id",
+        )?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?.unwrap_or(0))))?
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, Option<i64>>(1)?.unwrap_or(0),
+                ))
+            })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }
@@ -389,7 +466,13 @@ impl Store {
             .conn
             .prepare("SELECT id, worker, attempts FROM jobs WHERE state = 'running' ORDER BY id")?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get::<_, i64>(2)? as u32)))?
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get(1)?,
+                    r.get::<_, i64>(2)? as u32,
+                ))
+            })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }
@@ -397,9 +480,14 @@ impl Store {
     /// The task fields of a job: (name, argv or None for the default task, array index,
     /// traceparent, attempts so far).
     #[allow(clippy::type_complexity)]
-    pub fn task(&self, id: u64) -> anyhow::Result<(String, Option<Vec<String>>, Option<u32>, String, u32)> {
+    pub fn task(
+        &self,
+        id: u64,
+    ) -> anyhow::Result<(String, Option<Vec<String>>, Option<u32>, String, u32)> {
         self.conn
-            .prepare_cached("SELECT name, argv, array_index, traceparent, attempts FROM jobs WHERE id = ?1")?
+            .prepare_cached(
+                "SELECT name, argv, array_index, traceparent, attempts FROM jobs WHERE id = ?1",
+            )?
             .query_row([id as i64], |r| {
                 let argv: Option<String> = r.get(1)?;
                 Ok((
@@ -414,15 +502,19 @@ impl Store {
     }
 
     /// The stored output of a job from the given offsets.
-    pub fn output(&self, id: u64, stdout_from: u64, stderr_from: u64) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
-        self.conn
-            .prepare_cached(
-                "SELECT substr(stdout, ?2 + 1), substr(stderr, ?3 + 1) FROM jobs WHERE id = ?1",
-            )?
-            .query_row(params![id as i64, stdout_from as i64, stderr_from as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .with_context(|| format!("reading the output of job {id}"))
+    pub fn output(
+        &self,
+        id: u64,
+        stdout_from: u64,
+        stderr_from: u64,
+    ) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+        let (out, err): (Vec<u8>, Vec<u8>) = self
+            .conn
+            .prepare_cached("SELECT stdout, stderr FROM jobs WHERE id = ?1")?
+            .query_row([id as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .with_context(|| format!("reading the output of job {id}"))?;
+        let from = |v: Vec<u8>, at: u64| v.get(at as usize..).map_or_else(Vec::new, <[u8]>::to_vec);
+        Ok((from(out, stdout_from), from(err, stderr_from)))
     }
 
     /// Deletes the oldest finished jobs beyond `keep`; returns how many.
@@ -490,16 +582,34 @@ mod tests {
             Some((0, b"hello".to_vec()))
         );
         // Retried: nothing new.
-        assert_eq!(s.append_output(id, Stream::Stdout, 0, b"hello", 8).unwrap(), None);
+        assert_eq!(
+            s.append_output(id, Stream::Stdout, 0, b"hello", 8).unwrap(),
+            None
+        );
         // Overlapping, cut at the limit.
         assert_eq!(
-            s.append_output(id, Stream::Stdout, 3, b"lo world", 8).unwrap(),
+            s.append_output(id, Stream::Stdout, 3, b"lo world", 8)
+                .unwrap(),
             Some((5, b" wo".to_vec()))
         );
-        assert_eq!(s.append_output(id, Stream::Stdout, 11, b"x", 8).unwrap(), None);
+        assert_eq!(
+            s.append_output(id, Stream::Stdout, 11, b"x", 8).unwrap(),
+            None
+        );
         let (out, err) = s.output(id, 0, 0).unwrap();
-        assert_eq!((out.as_slice(), err.as_slice()), (&b"hello wo"[..], &b""[..]));
+        assert_eq!(
+            (out.as_slice(), err.as_slice()),
+            (&b"hello wo"[..], &b""[..])
+        );
         assert_eq!(s.output(id, 6, 0).unwrap().0, b"wo");
+        // Binary output (NUL, invalid UTF-8) is kept byte for byte.
+        let bin = [0u8, 0xff, 0xfe, b'\n', 0];
+        s.append_output(id, Stream::Stderr, 0, &bin, 8).unwrap();
+        s.append_output(id, Stream::Stderr, 5, &bin, 8).unwrap();
+        assert_eq!(
+            s.output(id, 0, 0).unwrap().1,
+            [&bin[..], &bin[..3]].concat()
+        );
     }
 
     #[test]
@@ -511,7 +621,8 @@ mod tests {
         s.requeued(b, 1, "w", 0, "lost", 3).unwrap();
         assert_eq!(s.queued().unwrap(), vec![(b, 0), (a, 1)]);
         for id in [a, b] {
-            s.ended(id, 0, "", JobState::Cancelled, "cancelled", "by test", 4).unwrap();
+            s.ended(id, 0, "", JobState::Cancelled, "cancelled", "by test", 4)
+                .unwrap();
         }
         assert_eq!(s.prune(1).unwrap(), 1);
         assert!(s.get(a, false).unwrap().is_none());

@@ -224,8 +224,7 @@ impl CtfWriter {
 
     fn string(&mut self, s: &str) {
         // CTF strings end at the first NUL: drop any inside.
-        self.events
-            .extend(clip(s).bytes().filter(|&b| b != 0));
+        self.events.extend(clip(s).bytes().filter(|&b| b != 0));
         self.events.push(0);
     }
 

@@ -387,7 +387,10 @@ mod tests {
             span_id: 0xb7ad6b7169203331,
         };
         let text = ctx.traceparent();
-        assert_eq!(text, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        assert_eq!(
+            text,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
         assert_eq!(TraceContext::parse(&text), Some(ctx));
         for bad in [
             "",

@@ -67,13 +67,17 @@ pub fn read_dirs(dirs: &[PathBuf]) -> anyhow::Result<TraceSet> {
     for dir in &ctf_dirs {
         match read_ctf(dir, &mut set.warnings) {
             Ok((process, spans)) => add(&mut set, &mut seen, process, spans),
-            Err(e) => set.warnings.push(format!("{}: skipped: {e:#}", dir.display())),
+            Err(e) => set
+                .warnings
+                .push(format!("{}: skipped: {e:#}", dir.display())),
         }
     }
     for file in &json_files {
         match read_json(file) {
             Ok((process, spans)) => add(&mut set, &mut seen, process, spans),
-            Err(e) => set.warnings.push(format!("{}: skipped: {e:#}", file.display())),
+            Err(e) => set
+                .warnings
+                .push(format!("{}: skipped: {e:#}", file.display())),
         }
     }
     if set.processes.is_empty() {
@@ -146,7 +150,10 @@ fn env_value<'a>(metadata: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
-fn read_ctf(dir: &Path, warnings: &mut Vec<String>) -> anyhow::Result<(ProcessTrace, Vec<SpanRecord>)> {
+fn read_ctf(
+    dir: &Path,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<(ProcessTrace, Vec<SpanRecord>)> {
     let meta_path = dir.join("metadata");
     let metadata = std::fs::read_to_string(&meta_path)
         .with_context(|| format!("cannot read {}", meta_path.display()))?;
@@ -177,7 +184,10 @@ fn read_ctf(dir: &Path, warnings: &mut Vec<String>) -> anyhow::Result<(ProcessTr
         .with_context(|| format!("cannot read {}", stream_path.display()))?
         .len();
     if len > MAX_FILE_BYTES {
-        bail!("{} is {len} bytes, more than {MAX_FILE_BYTES}", stream_path.display());
+        bail!(
+            "{} is {len} bytes, more than {MAX_FILE_BYTES}",
+            stream_path.display()
+        );
     }
     let data = std::fs::read(&stream_path)?;
     let (spans, problems) = decode_stream(&data);
@@ -212,13 +222,21 @@ pub fn decode_stream(data: &[u8]) -> (Vec<SpanRecord>, Vec<String>) {
             Some((magic, content_bits, packet_bits))
         })();
         let Some((magic, content_bits, packet_bits)) = header else {
-            problems.push(format!("packet at byte {at} is cut short (the process died while writing?)"));
+            problems.push(format!(
+                "packet at byte {at} is cut short (the process died while writing?)"
+            ));
             break;
         };
         let content = (content_bits / 8) as usize;
         let packet = (packet_bits / 8) as usize;
-        if magic != MAGIC || content < PACKET_PREAMBLE_BYTES || packet < content || at + packet > data.len() {
-            problems.push(format!("bad or cut packet at byte {at}; the rest of the stream is skipped"));
+        if magic != MAGIC
+            || content < PACKET_PREAMBLE_BYTES
+            || packet < content
+            || at + packet > data.len()
+        {
+            problems.push(format!(
+                "bad or cut packet at byte {at}; the rest of the stream is skipped"
+            ));
             break;
         }
         let mut ev = Reader {
@@ -358,7 +376,9 @@ fn read_json(path: &Path) -> anyhow::Result<(ProcessTrace, Vec<SpanRecord>)> {
         if ph == "M" && e.get("name").and_then(|v| v.as_str()) == Some("process_name") {
             // "nuage <role> @ <host>"
             if let Some(n) = e.pointer("/args/name").and_then(|v| v.as_str()) {
-                if let Some((role, host)) = n.strip_prefix("nuage ").and_then(|r| r.split_once(" @ ")) {
+                if let Some((role, host)) =
+                    n.strip_prefix("nuage ").and_then(|r| r.split_once(" @ "))
+                {
                     process.role = role.to_owned();
                     process.hostname = host.to_owned();
                 }
@@ -370,7 +390,9 @@ fn read_json(path: &Path) -> anyhow::Result<(ProcessTrace, Vec<SpanRecord>)> {
             continue;
         }
         let hex = |k: &str| e.pointer(&format!("/args/{k}")).and_then(|v| v.as_str());
-        let (Some(trace), Some(span), Some(parent)) = (hex("trace_id"), hex("span_id"), hex("parent_id")) else {
+        let (Some(trace), Some(span), Some(parent)) =
+            (hex("trace_id"), hex("span_id"), hex("parent_id"))
+        else {
             continue;
         };
         let (Ok(trace_id), Ok(span_id), Ok(parent_id)) = (
@@ -380,7 +402,11 @@ fn read_json(path: &Path) -> anyhow::Result<(ProcessTrace, Vec<SpanRecord>)> {
         ) else {
             continue;
         };
-        let ns = |k: &str| e.get(k).and_then(|v| v.as_f64()).map(|us| (us * 1000.0).round() as u64);
+        let ns = |k: &str| {
+            e.get(k)
+                .and_then(|v| v.as_f64())
+                .map(|us| (us * 1000.0).round() as u64)
+        };
         let (Some(start_ns), Some(dur_ns)) = (ns("ts"), ns("dur")) else {
             continue;
         };
@@ -405,7 +431,8 @@ fn read_json(path: &Path) -> anyhow::Result<(ProcessTrace, Vec<SpanRecord>)> {
 /// opens one file at a time).
 pub fn write_merged_json(set: &TraceSet, out: &Path) -> anyhow::Result<()> {
     use std::io::Write;
-    let file = std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let file =
+        std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut w = std::io::BufWriter::new(file);
     writeln!(w, "[")?;
     let mut first = true;
@@ -490,7 +517,10 @@ mod tests {
         assert_eq!(spans[41].detail, "d42");
         assert!(spans.windows(2).all(|w| w[0].start_ns <= w[1].start_ns));
         let data = std::fs::read(t.ctf_dir().join(STREAM_FILE)).unwrap();
-        assert!(data.len() > 2 * super::super::ctf::PACKET_EVENTS_BYTES, "several packets");
+        assert!(
+            data.len() > 2 * super::super::ctf::PACKET_EVENTS_BYTES,
+            "several packets"
+        );
 
         let (jp, jspans) = read_json(t.json_path()).unwrap();
         assert_eq!(jp.role, "unit");
@@ -538,7 +568,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path().join("lttng");
         std::fs::create_dir(&d).unwrap();
-        std::fs::write(d.join("metadata"), "/* CTF 1.8 */\nenv {\n\ttracer_name = \"lttng-ust\";\n};\n").unwrap();
+        std::fs::write(
+            d.join("metadata"),
+            "/* CTF 1.8 */\nenv {\n\ttracer_name = \"lttng-ust\";\n};\n",
+        )
+        .unwrap();
         let err = read_dirs(&[tmp.path().to_path_buf()]).unwrap_err();
         assert!(err.to_string().contains("no nuage trace"), "{err}");
         assert!(err.to_string().contains("written by `lttng-ust`"), "{err}");

@@ -101,11 +101,14 @@ impl Shared {
     }
 
     fn running_task(&self) -> Option<proto::RunningTask> {
-        self.slot().as_ref().filter(|s| !s.dropped).map(|s| proto::RunningTask {
-            job_id: s.job_id,
-            attempt: s.attempt,
-            finished: s.finished,
-        })
+        self.slot()
+            .as_ref()
+            .filter(|s| !s.dropped)
+            .map(|s| proto::RunningTask {
+                job_id: s.job_id,
+                attempt: s.attempt,
+                finished: s.finished,
+            })
     }
 
     fn current_session(&self) -> Option<SessionInfo> {
@@ -200,7 +203,12 @@ async fn main_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
                     running: shared.running_task(),
                     version: nuage_core::VERSION.to_owned(),
                 };
-                match shared.client.clone().register(timed(request, CONNECT_TIMEOUT * 2)).await {
+                match shared
+                    .client
+                    .clone()
+                    .register(timed(request, CONNECT_TIMEOUT * 2))
+                    .await
+                {
                     Ok(reply) => {
                         let r = reply.into_inner();
                         delay = RETRY_FIRST;
@@ -213,7 +221,9 @@ async fn main_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
                             Some(Duration::from_millis(u64::from(r.lease_ms.max(100))));
                         let info = SessionInfo {
                             id: r.session,
-                            heartbeat: Duration::from_millis(u64::from(r.heartbeat_interval_ms.max(50))),
+                            heartbeat: Duration::from_millis(u64::from(
+                                r.heartbeat_interval_ms.max(50),
+                            )),
                             lease: Duration::from_millis(u64::from(r.lease_ms.max(100))),
                         };
                         tracing::info!(
@@ -265,7 +275,10 @@ async fn main_loop(shared: &Arc<Shared>, shutdown: &CancellationToken) {
                     assignment::Kind::Run(task) => start_task(shared, task),
                     assignment::Kind::Cancel(c) => {
                         let slot = shared.slot();
-                        if let Some(s) = slot.as_ref().filter(|s| s.job_id == c.job_id && s.attempt == c.attempt) {
+                        if let Some(s) = slot
+                            .as_ref()
+                            .filter(|s| s.job_id == c.job_id && s.attempt == c.attempt)
+                        {
                             tracing::info!("worker {name}: cancelling job {}", c.job_id);
                             let _ = s.control.send(Control::Terminate {
                                 grace: Duration::from_millis(u64::from(c.grace_ms)),
@@ -309,8 +322,10 @@ fn drop_slot(shared: &Shared, why: &str) {
 fn start_task(shared: &Arc<Shared>, task: proto::Task) {
     let shared = shared.clone();
     tokio::spawn(async move {
-        // A task being stopped after the manager took it back still holds the slot for
-        // the moment SIGKILL takes; wait for it rather than refuse the new one.
+        // The slot may still hold a task that is over: one whose Finished report the
+        // manager accepted (and so gave us the next task) before its reply reached us,
+        // or one being stopped after the manager took it back. Wait for it to clear
+        // rather than refuse the new task.
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             {
@@ -329,7 +344,7 @@ fn start_task(shared: &Arc<Shared>, task: proto::Task) {
                         run_task(&shared, task, control_rx);
                         return;
                     }
-                    Some(s) if s.dropped && Instant::now() < deadline => {}
+                    Some(s) if (s.dropped || s.finished) && Instant::now() < deadline => {}
                     Some(s) => {
                         if s.job_id != task.job_id || s.attempt != task.attempt {
                             tracing::error!(
@@ -400,18 +415,27 @@ fn run_task(shared: &Arc<Shared>, task: proto::Task, control_rx: mpsc::Unbounded
 
 async fn heartbeat_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     loop {
-        let period = shared.current_session().map_or(DEFAULT_HEARTBEAT, |s| s.heartbeat);
+        let period = shared
+            .current_session()
+            .map_or(DEFAULT_HEARTBEAT, |s| s.heartbeat);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
-        let Some(session) = shared.current_session() else { continue };
+        let Some(session) = shared.current_session() else {
+            continue;
+        };
         let sent = Instant::now();
         let request = proto::HeartbeatRequest {
             session: session.id.clone(),
             running: shared.running_task(),
         };
-        match shared.client.clone().heartbeat(timed(request, period.max(Duration::from_millis(500)))).await {
+        match shared
+            .client
+            .clone()
+            .heartbeat(timed(request, period.max(Duration::from_millis(500))))
+            .await
+        {
             Ok(reply) => {
                 let mut ack = shared.last_ack.lock().unwrap_or_else(|p| p.into_inner());
                 *ack = (*ack).max(sent);
@@ -419,20 +443,33 @@ async fn heartbeat_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
                 if reply.into_inner().kill_running {
                     let slot = shared.slot();
                     if let Some(s) = slot.as_ref() {
-                        tracing::info!("worker {}: the manager asks to stop job {}", shared.opts.name, s.job_id);
-                        let _ = s.control.send(Control::Terminate { grace: DEFAULT_KILL_GRACE });
+                        tracing::info!(
+                            "worker {}: the manager asks to stop job {}",
+                            shared.opts.name,
+                            s.job_id
+                        );
+                        let _ = s.control.send(Control::Terminate {
+                            grace: DEFAULT_KILL_GRACE,
+                        });
                     }
                 }
             }
             Err(status) if status.code() == Code::NotFound => {
                 // Only if the session is still the one we used.
                 if shared.current_session().is_some_and(|s| s.id == session.id) {
-                    tracing::warn!("worker {}: the manager forgot our session; registering again", shared.opts.name);
+                    tracing::warn!(
+                        "worker {}: the manager forgot our session; registering again",
+                        shared.opts.name
+                    );
                     shared.session_lost();
                 }
             }
             Err(status) => {
-                tracing::debug!("worker {}: heartbeat failed: {}", shared.opts.name, describe(&status, &shared.opts.manager));
+                tracing::debug!(
+                    "worker {}: heartbeat failed: {}",
+                    shared.opts.name,
+                    describe(&status, &shared.opts.manager)
+                );
             }
         }
     }
@@ -450,7 +487,11 @@ async fn lease_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
         // No task was ever given without a registration, hence a lease.
         let Some(lease) = lease else { continue };
-        let silent = shared.last_ack.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+        let silent = shared
+            .last_ack
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
         if silent <= lease {
             continue;
         }
@@ -468,12 +509,18 @@ async fn lease_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
 }
 
-async fn report_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pending>, shutdown: CancellationToken) {
+async fn report_loop(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    shutdown: CancellationToken,
+) {
     let mut session_rx = shared.session.subscribe();
     while let Some(p) = rx.recv().await {
         let is_finished = matches!(p.report, Report::Finished(_));
         let report_span = if is_finished {
-            Span::child(p.trace, "worker.report", "worker", || format!("job {}", p.job_id))
+            Span::child(p.trace, "worker.report", "worker", || {
+                format!("job {}", p.job_id)
+            })
         } else {
             Span::none()
         };
@@ -518,7 +565,11 @@ async fn report_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pendin
                     }
                 }
                 Err(status) => {
-                    tracing::debug!("worker {}: report failed: {}", shared.opts.name, describe(&status, &shared.opts.manager));
+                    tracing::debug!(
+                        "worker {}: report failed: {}",
+                        shared.opts.name,
+                        describe(&status, &shared.opts.manager)
+                    );
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}
@@ -531,7 +582,10 @@ async fn report_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pendin
         if is_finished {
             drop(p.run_span);
             let mut slot = shared.slot();
-            if slot.as_ref().is_some_and(|s| s.job_id == p.job_id && s.attempt == p.attempt) {
+            if slot
+                .as_ref()
+                .is_some_and(|s| s.job_id == p.job_id && s.attempt == p.attempt)
+            {
                 *slot = None;
             }
         }
@@ -548,7 +602,10 @@ fn timed<T>(message: T, timeout: Duration) -> Request<T> {
 pub fn describe(status: &tonic::Status, url: &str) -> String {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown => {
-            format!("cannot reach the jobs manager at {url}: {}", status.message())
+            format!(
+                "cannot reach the jobs manager at {url}: {}",
+                status.message()
+            )
         }
         _ => status.message().to_owned(),
     }

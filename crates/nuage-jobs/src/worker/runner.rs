@@ -93,8 +93,15 @@ fn take_output(out: &mut Capture, err: &mut Capture) -> proto::Output {
 fn build_command(spec: &TaskSpec, trace: Option<TraceContext>) -> tokio::process::Command {
     let mut cmd = if spec.argv.is_empty() {
         let mut c = tokio::process::Command::new(&spec.program);
-        c.args(["jobs", "default-task", &spec.name, "--worker", &spec.worker, "--duration"])
-            .arg(format!("{}ms", spec.default_task_duration.as_millis()));
+        c.args([
+            "jobs",
+            "default-task",
+            &spec.name,
+            "--worker",
+            &spec.worker,
+            "--duration",
+        ])
+        .arg(format!("{}ms", spec.default_task_duration.as_millis()));
         c
     } else {
         let mut c = tokio::process::Command::new(&spec.argv[0]);
@@ -149,7 +156,10 @@ pub async fn run(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let program = spec.argv.first().map_or_else(|| spec.program.display().to_string(), Clone::clone);
+            let program = spec
+                .argv
+                .first()
+                .map_or_else(|| spec.program.display().to_string(), Clone::clone);
             return proto::Finished {
                 started_at_us,
                 finished_at_us: crate::now_us(),
@@ -174,7 +184,10 @@ pub async fn run(
     let mut fenced = false;
     let mut kill_at: Option<Instant> = None;
     let mut drain_until: Option<Instant> = None;
-    let mut flush = tokio::time::interval_at(Instant::now() + OUTPUT_FLUSH_INTERVAL, OUTPUT_FLUSH_INTERVAL);
+    let mut flush = tokio::time::interval_at(
+        Instant::now() + OUTPUT_FLUSH_INTERVAL,
+        OUTPUT_FLUSH_INTERVAL,
+    );
     let mut control_open = true;
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
@@ -280,7 +293,11 @@ mod tests {
     #[tokio::test]
     async fn captures_output_and_status() {
         let (f, reports) = run_it(
-            spec(&["sh", "-c", "echo out $NUAGE_JOB_ID $NUAGE_ARRAY_TASK_ID; echo err >&2; exit 3"]),
+            spec(&[
+                "sh",
+                "-c",
+                "echo out $NUAGE_JOB_ID $NUAGE_ARRAY_TASK_ID; echo err >&2; exit 3",
+            ]),
             None,
         )
         .await;
@@ -289,7 +306,10 @@ mod tests {
         let o = f.output.unwrap();
         assert_eq!(o.stdout, b"out 7 3\n");
         assert_eq!(o.stderr, b"err\n");
-        assert!(matches!(reports.lock().unwrap()[0], proto::report_request::Report::Started(_)));
+        assert!(matches!(
+            reports.lock().unwrap()[0],
+            proto::report_request::Report::Started(_)
+        ));
     }
 
     #[tokio::test]
@@ -303,7 +323,11 @@ mod tests {
     #[tokio::test]
     async fn a_missing_program_is_an_error_not_a_panic() {
         let (f, _) = run_it(spec(&["/nonexistent/prog"]), None).await;
-        assert!(f.error.contains("cannot start `/nonexistent/prog`"), "{}", f.error);
+        assert!(
+            f.error.contains("cannot start `/nonexistent/prog`"),
+            "{}",
+            f.error
+        );
     }
 
     #[tokio::test]
@@ -313,7 +337,12 @@ mod tests {
         let start = std::time::Instant::now();
         let (f, _) = run_it(
             spec(&["sh", "-c", "trap '' TERM; sleep 60 & wait"]),
-            Some((Duration::from_millis(300), Control::Terminate { grace: Duration::from_millis(300) })),
+            Some((
+                Duration::from_millis(300),
+                Control::Terminate {
+                    grace: Duration::from_millis(300),
+                },
+            )),
         )
         .await;
         assert_eq!(f.signal, Some(9), "{f:?}");
@@ -333,7 +362,11 @@ mod tests {
 
     #[tokio::test]
     async fn long_output_is_streamed_while_running() {
-        let (f, reports) = run_it(spec(&["sh", "-c", "echo first; sleep 1; echo second"]), None).await;
+        let (f, reports) = run_it(
+            spec(&["sh", "-c", "echo first; sleep 1; echo second"]),
+            None,
+        )
+        .await;
         assert_eq!(f.exit_code, Some(0));
         let outputs: Vec<Vec<u8>> = reports
             .lock()
