@@ -48,6 +48,8 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_ARGS: usize = 4096;
 /// Bytes of a command line (all arguments), at most.
 pub const MAX_COMMAND_BYTES: usize = 256 << 10;
+/// Jobs one `submit --array N` queues at most.
+pub const MAX_ARRAY: u32 = 10_000;
 /// Jobs one `List` returns by default and at most.
 pub const DEFAULT_LIST_LIMIT: u32 = 1000;
 pub const MAX_LIST_LIMIT: u32 = 100_000;

@@ -110,6 +110,9 @@ pub enum JobsCmd {
         /// Wait for the job to end; print its output and exit with its status
         #[arg(long)]
         wait: bool,
+        /// Queue N copies (a job array); each gets NUAGE_ARRAY_TASK_ID=0…N-1
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=config::MAX_ARRAY as i64))]
+        array: Option<u32>,
         /// With --wait: give up after this long (the job keeps running)
         #[arg(long, value_parser = duration_arg, value_name = "DURATION", requires = "wait")]
         timeout: Option<Duration>,
@@ -260,6 +263,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
             manager,
             name,
             wait,
+            array,
             timeout,
             trace,
             command,
@@ -277,7 +281,10 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
             if let Some(dir) = &trace {
                 trace::install(dir, "client")?;
             }
-            let result = submit(&manager, &name, wait, timeout, command).await;
+            let result = match array {
+                Some(n) => submit_array(&manager, &name, n, wait, timeout, command).await,
+                None => submit(&manager, &name, wait, timeout, command).await,
+            };
             trace::finish();
             let status = result?;
             if status != 0 {
@@ -428,6 +435,46 @@ async fn submit(
     Ok(client::exit_status(&job))
 }
 
+/// Queues `n` copies, printing each id; with `wait`, waits for all and returns 0 if
+/// every one succeeded, else 1.
+async fn submit_array(
+    manager: &ManagerArg,
+    name: &str,
+    n: u32,
+    wait: bool,
+    timeout: Option<Duration>,
+    command: Vec<String>,
+) -> anyhow::Result<i32> {
+    let span = Span::root("client.submit", "client", format!("array {name} of {n}"));
+    let client = manager.connect().await?;
+    let argv = (!command.is_empty()).then_some(command);
+    let mut ids = Vec::with_capacity(n as usize);
+    let mut out = std::io::stdout().lock();
+    for i in 0..n {
+        let id = client
+            .submit(name, argv.clone(), Some(i), span.context())
+            .await?;
+        writeln!(out, "{id}")?;
+        ids.push(id);
+    }
+    out.flush()?;
+    drop(out);
+    if !wait {
+        return Ok(0);
+    }
+    let done = client.wait(&ids, timeout, |_| {}).await?;
+    let failed: Vec<&Job> = done
+        .iter()
+        .filter(|j| j.state() != JobState::Succeeded)
+        .collect();
+    for j in &failed {
+        eprintln!("nuage: {}", summary(j));
+    }
+    eprintln!("nuage: {} of {n} jobs succeeded", n as usize - failed.len());
+    span.end();
+    Ok(i32::from(!failed.is_empty()))
+}
+
 /// `job 12 (tache45) succeeded on w1 after 1 attempt: exit 0, ran 1.002s`.
 fn summary(job: &Job) -> String {
     let how = match (job.exit_code, job.signal) {
@@ -522,6 +569,9 @@ fn render_job(j: &Job) -> String {
     line("id", j.id.to_string());
     line("name", j.name.clone());
     line("command", command_text(j));
+    if let Some(i) = j.array_index {
+        line("array", format!("index {i}"));
+    }
     line("state", state_name(j.state()).to_owned());
     if !j.reason.is_empty() {
         line("reason", j.reason.clone());
