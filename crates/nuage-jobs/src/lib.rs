@@ -4,12 +4,15 @@
 //!   (`proto/jobs.proto`). Start reading at [`manager::Manager`].
 //! - [`worker`]: registers, heartbeats, runs one task at a time as a process group.
 //! - [`client`]: what `nuage jobs submit/ls/show/…` call.
-//! - [`trace`]: spans written as CTF 1.8 and Trace Event JSON, and read back.
+//! - [`trace`]: spans written as CTF 1.8 and Trace Event JSON, read back, and
+//!   analyzed ([`trace::analyze`]: own time per component, bottleneck, critical path).
+//! - [`demo`]: the three-tier `demo-auth` service used to practise finding bottlenecks.
 //! - [`service`]: the manager (and optionally a worker) as a service of `nuage up`.
 
 pub mod client;
 pub mod config;
 pub mod default_task;
+pub mod demo;
 pub mod manager;
 pub mod service;
 pub mod timefmt;

@@ -5,6 +5,7 @@ mod jobs_cmd;
 mod lab_cmd;
 mod node_cmd;
 mod table;
+mod trace_cmd;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Command {
     Lab(lab_cmd::LabArgs),
     /// A FIFO job scheduler over gRPC: manager, workers, submit, ls, cancel, logs
     Jobs(jobs_cmd::JobsArgs),
+    /// Analyze traces recorded with --trace: time per component, bottleneck, critical path
+    Trace(trace_cmd::TraceArgs),
 }
 
 /// Environment variable setting the log level (error, warn, info, debug, trace).
@@ -57,13 +60,14 @@ fn main() {
         // The lab runs without an async runtime: `lab exec` must still be single-threaded
         // when it enters a machine's namespaces and replaces itself with the command.
         Command::Lab(args) => lab_cmd::run(args),
+        Command::Trace(args) => trace_cmd::run(args),
         command => runtime().and_then(|rt| {
             rt.block_on(async {
                 match command {
                     Command::Up(args) => up::run(args).await,
                     Command::Node { cmd, api } => node_cmd::run(cmd, api).await,
                     Command::Jobs(args) => jobs_cmd::run(args).await,
-                    Command::Lab(_) => unreachable!("handled above"),
+                    Command::Lab(_) | Command::Trace(_) => unreachable!("handled above"),
                 }
             })
         }),

@@ -209,24 +209,49 @@ fn the_queue_is_fifo_and_a_worker_runs_one_task_at_a_time() {
         "echo start $NUAGE_JOB_ID $NUAGE_WORKER >> {0}; sleep 0.2; echo end $NUAGE_JOB_ID $NUAGE_WORKER >> {0}",
         log.display()
     );
-    let ids: Vec<u64> = (0..8)
-        .map(|i| submit(&addr, &[&format!("j{i}"), "--", "sh", "-c", &script]))
-        .collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let submit_n = |n: usize| -> Vec<u64> {
+        (0..n)
+            .map(|i| submit(&addr, &[&format!("j{i}"), "--", "sh", "-c", &script]))
+            .collect()
+    };
+    let all_done = |n: usize| {
+        wait_for("all jobs to succeed", Duration::from_secs(60), || {
+            ls(&addr).iter().filter(|r| r[2] == "succeeded").count() == n
+        })
+    };
+    let started = |text: &str, worker: Option<&str>| -> Vec<u64> {
+        text.lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .filter(|l| l[0] == "start" && worker.is_none_or(|w| w == l[2]))
+            .map(|l| l[1].parse().unwrap())
+            .collect()
+    };
+    // One worker: the jobs start exactly in submission order.
+    let first = submit_n(4);
+    assert!(first.windows(2).all(|w| w[0] < w[1]));
     let _w1 = worker(&addr, "w1", &[]);
+    all_done(4);
+    assert_eq!(
+        started(&std::fs::read_to_string(&log).unwrap(), None),
+        first
+    );
+    // Two workers: each takes the oldest queued job whenever it is idle, so each one's
+    // jobs are in submission order too.
+    let second = submit_n(8);
     let _w2 = worker(&addr, "w2", &[]);
-    wait_for("all jobs to succeed", Duration::from_secs(60), || {
-        ls(&addr).iter().filter(|r| r[2] == "succeeded").count() == ids.len()
-    });
+    all_done(12);
     let text = std::fs::read_to_string(&log).unwrap();
+    let mut seen = Vec::new();
+    for w in ["w1", "w2"] {
+        let mine = started(&text, Some(w));
+        assert!(mine.windows(2).all(|p| p[0] < p[1]), "{text}");
+        seen.extend(mine);
+    }
+    seen.sort_unstable();
+    let mut expected = [first, second].concat();
+    expected.sort_unstable();
+    assert_eq!(seen, expected, "{text}");
     let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
-    // Started in submission order.
-    let started: Vec<u64> = lines
-        .iter()
-        .filter(|l| l[0] == "start")
-        .map(|l| l[1].parse().unwrap())
-        .collect();
-    assert_eq!(started, ids, "{text}");
     // Never two tasks at once on one worker: each start follows its worker's last end.
     let mut running: std::collections::HashMap<&str, &str> = Default::default();
     for l in &lines {

@@ -34,7 +34,7 @@ impl proto::jobs_server::Jobs for Grpc {
             format!("job {}", request.get_ref().name)
         });
         let job = validate_submit(request.get_ref())?;
-        let job_id = self.0.core().submit(job, parent)?;
+        let job_id = self.0.core().submit(job, span.context())?;
         span.end();
         Ok(Response::new(proto::SubmitReply { job_id }))
     }

@@ -420,7 +420,10 @@ impl Core {
             argv: argv.unwrap_or_default(),
             array_index,
             max_output_bytes: self.opts.max_output_bytes,
-            traceparent,
+            // The worker's spans hang under this dispatch.
+            traceparent: dispatch_span
+                .context()
+                .map_or(traceparent, |c| c.traceparent()),
         };
         let worker = self.workers.get_mut(name).expect("idle worker exists");
         debug_assert!(worker.job.is_none(), "worker {name} given two jobs");

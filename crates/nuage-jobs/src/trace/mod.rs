@@ -10,6 +10,7 @@
 //!
 //! See docs/tracing.md for the formats and how to open them.
 
+pub mod analyze;
 pub mod ctf;
 pub mod json;
 pub mod read;
