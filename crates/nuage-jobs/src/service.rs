@@ -79,9 +79,13 @@ impl Service for JobsService {
             }
             let mut endpoints = Vec::new();
             let mut tasks = Vec::new();
+            // Where this node's worker finds a manager of its own node: where it really
+            // listens (the configured port may be 0).
+            let mut listen = opts.listen;
             if is_manager {
                 let listener = Manager::bind(opts.listen, "[jobs] listen").await?;
                 let addr = listener.local_addr()?;
+                listen = addr;
                 endpoints.push(Endpoint::new("grpc", addr));
                 let manager = Manager::open(&ctx.data_dir, opts.clone())
                     .with_context(|| format!("jobs manager in {}", ctx.data_dir.display()))?;
@@ -92,7 +96,7 @@ impl Service for JobsService {
             }
             if section.worker {
                 let wopts = WorkerOptions {
-                    manager: manager_url(&ctx.config, &section, opts.listen)?,
+                    manager: manager_url(&ctx.config, &section, listen)?,
                     name: ctx.config.name.to_string(),
                     workdir: None,
                     program: std::env::current_exe().context("finding the nuage binary")?,

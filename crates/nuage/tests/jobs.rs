@@ -469,3 +469,57 @@ fn a_manager_restart_keeps_the_queue_and_adopts_running_tasks() {
     assert!(show.contains("adopted"), "{show}");
     assert_eq!(ok(&jobs(&addr, &["logs", &running.to_string()])), "done\n");
 }
+
+#[test]
+fn nuage_up_runs_the_manager_and_a_worker_when_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("nuage.toml");
+    std::fs::write(
+        &config,
+        "name = \"n1\"\n[listen]\napi = \"127.0.0.1:0\"\n\n[jobs]\nmanager = \"n1\"\nlisten = \"127.0.0.1:0\"\nworker = true\ndefault_task_duration = \"100ms\"\n",
+    )
+    .unwrap();
+    let data = tmp.path().join("data");
+    let mut node = common::start_up(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    // The node lists the manager's endpoint.
+    let (status, body) = common::http_get(&node.api, "/v1/node");
+    assert_eq!(status, 200, "{body}");
+    let info = common::json(&body);
+    let addr = info["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "jobs")
+        .and_then(|s| s["endpoints"][0]["address"].as_str())
+        .unwrap_or_else(|| panic!("no jobs endpoint in {body}"))
+        .to_owned();
+    let out = jobs(&addr, &["submit", "tache45", "--wait"]);
+    assert!(
+        ok(&out).contains("task tache45 done by worker n1"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(data.join("jobs").join("jobs.db").exists());
+    signal(&node.child, Signal::SIGTERM);
+    assert!(wait_exit(&mut node.child, Duration::from_secs(20)).success());
+
+    // A mistake in [jobs] stops the node with the line and key.
+    std::fs::write(&config, "name = \"n1\"\n[jobs]\nmanagr = \"n1\"\n").unwrap();
+    let out = nuage()
+        .args([
+            "up",
+            "--config",
+            config.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nuage.toml:3"), "{}", stderr(&out));
+}
