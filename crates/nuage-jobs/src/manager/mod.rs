@@ -705,12 +705,15 @@ impl Core {
         w.last_heartbeat = Instant::now();
         w.last_heartbeat_us = crate::now_us();
         let held = w.job;
-        let claim = req.running.map(|r| (r.job_id, r.attempt));
+        let claim = req.running.map(|r| (r.job_id, r.attempt, r.finished));
         let kill = match (claim, held) {
-            (Some((id, attempt)), Some(h)) if id == h => {
+            (Some((id, attempt, _)), Some(h)) if id == h => {
                 let a = &self.running[&h];
                 a.attempt != attempt || a.cancel_requested
             }
+            // A task that has ended, whose Finished report we accepted before the
+            // worker heard back: nothing to kill.
+            (Some((_, _, true)), _) => false,
             (Some(_), _) => true,
             (None, Some(h)) => {
                 // Given a job it does not know: the assignment was lost on the way.

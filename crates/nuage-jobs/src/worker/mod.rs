@@ -426,9 +426,10 @@ async fn heartbeat_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
             continue;
         };
         let sent = Instant::now();
+        let named = shared.running_task();
         let request = proto::HeartbeatRequest {
             session: session.id.clone(),
-            running: shared.running_task(),
+            running: named,
         };
         match shared
             .client
@@ -442,7 +443,13 @@ async fn heartbeat_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
                 drop(ack);
                 if reply.into_inner().kill_running {
                     let slot = shared.slot();
-                    if let Some(s) = slot.as_ref() {
+                    // Only the task the heartbeat named: the slot may hold a newer one
+                    // by the time the reply arrives.
+                    if let Some(s) = slot.as_ref().filter(|s| {
+                        named
+                            .as_ref()
+                            .is_some_and(|n| (n.job_id, n.attempt) == (s.job_id, s.attempt))
+                    }) {
                         tracing::info!(
                             "worker {}: the manager asks to stop job {}",
                             shared.opts.name,
