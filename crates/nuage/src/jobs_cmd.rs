@@ -133,6 +133,10 @@ pub enum JobsCmd {
         /// The newest N jobs
         #[arg(long, default_value_t = config::DEFAULT_LIST_LIMIT, value_name = "N")]
         limit: u32,
+        /// For scripts: tab-separated, no header, times in microseconds since the epoch
+        /// (id, name, state, worker, attempts, submitted, dispatched, started, finished, exit)
+        #[arg(long)]
+        tsv: bool,
     },
     /// Show one job with its history
     Show {
@@ -417,6 +421,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
             manager,
             state,
             limit,
+            tsv,
         } => {
             let states = state
                 .iter()
@@ -429,6 +434,28 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let (jobs, total) = manager.connect().await?.list(&states, limit).await?;
+            if tsv {
+                let mut out = std::io::stdout().lock();
+                for j in &jobs {
+                    let exit = j
+                        .exit_code
+                        .map_or_else(|| "-".to_owned(), |c| c.to_string());
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{exit}",
+                        j.id,
+                        j.name,
+                        state_name(j.state()),
+                        j.worker,
+                        j.attempts,
+                        j.submitted_at_us,
+                        j.dispatched_at_us,
+                        j.started_at_us,
+                        j.finished_at_us
+                    )?;
+                }
+                return Ok(());
+            }
             print!("{}", render_list(&jobs));
             if total > jobs.len() as u64 {
                 eprintln!(
