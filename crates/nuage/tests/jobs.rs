@@ -523,3 +523,23 @@ fn nuage_up_runs_the_manager_and_a_worker_when_configured() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("nuage.toml:3"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_worker_stopped_cleanly_gives_its_task_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_m, addr) = manager(tmp.path(), "127.0.0.1:0", &[]);
+    let mut w1 = worker(&addr, "w1", &[]);
+    let id = submit(&addr, &["long", "--", "sleep", "300"]);
+    wait_for("it to run", Duration::from_secs(30), || {
+        state_of(&addr, id) == "running"
+    });
+    signal(&w1.0, Signal::SIGTERM);
+    assert!(wait_exit(&mut w1.0, Duration::from_secs(20)).success());
+    assert_eq!(state_of(&addr, id), "queued");
+    let _w2 = worker(&addr, "w2", &[]);
+    wait_for("w2 to take it", Duration::from_secs(30), || {
+        ls(&addr)
+            .iter()
+            .any(|r| r[0] == id.to_string() && r[2] == "running" && r[3] == "w2")
+    });
+}

@@ -836,7 +836,7 @@ impl Core {
                     self.requeue_or_fail(
                         id,
                         &format!(
-                            "worker {name} lost contact with the manager and stopped the task"
+                            "worker {name} stopped the task (it lost contact with the manager, or is stopping)"
                         ),
                     );
                     return Ok(proto::ReportReply {

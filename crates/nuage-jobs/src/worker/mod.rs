@@ -159,12 +159,15 @@ pub async fn run(opts: WorkerOptions, shutdown: CancellationToken) -> anyhow::Re
         tokio::spawn(report_loop(shared.clone(), reports_rx, shutdown.clone())),
     ];
     main_loop(&shared, &shutdown).await;
-    // Stop the task we hold, and give its report a moment to go out.
+    // Stop the task we hold and give it back: reported as fenced, the manager requeues
+    // it (at the head) instead of failing it. Then give the report a moment to go out.
     let control = shared.slot().as_ref().map(|s| s.control.clone());
     if let Some(c) = control {
-        let _ = c.send(Control::Terminate {
-            grace: DEFAULT_KILL_GRACE,
-        });
+        tracing::info!(
+            "worker {}: stopping; giving the running task back",
+            shared.opts.name
+        );
+        let _ = c.send(Control::Kill { fenced: true });
         let deadline = Instant::now() + STOP_TIMEOUT;
         while shared.slot().is_some() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
