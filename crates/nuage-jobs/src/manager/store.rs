@@ -280,7 +280,7 @@ impl Store {
             .prepare_cached(&format!("SELECT {col} FROM jobs WHERE id = ?1"))?
             .query_row([id as i64], |r| r.get(0))?;
         let have = kept.len() as u64;
-        let end = offset + data.len() as u64;
+        let end = offset.saturating_add(data.len() as u64);
         if end <= have || offset > have || have >= limit {
             // Already stored, a gap (should not happen: reports are ordered), or full.
             return Ok(None);
