@@ -82,6 +82,8 @@ struct Shared {
     lease: Mutex<Option<Duration>>,
     /// Something found the session gone: the main loop registers again.
     relogin: Notify,
+    /// The slot became empty (a task waiting for it may start).
+    freed: Notify,
     reports: mpsc::UnboundedSender<Pending>,
 }
 
@@ -151,6 +153,7 @@ pub async fn run(opts: WorkerOptions, shutdown: CancellationToken) -> anyhow::Re
         last_ack: Mutex::new(Instant::now()),
         lease: Mutex::new(None),
         relogin: Notify::new(),
+        freed: Notify::new(),
         reports: reports_tx,
     });
     let background = [
@@ -318,6 +321,7 @@ fn drop_slot(shared: &Shared, why: &str) {
         let _ = s.control.send(Control::Kill { fenced: false });
         if s.finished {
             *slot = None;
+            shared.freed.notify_waiters();
         }
     }
 }
@@ -331,6 +335,10 @@ fn start_task(shared: &Arc<Shared>, task: proto::Task) {
         // rather than refuse the new task.
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
+            // Registered before looking, so a slot freed in between still wakes us.
+            let freed = shared.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             {
                 let mut slot = shared.slot();
                 match slot.as_ref() {
@@ -362,7 +370,10 @@ fn start_task(shared: &Arc<Shared>, task: proto::Task) {
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::select! {
+                _ = freed => {}
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
         }
     });
 }
@@ -597,6 +608,7 @@ async fn report_loop(
                 .is_some_and(|s| s.job_id == p.job_id && s.attempt == p.attempt)
             {
                 *slot = None;
+                shared.freed.notify_waiters();
             }
         }
     }
