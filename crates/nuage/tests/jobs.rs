@@ -175,6 +175,30 @@ fn submit_wait_runs_the_default_task_and_commands() {
         stderr(&out)
     );
 
+    // A job array: NUAGE_ARRAY_TASK_ID is 0 and 1; --wait waits for all (Watch).
+    let out = jobs(
+        &addr,
+        &[
+            "submit",
+            "arr",
+            "--array",
+            "2",
+            "--wait",
+            "--",
+            "sh",
+            "-c",
+            "exit $NUAGE_ARRAY_TASK_ID",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out).lines().count(), 2, "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("1 of 2 jobs succeeded"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("exit 1"), "{}", stderr(&out));
+
     // Without --wait: the id; then ls, show and logs know it.
     let id = submit(&addr, &["t4", "--", "echo", "hello"]);
     wait_for("t4 to succeed", Duration::from_secs(30), || {
