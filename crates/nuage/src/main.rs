@@ -3,11 +3,13 @@
 
 mod finger_cmd;
 mod fn_cmd;
+mod jobs_cmd;
 mod lab_cmd;
 mod mail_cmd;
 mod net_cmd;
 mod node_cmd;
 mod table;
+mod trace_cmd;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -60,6 +62,10 @@ enum Command {
         #[command(subcommand)]
         cmd: mail_cmd::MailCmd,
     },
+    /// A FIFO job scheduler over gRPC: manager, workers, submit, ls, cancel, logs
+    Jobs(jobs_cmd::JobsArgs),
+    /// Analyze traces recorded with --trace: time per component, bottleneck, critical path
+    Trace(trace_cmd::TraceArgs),
 }
 
 /// Environment variable setting the log level (error, warn, info, debug, trace).
@@ -67,17 +73,20 @@ const LOG_ENV: &str = "NUAGE_LOG";
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(matches!(
-        cli.command,
-        Command::Up(_)
-            | Command::Mail {
-                cmd: mail_cmd::MailCmd::Serve(_)
-            }
-    ));
+    let daemon = match &cli.command {
+        Command::Up(_) => true,
+        Command::Mail {
+            cmd: mail_cmd::MailCmd::Serve(_),
+        } => true,
+        Command::Jobs(args) => args.is_daemon(),
+        _ => false,
+    };
+    init_logging(daemon);
     let result = match cli.command {
         // The lab runs without an async runtime: `lab exec` must still be single-threaded
         // when it enters a machine's namespaces and replaces itself with the command.
         Command::Lab(args) => lab_cmd::run(args),
+        Command::Trace(args) => trace_cmd::run(args),
         command => runtime().and_then(|rt| {
             rt.block_on(async {
                 match command {
@@ -87,7 +96,8 @@ fn main() {
                     Command::Finger(args) => finger_cmd::run(args).await,
                     Command::Mail { cmd } => mail_cmd::run(cmd).await,
                     Command::Fn { cmd, api } => fn_cmd::run(cmd, api).await,
-                    Command::Lab(_) => unreachable!("handled above"),
+                    Command::Jobs(args) => jobs_cmd::run(args).await,
+                    Command::Lab(_) | Command::Trace(_) => unreachable!("handled above"),
                 }
             })
         }),

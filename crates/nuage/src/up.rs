@@ -28,8 +28,11 @@ pub struct UpArgs {
 
 /// The services of a node, in start order. A subsystem joins `nuage up` by adding its
 /// service here.
-fn services(_config: &Config) -> Vec<Box<dyn Service>> {
-    vec![Box::new(nuage_fn::FunctionsService)]
+fn services(config: &Config) -> Vec<Box<dyn Service>> {
+    let mut services: Vec<Box<dyn Service>> = vec![Box::new(nuage_fn::FunctionsService)];
+    // The jobs manager on the node `[jobs] manager` names; a worker where `worker = true`.
+    services.extend(nuage_jobs::service::for_node(config));
+    services
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {

@@ -1,0 +1,428 @@
+//! End-to-end tracing: spans carried across processes by a W3C `traceparent`, written
+//! by each process as a CTF 1.8 trace (`DIR/ctf/<host>-<role>-<pid>/`) and as Trace
+//! Event JSON (`DIR/json/<host>-<role>-<pid>.json`).
+//!
+//! A process turns tracing on once with [`install`]; until then every span is a no-op
+//! that only passes its parent's context along (so an untraced manager still links a
+//! traced client to a traced worker). Events are encoded into memory under one mutex
+//! and written in packets by a flusher thread every [`FLUSH_INTERVAL`], so recording a
+//! span costs a clock read, a lock and a few hundred bytes of copying.
+//!
+//! See docs/tracing.md for the formats and how to open them.
+
+pub mod analyze;
+pub mod ctf;
+pub mod json;
+pub mod read;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// gRPC metadata key (and environment variable `NUAGE_TRACEPARENT` for tasks) carrying
+/// the trace context.
+pub const TRACEPARENT: &str = "traceparent";
+/// How often buffered events reach the files.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest span name, component or detail written; longer ones are cut.
+pub const MAX_FIELD_BYTES: usize = 256;
+
+/// Where a span belongs: the request (trace) and the span itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    pub trace_id: u128,
+    pub span_id: u64,
+}
+
+impl TraceContext {
+    /// `00-<trace id>-<span id>-01` (W3C Trace Context, sampled).
+    pub fn traceparent(&self) -> String {
+        format!("00-{:032x}-{:016x}-01", self.trace_id, self.span_id)
+    }
+
+    /// Parses a `traceparent`; `None` for anything malformed or all-zero.
+    pub fn parse(text: &str) -> Option<TraceContext> {
+        let mut parts = text.trim().split('-');
+        let (version, trace, span, _flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if version != "00" || trace.len() != 32 || span.len() != 16 || parts.next().is_some() {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(trace, 16).ok()?;
+        let span_id = u64::from_str_radix(span, 16).ok()?;
+        (trace_id != 0 && span_id != 0).then_some(TraceContext { trace_id, span_id })
+    }
+
+    pub fn trace_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+}
+
+/// Reads the trace context of an incoming gRPC request.
+pub fn from_metadata(meta: &tonic::metadata::MetadataMap) -> Option<TraceContext> {
+    meta.get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse)
+}
+
+/// Adds the trace context to an outgoing gRPC request.
+pub fn inject<T>(request: &mut tonic::Request<T>, ctx: Option<TraceContext>) {
+    if let Some(ctx) = ctx {
+        if let Ok(v) = ctx.traceparent().parse() {
+            request.metadata_mut().insert(TRACEPARENT, v);
+        }
+    }
+}
+
+fn new_span_id() -> u64 {
+    loop {
+        let id = crate::random_u64();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn new_trace_id() -> u128 {
+    (u128::from(crate::random_u64()) << 64) | u128::from(new_span_id())
+}
+
+/// Nanoseconds since the Unix epoch (the clock of every trace).
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// One recorded span, as written (begin and end) and as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanRecord {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub parent_id: u64,
+    pub name: String,
+    pub component: String,
+    pub detail: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+}
+
+/// The process being traced.
+#[derive(Debug, Clone)]
+pub struct ProcessInfo {
+    pub hostname: String,
+    /// `client`, `manager`, `worker`, `app`, `auth`…
+    pub role: String,
+    pub pid: u32,
+}
+
+/// A tracer: the writers of one process.
+pub struct Tracer {
+    info: ProcessInfo,
+    writers: Mutex<Writers>,
+    ctf_dir: PathBuf,
+    json_path: PathBuf,
+}
+
+struct Writers {
+    ctf: ctf::CtfWriter,
+    json: json::JsonWriter,
+}
+
+impl Tracer {
+    /// Creates the trace files of this process under `dir`.
+    pub fn create(dir: &Path, role: &str) -> anyhow::Result<Tracer> {
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".to_owned());
+        let info = ProcessInfo {
+            hostname,
+            role: role.to_owned(),
+            pid: std::process::id(),
+        };
+        let base = format!("{}-{}-{}", info.hostname, info.role, info.pid);
+        let ctf_root = dir.join("ctf");
+        let json_root = dir.join("json");
+        for d in [&ctf_root, &json_root] {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("cannot create trace directory {}", d.display()))?;
+        }
+        // A pid can come back (containers, long runs): never mix two processes.
+        let mut name = base.clone();
+        let mut n = 1;
+        while ctf_root.join(&name).exists() || json_root.join(format!("{name}.json")).exists() {
+            n += 1;
+            name = format!("{base}.{n}");
+        }
+        let ctf_dir = ctf_root.join(&name);
+        let json_path = json_root.join(format!("{name}.json"));
+        let ctf = ctf::CtfWriter::create(&ctf_dir, &info)?;
+        let json = json::JsonWriter::create(&json_path, &info)?;
+        Ok(Tracer {
+            info,
+            writers: Mutex::new(Writers { ctf, json }),
+            ctf_dir,
+            json_path,
+        })
+    }
+
+    pub fn info(&self) -> &ProcessInfo {
+        &self.info
+    }
+    pub fn ctf_dir(&self) -> &Path {
+        &self.ctf_dir
+    }
+    pub fn json_path(&self) -> &Path {
+        &self.json_path
+    }
+
+    /// Records the beginning of `s`, setting its start time. The clock is read under
+    /// the lock so that the events of the stream are in time order.
+    fn begin(&self, s: &mut SpanState) {
+        let tid = gettid();
+        let mut w = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        s.start_ns = w.ctf.span_begin(now_ns(), self.info.pid, tid, s);
+    }
+
+    fn end(&self, s: &SpanState) {
+        let tid = gettid();
+        let mut w = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        let end_ns = w.ctf.span_end(now_ns(), self.info.pid, tid, s);
+        w.json.span(s, end_ns, self.info.pid, tid);
+    }
+
+    /// Writes buffered events to the files.
+    pub fn flush(&self) -> std::io::Result<()> {
+        let mut w = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        w.ctf.flush()?;
+        w.json.flush()
+    }
+
+    /// Flushes and closes the JSON array; later spans are still written to CTF.
+    pub fn finish(&self) -> std::io::Result<()> {
+        let mut w = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        w.ctf.flush()?;
+        w.json.finish()
+    }
+}
+
+fn gettid() -> u32 {
+    nix::unistd::gettid().as_raw() as u32
+}
+
+static TRACER: OnceLock<Arc<Tracer>> = OnceLock::new();
+
+/// Turns tracing on for this process, writing under `dir`. A second call is ignored
+/// (one process, one trace).
+pub fn install(dir: &Path, role: &str) -> anyhow::Result<()> {
+    if TRACER.get().is_some() {
+        return Ok(());
+    }
+    let tracer = Arc::new(Tracer::create(dir, role)?);
+    if TRACER.set(tracer.clone()).is_ok() {
+        let weak = Arc::downgrade(&tracer);
+        std::thread::Builder::new()
+            .name("nuage-trace-flush".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(FLUSH_INTERVAL);
+                    let Some(t) = weak.upgrade() else { return };
+                    if let Err(e) = t.flush() {
+                        tracing::warn!("writing the trace failed: {e}");
+                    }
+                }
+            })
+            .context("starting the trace flusher")?;
+    }
+    Ok(())
+}
+
+/// The process's tracer, if tracing is on.
+pub fn tracer() -> Option<&'static Arc<Tracer>> {
+    TRACER.get()
+}
+
+pub fn enabled() -> bool {
+    TRACER.get().is_some()
+}
+
+/// Writes everything recorded so far and closes the JSON file; call before exiting.
+pub fn finish() {
+    if let Some(t) = TRACER.get() {
+        if let Err(e) = t.finish() {
+            tracing::warn!("writing the trace failed: {e}");
+        }
+    }
+}
+
+/// What a span needs to be written.
+#[derive(Debug, Clone)]
+pub(crate) struct SpanState {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub parent_id: u64,
+    pub name: &'static str,
+    pub component: &'static str,
+    pub detail: String,
+    pub start_ns: u64,
+}
+
+/// A span: begun when made, ended by [`Span::end`] or when dropped. Without a tracer it
+/// records nothing and its context is its parent's (so propagation still works).
+#[must_use = "a span measures until it is ended or dropped"]
+#[derive(Debug)]
+pub struct Span {
+    ctx: Option<TraceContext>,
+    state: Option<SpanState>,
+}
+
+impl Span {
+    /// A span that records nothing and carries no context.
+    pub const fn none() -> Span {
+        Span {
+            ctx: None,
+            state: None,
+        }
+    }
+
+    /// The first span of a new trace (a request), if tracing is on.
+    pub fn root(name: &'static str, component: &'static str, detail: String) -> Span {
+        if !enabled() {
+            return Span::none();
+        }
+        Self::start(new_trace_id(), 0, name, component, detail)
+    }
+
+    /// A span under `parent` (typically from another process). Without a parent or a
+    /// tracer it records nothing and passes the parent along.
+    pub fn child(
+        parent: Option<TraceContext>,
+        name: &'static str,
+        component: &'static str,
+        detail: impl FnOnce() -> String,
+    ) -> Span {
+        match parent {
+            Some(p) if enabled() => Self::start(p.trace_id, p.span_id, name, component, detail()),
+            _ => Span {
+                ctx: parent,
+                state: None,
+            },
+        }
+    }
+
+    fn start(
+        trace_id: u128,
+        parent_id: u64,
+        name: &'static str,
+        component: &'static str,
+        detail: String,
+    ) -> Span {
+        let Some(t) = tracer() else {
+            return Span::none();
+        };
+        let span_id = new_span_id();
+        let mut state = SpanState {
+            trace_id,
+            span_id,
+            parent_id,
+            name,
+            component,
+            detail,
+            start_ns: 0,
+        };
+        t.begin(&mut state);
+        Span {
+            ctx: Some(TraceContext { trace_id, span_id }),
+            state: Some(state),
+        }
+    }
+
+    /// The context children of this span should carry.
+    pub fn context(&self) -> Option<TraceContext> {
+        self.ctx
+    }
+
+    /// Ends the span now.
+    pub fn end(mut self) {
+        self.finish_now();
+    }
+
+    fn finish_now(&mut self) {
+        if let (Some(state), Some(t)) = (self.state.take(), tracer()) {
+            t.end(&state);
+        }
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        self.finish_now();
+    }
+}
+
+/// Cuts a field to [`MAX_FIELD_BYTES`] on a character boundary.
+pub(crate) fn clip(s: &str) -> &str {
+    if s.len() <= MAX_FIELD_BYTES {
+        return s;
+    }
+    let mut end = MAX_FIELD_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trip() {
+        let ctx = TraceContext {
+            trace_id: 0x0af7651916cd43dd8448eb211c80319c,
+            span_id: 0xb7ad6b7169203331,
+        };
+        let text = ctx.traceparent();
+        assert_eq!(
+            text,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        assert_eq!(TraceContext::parse(&text), Some(ctx));
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "00-0af7651916cd43dd8448eb211c8031zz-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+        ] {
+            assert_eq!(TraceContext::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn untraced_child_passes_its_parent_on() {
+        // No tracer is installed in unit tests.
+        let parent = TraceContext {
+            trace_id: 7,
+            span_id: 9,
+        };
+        let s = Span::child(Some(parent), "x", "y", String::new);
+        assert_eq!(s.context(), Some(parent));
+        assert_eq!(Span::child(None, "x", "y", String::new).context(), None);
+    }
+
+    #[test]
+    fn clip_respects_characters() {
+        let long = "é".repeat(200);
+        let c = clip(&long);
+        assert!(c.len() <= MAX_FIELD_BYTES);
+        assert!(c.chars().all(|ch| ch == 'é'));
+    }
+}
