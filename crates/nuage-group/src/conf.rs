@@ -222,7 +222,6 @@ fn tokenize(text: &str) -> Result<Vec<Token>, (usize, String)> {
 struct Parser<'a> {
     toks: &'a [Token],
     at: usize,
-    last_line: usize,
 }
 
 impl Parser<'_> {
@@ -231,14 +230,8 @@ impl Parser<'_> {
     }
     fn next(&mut self) -> Option<Token> {
         let t = self.toks.get(self.at).cloned();
-        if let Some(t) = &t {
-            self.last_line = t.line;
-        }
         self.at += 1;
         t
-    }
-    fn line(&self) -> usize {
-        self.peek().map_or(self.last_line, |t| t.line)
     }
 }
 
@@ -312,11 +305,7 @@ impl SpreadConf {
             message,
         };
         let toks = tokenize(text).map_err(|(l, m)| err(l, m))?;
-        let mut p = Parser {
-            toks: &toks,
-            at: 0,
-            last_line: 1,
-        };
+        let mut p = Parser { toks: &toks, at: 0 };
         let mut conf = SpreadConf::default();
         let mut seen_keys: BTreeSet<String> = BTreeSet::new();
         while let Some(t) = p.next() {
@@ -325,36 +314,56 @@ impl SpreadConf {
                 return Err(err(line, "expected a key or Spread_Segment".into()));
             };
             if key.eq_ignore_ascii_case("Spread_Segment") {
-                conf.parse_segment(&mut p, line).map_err(|(l, m)| err(l, m))?;
+                conf.parse_segment(&mut p, line)
+                    .map_err(|(l, m)| err(l, m))?;
                 continue;
             }
             // KEY [= VALUE | = { WORDS }]; a bare KEY (e.g. EventTimeStamp) is allowed.
             let mut values: Vec<String> = Vec::new();
             let mut braced = false;
-            if matches!(p.peek(), Some(Token { tok: Tok::Equals, .. })) {
+            if matches!(
+                p.peek(),
+                Some(Token {
+                    tok: Tok::Equals,
+                    ..
+                })
+            ) {
                 p.next();
                 match p.next() {
                     Some(Token { tok: Tok::Open, .. }) => {
                         braced = true;
                         loop {
                             match p.next() {
-                                Some(Token { tok: Tok::Close, .. }) => break,
+                                Some(Token {
+                                    tok: Tok::Close, ..
+                                }) => break,
                                 Some(Token {
                                     tok: Tok::Word(w) | Tok::Quoted(w),
                                     ..
                                 }) => values.push(w),
                                 Some(t) => {
-                                    return Err(err(t.line, format!("unexpected `{:?}` in the list of {key}", t.tok)));
+                                    return Err(err(
+                                        t.line,
+                                        format!("unexpected `{:?}` in the list of {key}", t.tok),
+                                    ));
                                 }
                                 None => {
-                                    return Err(err(line, format!("the list of {key} is not closed with `}}`")));
+                                    return Err(err(
+                                        line,
+                                        format!("the list of {key} is not closed with `}}`"),
+                                    ));
                                 }
                             }
                         }
                     }
                     Some(t) => match value_text(&t.tok) {
                         Some(v) if t.line == line => values.push(v.to_owned()),
-                        _ => return Err(err(line, format!("{key} = needs a value on the same line"))),
+                        _ => {
+                            return Err(err(
+                                line,
+                                format!("{key} = needs a value on the same line"),
+                            ));
+                        }
                     },
                     None => return Err(err(line, format!("{key} = needs a value"))),
                 }
@@ -371,7 +380,9 @@ impl SpreadConf {
             return Err(ConfError {
                 origin: origin.to_owned(),
                 line: None,
-                message: "no daemon is configured; add a Spread_Segment block naming at least one daemon".into(),
+                message:
+                    "no daemon is configured; add a Spread_Segment block naming at least one daemon"
+                        .into(),
             });
         }
         Ok(conf)
@@ -382,12 +393,20 @@ impl SpreadConf {
             .next()
             .ok_or((line, "Spread_Segment needs an address".to_owned()))?;
         let Some(addr) = value_text(&addr_tok.tok) else {
-            return Err((addr_tok.line, "Spread_Segment needs an address before `{`".into()));
+            return Err((
+                addr_tok.line,
+                "Spread_Segment needs an address before `{`".into(),
+            ));
         };
         let (_, port) = parse_segment_addr(addr).map_err(|m| (addr_tok.line, m))?;
         match p.next() {
             Some(Token { tok: Tok::Open, .. }) => {}
-            _ => return Err((line, "Spread_Segment address must be followed by `{`".into())),
+            _ => {
+                return Err((
+                    line,
+                    "Spread_Segment address must be followed by `{`".into(),
+                ));
+            }
         }
         loop {
             let Some(t) = p.next() else {
@@ -413,15 +432,24 @@ impl SpreadConf {
             let addr: IpAddr = addr_text.parse().map_err(|_| {
                 (
                     t.line,
-                    format!("`{addr_text}` is not an IP address (write `name address` or `address`)"),
+                    format!(
+                        "`{addr_text}` is not an IP address (write `name address` or `address`)"
+                    ),
                 )
             })?;
             check_daemon_name(&name).map_err(|e| (t.line, e.0))?;
             if self.daemons.iter().any(|d| d.name == name) {
                 return Err((t.line, format!("daemon `{name}` is listed twice")));
             }
-            if self.daemons.iter().any(|d| d.addr == addr && d.port == port) {
-                return Err((t.line, format!("two daemons have the address {addr}:{port}")));
+            if self
+                .daemons
+                .iter()
+                .any(|d| d.addr == addr && d.port == port)
+            {
+                return Err((
+                    t.line,
+                    format!("two daemons have the address {addr}:{port}"),
+                ));
             }
             if self.daemons.len() == MAX_DAEMONS {
                 return Err((t.line, format!("more than {MAX_DAEMONS} daemons")));
@@ -432,10 +460,21 @@ impl SpreadConf {
                 p.next();
                 loop {
                     match p.next() {
-                        Some(Token { tok: Tok::Close, .. }) => break,
-                        Some(Token { tok: Tok::Word(_), .. }) => {}
-                        Some(t) => return Err((t.line, format!("unexpected `{:?}` in an interface block", t.tok))),
-                        None => return Err((line, "interface block is not closed with `}`".into())),
+                        Some(Token {
+                            tok: Tok::Close, ..
+                        }) => break,
+                        Some(Token {
+                            tok: Tok::Word(_), ..
+                        }) => {}
+                        Some(t) => {
+                            return Err((
+                                t.line,
+                                format!("unexpected `{:?}` in an interface block", t.tok),
+                            ));
+                        }
+                        None => {
+                            return Err((line, "interface block is not closed with `}`".into()));
+                        }
                     }
                 }
             }
@@ -464,7 +503,8 @@ impl SpreadConf {
                 .filter(|n| (min..=max).contains(n))
                 .ok_or_else(|| format!("{key} = {v}: expected a whole number from {min} to {max}"))
         };
-        let ms = |max: u64| -> Result<Duration, String> { Ok(Duration::from_millis(number(1, max)?)) };
+        let ms =
+            |max: u64| -> Result<Duration, String> { Ok(Duration::from_millis(number(1, max)?)) };
         match key.to_ascii_lowercase().as_str() {
             "eventlogfile" => self.event_log_file = Some(PathBuf::from(one()?)),
             "eventtimestamp" => {
@@ -486,9 +526,9 @@ impl SpreadConf {
             "gathertimeout" => self.timeouts.gather = ms(600_000)?,
             "formtimeout" => self.timeouts.form = ms(600_000)?,
             "lookuptimeout" => self.timeouts.lookup = ms(3_600_000)?,
-            _ => self.warnings.push(format!(
-                "{origin}:{line}: unknown key `{key}` is ignored"
-            )),
+            _ => self
+                .warnings
+                .push(format!("{origin}:{line}: unknown key `{key}` is ignored")),
         }
         Ok(())
     }
@@ -536,10 +576,16 @@ impl SpreadConf {
             .collect();
         match local.as_slice() {
             [one] => Ok(one),
-            [] => Err("no configured daemon has an address of this machine; name this daemon with -n".into()),
+            [] => Err(
+                "no configured daemon has an address of this machine; name this daemon with -n"
+                    .into(),
+            ),
             many => Err(format!(
                 "several configured daemons have addresses of this machine ({}); name this daemon with -n",
-                many.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         }
     }
@@ -577,7 +623,10 @@ MaxSessionMessages = 5000
             }]
         );
         assert_eq!(c.event_log_file, Some(PathBuf::from("testlog.out")));
-        assert_eq!(c.event_time_stamp.as_deref(), Some("[%a %d %b %Y %H:%M:%S]"));
+        assert_eq!(
+            c.event_time_stamp.as_deref(),
+            Some("[%a %d %b %Y %H:%M:%S]")
+        );
         assert_eq!(c.debug_flags, ["PRINT", "EXIT"]);
         assert_eq!(c.runtime_dir, Some(PathBuf::from("/var/run/spread")));
         assert_eq!(c.max_session_messages, 5000);
@@ -595,7 +644,11 @@ MaxSessionMessages = 5000
     fn segments_ports_names_and_interfaces() {
         let text = "Spread_Segment 10.0.0.255 {\n  a 10.0.0.1\n  10.0.0.2 { D 10.0.0.2\n C 10.0.0.2 }\n}\nSpread_Segment 10.1.0.255:5000 {\n b 10.1.0.1\n}\nTokenTimeout = 3000\n";
         let c = SpreadConf::parse(text, "x").unwrap();
-        let d: Vec<(&str, u16)> = c.daemons.iter().map(|d| (d.name.as_str(), d.port)).collect();
+        let d: Vec<(&str, u16)> = c
+            .daemons
+            .iter()
+            .map(|d| (d.name.as_str(), d.port))
+            .collect();
         assert_eq!(d, [("a", 4803), ("10.0.0.2", 4803), ("b", 5000)]);
         assert_eq!(c.timeouts.token, Duration::from_millis(3000));
         assert!(c.warnings.is_empty());
@@ -604,21 +657,48 @@ MaxSessionMessages = 5000
     #[test]
     fn errors_name_the_line() {
         let cases = [
-            ("Spread_Segment 1.2.3.4 {\n a 1.2.3\n}\n", 2, "not an IP address"),
+            (
+                "Spread_Segment 1.2.3.4 {\n a 1.2.3\n}\n",
+                2,
+                "not an IP address",
+            ),
             ("Spread_Segment 1.2.3.4:0 {\n a 1.2.3.4\n}\n", 1, "port"),
-            ("Spread_Segment 1.2.3.4 {\n a 1.2.3.4\n a 1.2.3.5\n}\n", 3, "listed twice"),
+            (
+                "Spread_Segment 1.2.3.4 {\n a 1.2.3.4\n a 1.2.3.5\n}\n",
+                3,
+                "listed twice",
+            ),
             ("Spread_Segment 1.2.3.4 {\n a 1.2.3.4\n", 1, "not closed"),
-            ("Spread_Segment 1.2.3.4 {\n a 1.2.3.4\n}\nWindow = lots\n", 4, "whole number"),
-            ("Spread_Segment 1.2.3.4 {\n a 1.2.3.4\n}\nMaxSessionMessages =\n", 4, "value"),
-            ("Spread_Segment 1.2.3.4 {\n averyveryverylongdaemonname 1.2.3.4\n}\n", 2, "1 to 19"),
+            (
+                "Spread_Segment 1.2.3.4 {\n a 1.2.3.4\n}\nWindow = lots\n",
+                4,
+                "whole number",
+            ),
+            (
+                "Spread_Segment 1.2.3.4 {\n a 1.2.3.4\n}\nMaxSessionMessages =\n",
+                4,
+                "value",
+            ),
+            (
+                "Spread_Segment 1.2.3.4 {\n averyveryverylongdaemonname 1.2.3.4\n}\n",
+                2,
+                "1 to 19",
+            ),
             ("= 3\n", 1, "expected a key"),
-            ("Spread_Segment 1.2.3.4 {\n a 1.2.3.4\n}\nEventLogFile = \"x\n", 4, "unterminated"),
+            (
+                "Spread_Segment 1.2.3.4 {\n a 1.2.3.4\n}\nEventLogFile = \"x\n",
+                4,
+                "unterminated",
+            ),
         ];
         for (text, line, what) in cases {
             let e = SpreadConf::parse(text, "s.conf").unwrap_err();
             assert_eq!(e.line, Some(line), "{text:?}: {e}");
             assert!(e.message.contains(what), "{text:?}: {e}");
-            assert!(e.to_string().starts_with(&format!("s.conf:{line}: ")), "{e}");
+            assert!(
+                e.to_string().starts_with(&format!("s.conf:{line}: ")),
+                "{e}"
+            );
         }
         let e = SpreadConf::parse("# nothing\n", "s.conf").unwrap_err();
         assert!(e.message.contains("no daemon"), "{e}");

@@ -1,9 +1,15 @@
 //! nuage-group: a Spread-compatible group communication daemon.
 //!
 //! - [`wire`]: the Spread client protocol (connect, messages, membership bodies).
-//! - [`conf`]: spread.conf.
+//! - [`conf`]: the spread.conf file.
 //! - [`ring`]: the daemon-to-daemon protocol, a pure Totem-style state machine.
+//! - [`group`]: groups and members over the ring, what each local client receives.
+//! - [`daemon`]: the daemon: client sessions, the ring over UDP, the core task.
+//! - [`client`]: the client library (async, with a blocking wrapper).
 
+pub mod client;
 pub mod conf;
+pub mod daemon;
+pub mod group;
 pub mod ring;
 pub mod wire;

@@ -429,7 +429,9 @@ pub fn validate_client_header(h: &Header, own_private_group: &str) -> Result<(),
         u32::from_be_bytes(h.hint)
     };
     if hint & !(ENDIAN_BITS | 0x00ff_ff00) != 0 {
-        return Err(bad(format!("message has the illegal hint field 0x{hint:x}")));
+        return Err(bad(format!(
+            "message has the illegal hint field 0x{hint:x}"
+        )));
     }
     if h.data_len < 0 || h.data_len as usize > MAX_MESSAGE_BODY_LEN {
         return Err(bad(format!(
@@ -658,7 +660,12 @@ impl MembershipBody {
 
 /// A regular membership message for `group` (sorted `members`), caused by `cause`
 /// (one of the CAUSED_BY bits).
-pub fn regular_membership(group: &str, members: &[&str], cause: u32, body: &MembershipBody) -> Bytes {
+pub fn regular_membership(
+    group: &str,
+    members: &[&str],
+    cause: u32,
+    body: &MembershipBody,
+) -> Bytes {
     encode_message(
         service::REG_MEMB_MESS | cause,
         group,
@@ -691,7 +698,12 @@ pub fn connect_flags(priority: u8, group_membership: bool) -> u8 {
 }
 
 /// The connect request a client sends (with the patch byte: this library is 5.0.1).
-pub fn encode_connect(version: Version, name: &str, priority: u8, group_membership: bool) -> Vec<u8> {
+pub fn encode_connect(
+    version: Version,
+    name: &str,
+    priority: u8,
+    group_membership: bool,
+) -> Vec<u8> {
     let name = &name.as_bytes()[..name.len().min(MAX_PRIVATE_NAME)];
     let mut out = vec![
         version.major,
@@ -978,7 +990,10 @@ mod tests {
         assert!(check_private_name("a#b").is_err());
         assert!(check_daemon_name("localhost").is_ok());
         assert!(check_daemon_name(&"d".repeat(20)).is_err());
-        assert_eq!(split_private_group("#raw1#localhost"), Some(("raw1", "localhost")));
+        assert_eq!(
+            split_private_group("#raw1#localhost"),
+            Some(("raw1", "localhost"))
+        );
         assert_eq!(split_private_group("raw1"), None);
         assert!(check_destination("#a#b").is_ok());
         assert!(check_destination("#ab").is_err());

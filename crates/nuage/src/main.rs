@@ -1,6 +1,7 @@
 //! The `nuage` command: a thin layer that parses arguments, calls the library crates and
 //! prints. Every user mistake ends as one line on stderr and a non-zero status.
 
+mod group_cmd;
 mod lab_cmd;
 mod node_cmd;
 mod table;
@@ -37,6 +38,8 @@ enum Command {
     },
     /// Several machines on this host, with faults on demand (needs root)
     Lab(lab_cmd::LabArgs),
+    /// Group communication: a Spread-compatible daemon, its shell and status
+    Group(group_cmd::GroupArgs),
 }
 
 /// Environment variable setting the log level (error, warn, info, debug, trace).
@@ -44,7 +47,10 @@ const LOG_ENV: &str = "NUAGE_LOG";
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Up(_)));
+    init_logging(
+        matches!(cli.command, Command::Up(_))
+            || matches!(&cli.command, Command::Group(g) if g.daemon_logs()),
+    );
     let result = match cli.command {
         // The lab runs without an async runtime: `lab exec` must still be single-threaded
         // when it enters a machine's namespaces and replaces itself with the command.
@@ -54,6 +60,7 @@ fn main() {
                 match command {
                     Command::Up(args) => up::run(args).await,
                     Command::Node { cmd, api } => node_cmd::run(cmd, api).await,
+                    Command::Group(args) => group_cmd::run(args).await,
                     Command::Lab(_) => unreachable!("handled above"),
                 }
             })

@@ -43,11 +43,11 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 
 pub use nodeset::{NodeId, NodeSet};
-pub use packet::RingId;
 use order::{Delivered, Frame, Order};
+pub use packet::RingId;
 use packet::{
-    Body, CHUNK_FIRST, CHUNK_HEADER_LEN, CHUNK_LAST, CHUNK_MIDDLE, CHUNK_WHOLE, Commit, DATA_OVERHEAD,
-    Data, Join, MemberInfo, Packet, Recovered, TOKEN_RECOVERY_COMPLETE, Token,
+    Body, CHUNK_FIRST, CHUNK_HEADER_LEN, CHUNK_LAST, CHUNK_MIDDLE, CHUNK_WHOLE, Commit,
+    DATA_OVERHEAD, Data, Join, MemberInfo, Packet, Recovered, TOKEN_RECOVERY_COMPLETE, Token,
 };
 
 /// Most retransmission requests one token carries.
@@ -497,7 +497,14 @@ impl Ring {
 
     /// A packet of another ring: a daemon outside the ring means a merge; a member in a
     /// newer ring means this daemon was left behind.
-    fn foreign(&mut self, now: u64, from: NodeId, ring: RingId, upper: &mut dyn Upper, out: &mut Vec<Send>) {
+    fn foreign(
+        &mut self,
+        now: u64,
+        from: NodeId,
+        ring: RingId,
+        upper: &mut dyn Upper,
+        out: &mut Vec<Send>,
+    ) {
         self.max_ring_seq = self.max_ring_seq.max(ring.seq);
         if !self.cur.members.contains(from) || ring.seq > self.cur.ring.seq {
             self.enter_gather(now, NodeSet::single(from), upper, out);
@@ -507,7 +514,14 @@ impl Ring {
     // ----------------------------------------------------------------------------------
     // Data
 
-    fn on_data(&mut self, now: u64, from: NodeId, d: Data, upper: &mut dyn Upper, out: &mut Vec<Send>) {
+    fn on_data(
+        &mut self,
+        now: u64,
+        from: NodeId,
+        d: Data,
+        upper: &mut dyn Upper,
+        out: &mut Vec<Send>,
+    ) {
         let frame = Frame {
             sender: d.origin,
             safe: d.safe,
@@ -578,7 +592,14 @@ impl Ring {
     // ----------------------------------------------------------------------------------
     // Token
 
-    fn on_token(&mut self, now: u64, from: NodeId, tok: Token, upper: &mut dyn Upper, out: &mut Vec<Send>) {
+    fn on_token(
+        &mut self,
+        now: u64,
+        from: NodeId,
+        tok: Token,
+        upper: &mut dyn Upper,
+        out: &mut Vec<Send>,
+    ) {
         let ring = match &self.state {
             State::Operational => self.cur.ring,
             State::Recovery(r) => r.forming.ring,
@@ -635,7 +656,9 @@ impl Ring {
 
     fn hold_ms(&self) -> u64 {
         let n = self.cur.members.len().max(1) as u64;
-        MAX_TOKEN_HOLD_MS.min(self.cfg.token_timeout / (4 * n)).max(1)
+        MAX_TOKEN_HOLD_MS
+            .min(self.cfg.token_timeout / (4 * n))
+            .max(1)
     }
 
     fn clear_retransmit(&mut self, ring: RingId, stage: u64) {
@@ -656,7 +679,9 @@ impl Ring {
         } else {
             self.cur.members
         };
-        let rank = members.index_of(me).expect("a member visits its ring's token");
+        let rank = members
+            .index_of(me)
+            .expect("a member visits its ring's token");
         let others = members.without(me);
 
         // 1. Retransmit what others asked for and this daemon holds.
@@ -798,7 +823,13 @@ impl Ring {
         tok.pend[rank] = pend;
     }
 
-    fn send_recovery_frames(&mut self, tok: &mut Token, budget: u32, to: NodeSet, out: &mut Vec<Send>) -> u32 {
+    fn send_recovery_frames(
+        &mut self,
+        tok: &mut Token,
+        budget: u32,
+        to: NodeSet,
+        out: &mut Vec<Send>,
+    ) -> u32 {
         let me = self.cfg.me;
         let hash = self.cfg.config_hash;
         let old_ring = self.cur.ring;
@@ -879,7 +910,10 @@ impl Ring {
                     self.outgoing = None;
                     continue;
                 }
-                if p.offset == 0 && !buf.is_empty() && (CHUNK_HEADER_LEN + remaining <= cap || room < MIN_FRAGMENT) {
+                if p.offset == 0
+                    && !buf.is_empty()
+                    && (CHUNK_HEADER_LEN + remaining <= cap || room < MIN_FRAGMENT)
+                {
                     break; // starts in the next frame
                 }
                 let take = (room - CHUNK_HEADER_LEN).min(remaining);
@@ -1000,7 +1034,14 @@ impl Ring {
         }
     }
 
-    fn on_join(&mut self, now: u64, from: NodeId, j: Join, upper: &mut dyn Upper, out: &mut Vec<Send>) {
+    fn on_join(
+        &mut self,
+        now: u64,
+        from: NodeId,
+        j: Join,
+        upper: &mut dyn Upper,
+        out: &mut Vec<Send>,
+    ) {
         let me = self.cfg.me;
         self.max_ring_seq = self.max_ring_seq.max(j.ring_seq);
         match &self.state {
@@ -1157,7 +1198,11 @@ impl Ring {
                 }
             }
             State::Recovery(r) => {
-                if c.ring == r.forming.ring && me == c.ring.rep && c.rotation == 1 && !r.token_started {
+                if c.ring == r.forming.ring
+                    && me == c.ring.rep
+                    && c.rotation == 1
+                    && !r.token_started
+                {
                     self.start_token(now, upper, out);
                 }
             }
@@ -1181,11 +1226,23 @@ impl Ring {
                 safe = safe.max(info.safe_line);
             }
         }
-        assert!(trans.contains(self.cfg.me), "this daemon comes from its own old ring");
+        assert!(
+            trans.contains(self.cfg.me),
+            "this daemon comes from its own old ring"
+        );
         // If every member of the old ring is here, after recovery each holds every old
         // frame, so all of them are safe.
-        let old_safe = if trans == self.cur.members { u64::MAX } else { safe };
-        let queue = self.cur.frames.range(low + 1..=high).map(|(s, _)| *s).collect();
+        let old_safe = if trans == self.cur.members {
+            u64::MAX
+        } else {
+            safe
+        };
+        let queue = self
+            .cur
+            .frames
+            .range(low + 1..=high)
+            .map(|(s, _)| *s)
+            .collect();
         self.last_tseq = 0;
         self.held = None;
         self.my_prev_sent = 0;

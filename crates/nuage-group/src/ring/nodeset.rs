@@ -78,7 +78,11 @@ impl NodeSet {
     /// Position of `n` among the members (its rank), if a member.
     pub fn index_of(self, n: NodeId) -> Option<usize> {
         self.contains(n).then(|| {
-            let below = if n == 0 { 0 } else { self.0 & ((1u128 << n) - 1) };
+            let below = if n == 0 {
+                0
+            } else {
+                self.0 & ((1u128 << n) - 1)
+            };
             below.count_ones() as usize
         })
     }

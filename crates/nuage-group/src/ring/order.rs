@@ -217,8 +217,14 @@ mod tests {
     fn fragments_interleave_per_sender() {
         let mut o = Order::new(RingId::default(), NodeSet::first(2));
         o.insert(1, frame(0, false, &[(CHUNK_FIRST, b"he")]));
-        o.insert(2, frame(1, false, &[(CHUNK_WHOLE, b"x"), (CHUNK_FIRST, b"wo")]));
-        o.insert(3, frame(0, false, &[(CHUNK_MIDDLE, b"ll"), (CHUNK_LAST, b"o")]));
+        o.insert(
+            2,
+            frame(1, false, &[(CHUNK_WHOLE, b"x"), (CHUNK_FIRST, b"wo")]),
+        );
+        o.insert(
+            3,
+            frame(0, false, &[(CHUNK_MIDDLE, b"ll"), (CHUNK_LAST, b"o")]),
+        );
         o.insert(4, frame(1, false, &[(CHUNK_LAST, b"rld")]));
         let mut out = Vec::new();
         o.deliver_in_order(u64::MAX, &mut out);

@@ -6,7 +6,7 @@
 //!
 //! | kind | body |
 //! |---|---|
-//! | DATA (1) | ring id, seq, origin, flags (SAFE, RECOVERED), [old ring, old seq, old sender, old flags], chunks |
+//! | DATA (1) | ring id, seq, origin, flags (SAFE, RECOVERED), chunks length, [old ring, old seq, old sender, old flags], chunks |
 //! | TOKEN (2) | ring id, tseq, seq, fcc, flags, complete_by, n, n × aru, n × pending, rtr list |
 //! | JOIN (3) | highest ring seq seen, proc set, fail set |
 //! | COMMIT (4) | new ring id, members, rotation, per member: filled, old ring, aru, high, safe line |
@@ -27,7 +27,7 @@ pub const HEADER_LEN: usize = 9;
 /// Size of a chunk header.
 pub const CHUNK_HEADER_LEN: usize = 5;
 /// Size of a DATA packet's fixed part after the common header, recovered fields included.
-pub const DATA_OVERHEAD: usize = HEADER_LEN + 9 + 8 + 1 + 1 + 9 + 8 + 1 + 1;
+pub const DATA_OVERHEAD: usize = HEADER_LEN + 9 + 8 + 1 + 1 + 4 + 9 + 8 + 1 + 1;
 
 /// A ring's identity: a sequence number that only grows, and its representative.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -175,6 +175,8 @@ pub fn encode_data(config_hash: u32, sender: NodeId, d: &Data) -> Bytes {
         flags |= DATA_RECOVERED;
     }
     out.put_u8(flags);
+    // The explicit length makes a truncated datagram an error even at a chunk boundary.
+    out.put_u32_le(u32::try_from(d.chunks.len()).expect("a frame fits a datagram"));
     if let Some(r) = &d.recovered {
         put_ring(&mut out, r.ring);
         out.put_u64_le(r.seq);
@@ -323,6 +325,7 @@ pub fn decode(buf: Bytes, config_hash: u32) -> Result<Packet, DecodeError> {
             let seq = r.u64()?;
             let origin = r.node()?;
             let flags = r.u8()?;
+            let chunks_len = r.u32()? as usize;
             let recovered = if flags & DATA_RECOVERED != 0 {
                 Some(Recovered {
                     ring: r.ring()?,
@@ -333,6 +336,11 @@ pub fn decode(buf: Bytes, config_hash: u32) -> Result<Packet, DecodeError> {
             } else {
                 None
             };
+            if r.buf.remaining() != chunks_len {
+                return Err(DecodeError::Malformed(
+                    "chunks length does not match the datagram",
+                ));
+            }
             let chunks = std::mem::take(&mut r.buf);
             check_chunks(&chunks)?;
             Body::Data(Data {
@@ -573,6 +581,7 @@ mod tests {
         bad.put_u64_le(1);
         bad.put_u8(0);
         bad.put_u8(0);
+        bad.put_u32_le(5);
         bad.put_slice(&[9, 0, 0, 0, 0]);
         assert_eq!(
             decode(bad.freeze(), 0),
