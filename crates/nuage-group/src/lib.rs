@@ -5,6 +5,7 @@
 //! - [`ring`]: the daemon-to-daemon protocol, a pure Totem-style state machine.
 //! - [`group`]: groups and members over the ring, what each local client receives.
 //! - [`daemon`]: the daemon: client sessions, the ring over UDP, the core task.
+//! - [`sim`]: the seeded simulator of the ring and the checker of virtual synchrony.
 //! - [`client`]: the client library (async, with a blocking wrapper).
 
 pub mod client;
@@ -12,4 +13,5 @@ pub mod conf;
 pub mod daemon;
 pub mod group;
 pub mod ring;
+pub mod sim;
 pub mod wire;

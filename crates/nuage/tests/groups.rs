@@ -613,3 +613,193 @@ fn shell_speaks_like_spuser_and_status_shows_the_groups() {
     let m = next_membership(&bob);
     assert_regular(&m, "g", Cause::Leave, &["#bob#d1"]);
 }
+
+/// Three daemons on loopback (one port each), a ring over UDP.
+struct Trio {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    ports: [u16; 3],
+    children: Vec<Option<Child>>,
+}
+
+impl Trio {
+    fn start() -> Trio {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = [free_port(), free_port(), free_port()];
+        let mut text = String::from("TokenTimeout = 1000\nHurryTimeout = 300\n");
+        for (i, p) in ports.iter().enumerate() {
+            text.push_str(&format!(
+                "Spread_Segment 127.0.0.255:{p} {{\n  d{} 127.0.0.1\n}}\n",
+                i + 1
+            ));
+        }
+        let conf = dir.path().join("spread.conf");
+        std::fs::write(&conf, text).unwrap();
+        let mut t = Trio {
+            dir,
+            conf,
+            ports,
+            children: Vec::new(),
+        };
+        for i in 0..3 {
+            let c = t.spawn(i);
+            t.children.push(Some(c));
+        }
+        t
+    }
+
+    fn spawn(&self, i: usize) -> Child {
+        let mut child = common::nuage()
+            .args([
+                "group",
+                "daemon",
+                "-l",
+                "n",
+                "-n",
+                &format!("d{}", i + 1),
+                "-c",
+            ])
+            .arg(&self.conf)
+            .arg("--runtime-dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("group daemon"), "{line}");
+        child
+    }
+
+    fn client(&self, i: usize, name: &str) -> Mailbox {
+        let opts = ConnectOptions {
+            runtime_dir: Some(self.dir.path().to_path_buf()),
+            ..ConnectOptions::default()
+        };
+        Mailbox::connect(&self.ports[i].to_string(), name, &opts).unwrap()
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Trio {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.kill(i);
+        }
+    }
+}
+
+/// Waits for the membership of `group` with exactly `n` members (skipping others).
+fn wait_members(mb: &Mailbox, group: &str, n: usize) -> Membership {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "no view of {n} members in time");
+        if let Some(Received::Membership(m)) = mb.receive_timeout(Duration::from_secs(30)).unwrap()
+            && m.group == group
+            && m.members.len() == n
+            && matches!(m.kind, MembershipKind::Regular { .. })
+        {
+            return m;
+        }
+    }
+}
+
+#[test]
+fn three_daemons_agree_and_survive_a_daemon_crash() {
+    let mut t = Trio::start();
+    let clients: Vec<Mailbox> = (0..3)
+        .map(|i| t.client(i, &format!("c{}", i + 1)))
+        .collect();
+    // The daemons find each other; a member's view grows to all three clients.
+    for c in &clients {
+        c.join("g").unwrap();
+    }
+    let views: Vec<Membership> = clients.iter().map(|c| wait_members(c, "g", 3)).collect();
+    let expected = ["#c1#d1", "#c2#d2", "#c3#d3"];
+    for v in &views {
+        assert_eq!(v.members, expected, "ordered by daemon, then name");
+        assert_eq!(v.group_id, views[0].group_id);
+    }
+    assert_eq!(
+        views.iter().map(|v| v.my_index).collect::<Vec<_>>(),
+        [Some(0), Some(1), Some(2)]
+    );
+
+    // Everyone sends AGREED and SAFE at once; everyone receives all, in one order.
+    const EACH: usize = 30;
+    std::thread::scope(|s| {
+        for (i, c) in clients.iter().enumerate() {
+            s.spawn(move || {
+                for k in 0..EACH {
+                    let svc = if k % 2 == 0 {
+                        Service::Agreed
+                    } else {
+                        Service::Safe
+                    };
+                    c.multicast(svc, &["g"], i as i16, format!("{i}:{k}").as_bytes())
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let mut orders = Vec::new();
+    for c in &clients {
+        let mut got = Vec::new();
+        while got.len() < 3 * EACH {
+            let m = next_message(c);
+            got.push(String::from_utf8(m.data.to_vec()).unwrap());
+        }
+        // FIFO per sender.
+        for i in 0..3 {
+            let ks: Vec<usize> = got
+                .iter()
+                .filter_map(|s| s.strip_prefix(&format!("{i}:")))
+                .map(|k| k.parse().unwrap())
+                .collect();
+            assert_eq!(ks, (0..EACH).collect::<Vec<_>>());
+        }
+        orders.push(got);
+    }
+    assert_eq!(orders[0], orders[1], "one total order");
+    assert_eq!(orders[0], orders[2], "one total order");
+
+    // d3 crashes: c1 and c2 see TRANSITIONAL, then a network view without c3.
+    t.kill(2);
+    for c in &clients[..2] {
+        let m = next_membership(c);
+        assert_eq!(m.kind, MembershipKind::Transitional, "{m:?}");
+        let m = next_membership(c);
+        assert_regular(&m, "g", Cause::Network, &["#c1#d1", "#c2#d2"]);
+        assert_eq!(
+            m.vs_sets,
+            [vec!["#c1#d1".to_string(), "#c2#d2".to_string()]]
+        );
+    }
+    let e = clients[2].receive_timeout(WAIT).unwrap_err();
+    assert_eq!(e.code, code::CONNECTION_CLOSED);
+    clients[0]
+        .multicast(Service::Safe, &["g"], 0, b"after")
+        .unwrap();
+    assert_eq!(&next_message(&clients[1]).data[..], b"after");
+    assert_eq!(&next_message(&clients[0]).data[..], b"after");
+
+    // d3 comes back; its new client joins the others' group.
+    let c = t.spawn(2);
+    t.children[2] = Some(c);
+    let c3 = t.client(2, "c3");
+    c3.join("g").unwrap();
+    let v = wait_members(&c3, "g", 3);
+    assert_eq!(v.members, expected);
+    let v1 = wait_members(&clients[0], "g", 3);
+    assert_eq!(v1.group_id, v.group_id);
+}

@@ -1237,12 +1237,16 @@ impl Ring {
         } else {
             safe
         };
-        let queue = self
-            .cur
-            .frames
-            .range(low + 1..=high)
-            .map(|(s, _)| *s)
-            .collect();
+        // Old frames some member of the transitional configuration may lack.
+        let queue = if low < high {
+            self.cur
+                .frames
+                .range(low + 1..=high)
+                .map(|(s, _)| *s)
+                .collect()
+        } else {
+            VecDeque::new()
+        };
         self.last_tseq = 0;
         self.held = None;
         self.my_prev_sent = 0;
