@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::conf::SpreadConf;
 use crate::group::{GroupLayer, Op};
 use crate::ring::packet::{self, DecodeError};
-use crate::ring::{NodeId, Ring, RingConfig, Send};
+use crate::ring::{NodeId, Ring, RingConfig, RingId, Send};
 use crate::wire::{self, HEADER_LEN, Header, Request, Version, code};
 
 /// How long a new connection has to send its connect request (as Spread: 1 s).
@@ -331,6 +331,8 @@ struct Core {
     sends: Vec<Send>,
     clients_kicked: u64,
     datagrams_refused: u64,
+    /// The last configuration logged.
+    logged_ring: Option<RingId>,
 }
 
 impl Core {
@@ -366,6 +368,7 @@ impl Core {
             sends: Vec::new(),
             clients_kicked: 0,
             datagrams_refused: 0,
+            logged_ring: None,
         }
     }
 
@@ -429,6 +432,7 @@ impl Core {
             }
             CoreReq::Disconnect { private, session } => {
                 if self.sessions.get(&private).is_some_and(|s| s.id == session) {
+                    tracing::info!("client {private} disconnected");
                     self.sessions.remove(&private);
                     self.submit(&Op::Kill { client: private });
                 }
@@ -472,6 +476,7 @@ impl Core {
         }
         let id = self.next_session;
         self.next_session += 1;
+        tracing::info!("client {private} connected");
         self.sessions.insert(
             private.clone(),
             SessionEntry {
@@ -518,6 +523,15 @@ impl Core {
 
     /// Sends the ring's packets and hands deliveries to sessions.
     async fn flush(&mut self) {
+        let (ring, members) = self.ring.ring();
+        if self.ring.is_operational() && self.logged_ring != Some(ring) {
+            self.logged_ring = Some(ring);
+            let names: Vec<&str> = members
+                .iter()
+                .map(|n| self.cfg.conf.daemons[n as usize].name.as_str())
+                .collect();
+            tracing::info!("configuration {ring}: daemons {}", names.join(", "));
+        }
         loop {
             for s in std::mem::take(&mut self.sends) {
                 let Some(udp) = &self.udp else { continue };
