@@ -6,6 +6,7 @@
 //! - [`group`]: groups and members over the ring, what each local client receives.
 //! - [`daemon`]: the daemon: client sessions, the ring over UDP, the core task.
 //! - [`sim`]: the seeded simulator of the ring and the checker of virtual synchrony.
+//! - [`service`]: the daemon as a service of `nuage up` (`[group]` in nuage.toml).
 //! - [`client`]: the client library (async, with a blocking wrapper).
 
 pub mod client;
@@ -13,5 +14,6 @@ pub mod conf;
 pub mod daemon;
 pub mod group;
 pub mod ring;
+pub mod service;
 pub mod sim;
 pub mod wire;

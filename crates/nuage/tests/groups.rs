@@ -803,3 +803,47 @@ fn three_daemons_agree_and_survive_a_daemon_crash() {
     let v1 = wait_members(&clients[0], "g", 3);
     assert_eq!(v1.group_id, v.group_id);
 }
+
+#[test]
+fn nuage_up_runs_a_group_daemon_when_the_config_asks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = tmp.path().join("nuage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"solo\"\naddress = \"127.0.0.1\"\ndata_dir = \"state\"\n[listen]\napi = \"127.0.0.1:0\"\n[group]\nenabled = true\nport = {port}\nruntime_dir = \"{}\"\n",
+            tmp.path().display()
+        ),
+    )
+    .unwrap();
+    let mut node = common::start_up(&["--config", config.to_str().unwrap()]);
+    let info: serde_json::Value =
+        serde_json::from_str(&common::http_get(&node.api, "/v1/node").1).unwrap();
+    let services = info["services"].to_string();
+    assert!(services.contains("group"), "{services}");
+    assert!(
+        services.contains(&format!("127.0.0.1:{port}")),
+        "{services}"
+    );
+    let opts = ConnectOptions {
+        runtime_dir: Some(tmp.path().to_path_buf()),
+        ..ConnectOptions::default()
+    };
+    let mb = Mailbox::connect(&port.to_string(), "u", &opts).unwrap();
+    assert_eq!(mb.private_group(), "#u#solo");
+    mb.join("g").unwrap();
+    next_membership(&mb);
+    mb.multicast(Service::Safe, &["g"], 0, b"via nuage up")
+        .unwrap();
+    assert_eq!(&next_message(&mb).data[..], b"via nuage up");
+    common::signal(&node.child, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        common::wait_exit(&mut node.child, Duration::from_secs(15)).code(),
+        Some(0)
+    );
+    assert!(
+        !tmp.path().join(port.to_string()).exists(),
+        "the socket is removed"
+    );
+}
