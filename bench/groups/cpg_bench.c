@@ -32,7 +32,7 @@ static double mono(void) {
 }
 
 static int members;
-static uint64_t n, bytes, own, ended;
+static uint64_t n, bytes, own1, own2, ended;
 static double first, last;
 static uint64_t *lat;
 static size_t nlat, maxlat;
@@ -41,8 +41,11 @@ static void deliver(cpg_handle_t h, const struct cpg_name *g, uint32_t nodeid, u
                     void *msg, size_t len) {
     (void)h; (void)g; (void)nodeid;
     const unsigned char *m = msg;
-    if (pid == (uint32_t)getpid()) own++;
     if (len < 1) return;
+    if (pid == (uint32_t)getpid()) {
+        if (m[0] == 1) own1++;
+        else if (m[0] == 2) own2++;
+    }
     if (m[0] == 1) {
         double t = mono();
         if (n == 0) first = t;
@@ -62,6 +65,7 @@ static void confchg(cpg_handle_t h, const struct cpg_name *g, const struct cpg_a
                     const struct cpg_address *l, size_t nl, const struct cpg_address *j, size_t nj) {
     (void)h; (void)g; (void)m; (void)l; (void)nl; (void)j; (void)nj;
     members = (int)nm;
+    if (getenv("CPG_BENCH_DEBUG")) fprintf(stderr, "cpg_bench: %d members\n", members);
 }
 
 static int cmp(const void *a, const void *b) {
@@ -108,7 +112,7 @@ int main(int argc, char **argv) {
         maxlat = (size_t)atol(argv[3]) + 1;
         lat = calloc(maxlat, sizeof *lat);
         while (!ended) {
-            if ((e = cpg_dispatch(h, CS_DISPATCH_BLOCKING)) != CS_OK) die("cpg_dispatch", e);
+            if ((e = cpg_dispatch(h, CS_DISPATCH_ONE)) != CS_OK) die("cpg_dispatch", e);
         }
         double secs = last - first;
         if (secs < 1e-6) secs = 1e-6;
@@ -131,24 +135,33 @@ int main(int argc, char **argv) {
         if ((e = cpg_dispatch(h, CS_DISPATCH_ONE)) != CS_OK) die("cpg_dispatch", e);
         usleep(1000);
     }
+    if (getenv("CPG_BENCH_DEBUG")) fprintf(stderr, "cpg_bench: sending\n");
     double t0 = mono();
     buf[0] = 1;
     for (uint64_t i = 0; i < count; i++) {
         mcast(h, buf, size);
         if ((i & 63) == 0) cpg_dispatch(h, CS_DISPATCH_ALL);
     }
+    /* The throughput phase ends when the sender has its own messages back, so the
+     * latency probes do not queue behind it. */
+    if (getenv("CPG_BENCH_DEBUG")) fprintf(stderr, "cpg_bench: sent, %llu back\n", (unsigned long long)own1);
+    while (own1 < count) cpg_dispatch(h, CS_DISPATCH_ONE);
+    if (getenv("CPG_BENCH_DEBUG")) fprintf(stderr, "cpg_bench: all back\n");
     double took = mono() - t0;
     buf[0] = 2;
     for (uint64_t i = 0; i < probes; i++) {
         uint64_t t = now_us();
         memcpy(buf + 1, &t, 8);
         mcast(h, buf, size);
-        cpg_dispatch(h, CS_DISPATCH_ALL);
-        usleep(500);
+        /* One probe in flight at a time: latency without queueing. */
+        while (own2 <= i) {
+            cs_error_t d = cpg_dispatch(h, CS_DISPATCH_ONE);
+            if (getenv("CPG_BENCH_DEBUG")) fprintf(stderr, "cpg_bench: probe %llu dispatch %d own2 %llu\n", (unsigned long long)i, (int)d, (unsigned long long)own2);
+        }
     }
     buf[0] = 3;
     mcast(h, buf, 1);
-    while (!ended) cpg_dispatch(h, CS_DISPATCH_BLOCKING);
+    while (!ended) cpg_dispatch(h, CS_DISPATCH_ONE);
     printf("send msgs=%llu secs=%.3f\n", (unsigned long long)count, took);
     cpg_finalize(h);
     return 0;

@@ -52,7 +52,9 @@ run_nuage() { # service size -> "msgs_per_s mbit p50 p99" (one run, receivers' m
     pids+=($!)
   done
   sleep 0.5
-  "$NUAGE" lab exec --name "$LAB" n1 -- "$CLIENT" send -s 4803@127.0.0.1 -g "b$svc$size" --service "$svc" --size "$size" --count "$COUNT" --latency "$LATENCY" --members 3 >"$out.n1" 2>&1
+  if ! "$NUAGE" lab exec --name "$LAB" n1 -- "$CLIENT" send -s 4803@127.0.0.1 -g "b$svc$size" --service "$svc" --size "$size" --count "$COUNT" --latency "$LATENCY" --members 3 >"$out.n1" 2>&1; then
+    echo "nuage sender failed: $(cat "$out.n1")" >&2
+  fi
   wait "${pids[@]}" || true
   sleep 0.2
   cat "$out.n2" "$out.n3" > "$out.all"
@@ -74,15 +76,21 @@ totem {
   token: 1000
 }
 nodelist {
-  node { ring0_addr: $A1
-         name: n1
-         nodeid: 1 }
-  node { ring0_addr: $A2
-         name: n2
-         nodeid: 2 }
-  node { ring0_addr: $A3
-         name: n3
-         nodeid: 3 }
+  node {
+    ring0_addr: $A1
+    name: n1
+    nodeid: 1
+  }
+  node {
+    ring0_addr: $A2
+    name: n2
+    nodeid: 2
+  }
+  node {
+    ring0_addr: $A3
+    name: n3
+    nodeid: 3
+  }
 }
 quorum {
   provider: corosync_votequorum
@@ -110,7 +118,9 @@ run_cpg() { # size -> "msgs_per_s mbit p50 p99"
     pids+=($!)
   done
   sleep 0.5
-  "$NUAGE" lab exec --name "$LAB" n1 -- "$WORK/cpg_bench" send "c$size" "$size" "$COUNT" "$LATENCY" 3 >"$out.n1" 2>&1
+  if ! "$NUAGE" lab exec --name "$LAB" n1 -- "$WORK/cpg_bench" send "c$size" "$size" "$COUNT" "$LATENCY" 3 >"$out.n1" 2>&1; then
+    echo "cpg sender failed: $(cat "$out.n1")" >&2
+  fi
   wait "${pids[@]}" || true
   cat "$out.n2" "$out.n3" > "$out.all"
   echo "$(field msgs_per_s <"$out.all" | median) $(field mbit_per_s <"$out.all" | median) $(field p50_us <"$out.all" | median) $(field p99_us <"$out.all" | median)"
@@ -118,8 +128,8 @@ run_cpg() { # size -> "msgs_per_s mbit p50 p99"
 
 echo "groups benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r); $COUNT messages per run, $LATENCY latency probes, median of $RUNS runs"
 printf '%-9s %6s | %12s %10s %8s %8s\n' "system/service" size "msgs/s" "Mbit/s" "p50 us" "p99 us"
-for svc in reliable agreed safe; do
-  for size in 100 1000 8000; do
+for svc in ${SERVICES:-reliable agreed safe}; do
+  for size in ${SIZES:-100 1000 8000}; do
     rs=(); ms=(); p5=(); p9=()
     for r in $(seq "$RUNS"); do
       read -r a b c d < <(run_nuage "$svc" "$size")

@@ -6,14 +6,14 @@
 //! ```
 //!
 //! The sender waits until the group has `--members` members, sends `--count` messages as
-//! fast as the daemon takes them (throughput phase, message type 1), then `--latency`
-//! messages one at a time, each carrying its send time (type 2; lab machines share the
+//! fast as the daemon takes them (throughput phase, message type 1), then, once it has its own messages back, `--latency`
+//! messages one at a time (each after the previous one came back), each carrying its send time (type 2; lab machines share the
 //! host's clock, so one-way latency is measured directly), then one END message (type 3).
 //! A receiver prints one line: `recv msgs=N secs=T msgs_per_s=R mbit_per_s=B p50_us=X
 //! p99_us=Y`. Throughput is measured at the receivers, from the first to the last
 //! message of the throughput phase.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use nuage_group::client::{ConnectOptions, Mailbox, Received, Service};
 
@@ -106,12 +106,17 @@ async fn send(a: &Args, mb: &Mailbox) {
     }
     let body = vec![b'x'; a.size.max(16)];
     let groups = [a.group.as_str()];
-    // The sender drains its own copies concurrently, so its session queue never fills.
+    // The sender reads its own copies concurrently (so its session queue never fills)
+    // and counts them: (throughput messages, latency probes) delivered back to it.
+    let (seen_tx, mut seen) = tokio::sync::watch::channel((0u64, 0u64));
     let reader = async {
-        let mut own = 0u64;
-        while own < a.count + a.latency + 1 {
+        loop {
             match mb.receive().await {
-                Ok(Received::Message(_)) => own += 1,
+                Ok(Received::Message(m)) => match m.mess_type {
+                    1 => seen_tx.send_modify(|s| s.0 += 1),
+                    2 => seen_tx.send_modify(|s| s.1 += 1),
+                    _ => break,
+                },
                 Ok(_) => {}
                 Err(e) => fail(&e.to_string()),
             }
@@ -124,15 +129,18 @@ async fn send(a: &Args, mb: &Mailbox) {
                 .await
                 .unwrap_or_else(|e| fail(&e.to_string()));
         }
+        // The throughput phase is over once the sender has its own messages back, so
+        // the latency probes do not queue behind it.
+        let _ = seen.wait_for(|s| s.0 >= a.count).await;
         let took = start.elapsed();
-        for _ in 0..a.latency {
+        for i in 0..a.latency {
             let mut b = body.clone();
             b[..8].copy_from_slice(&now_us().to_le_bytes());
             mb.multicast(a.service, &groups, 2, &b)
                 .await
                 .unwrap_or_else(|e| fail(&e.to_string()));
-            // One message in flight at a time, roughly: a light load, so latency is not queueing.
-            tokio::time::sleep(Duration::from_micros(500)).await;
+            // One probe in flight at a time: latency without queueing.
+            let _ = seen.wait_for(|s| s.1 > i).await;
         }
         mb.multicast(a.service, &groups, 3, b"end")
             .await

@@ -36,6 +36,8 @@ pub const MAX_SESSIONS: usize = 1000;
 const CORE_QUEUE: usize = 1024;
 /// Largest datagram read.
 const MAX_DATAGRAM_READ: usize = 65_536;
+/// Socket buffer asked for the ring's UDP socket, each way.
+pub const UDP_BUFFER_BYTES: usize = 4 << 20;
 /// Default directory of the Unix socket (`/tmp/<port>`, as Spread).
 pub const DEFAULT_RUNTIME_DIR: &str = "/tmp";
 /// Environment variable naming the Unix socket directory, for daemon and clients alike.
@@ -160,6 +162,7 @@ impl Daemon {
                 "this daemon's line in spread.conf (-c)",
             )
             .await?;
+            set_socket_buffers(&s);
             Some(s)
         } else {
             None
@@ -271,6 +274,29 @@ impl Daemon {
         let _ = std::fs::remove_file(cfg.socket_path());
         let _ = std::fs::remove_file(cfg.status_path());
         result
+    }
+}
+
+/// Asks for [`UDP_BUFFER_BYTES`] of socket buffer each way, so a rotation's worth of
+/// frames is not dropped by a busy receiver; the kernel may grant less
+/// (`net.core.rmem_max`), and then root forces it.
+fn set_socket_buffers(s: &UdpSocket) {
+    let sock = socket2::SockRef::from(s);
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER_BYTES);
+    if sock.recv_buffer_size().unwrap_or(0) < UDP_BUFFER_BYTES {
+        use std::os::fd::AsRawFd;
+        let size = UDP_BUFFER_BYTES as libc::c_int;
+        // SAFETY: setsockopt on a socket we own, with a pointer to a c_int and its size.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
     }
 }
 

@@ -102,9 +102,10 @@ impl RingConfig {
     }
 }
 
-/// Default largest datagram: an 8000-byte client message with its header and a few
-/// destination groups fits in one frame.
-pub const DEFAULT_MAX_DATAGRAM: usize = 8800;
+/// Default largest datagram. Frames pack several client messages (or fragments of a
+/// large one); with 32000 bytes a frame holds three 8000-byte messages and IP
+/// fragmentation stays within what a LAN and the daemons' 4 MiB socket buffers absorb.
+pub const DEFAULT_MAX_DATAGRAM: usize = 32_000;
 
 /// A message the upper layer wants broadcast.
 #[derive(Debug, Clone)]
@@ -236,6 +237,10 @@ pub struct Ring {
     held: Option<(Token, u64)>,
     /// Whether the last token seen was idle (then a WAKE is worth sending).
     ring_idle: bool,
+    /// Consecutive idle tokens seen here. The token is held only from the second: after
+    /// one whole idle rotation every member has seen the final `aru`s, so holding delays
+    /// no SAFE delivery anywhere.
+    idle_streak: u32,
     woke: bool,
     no_hold_until: u64,
     my_prev_sent: u32,
@@ -280,6 +285,7 @@ impl Ring {
             retransmit: None,
             held: None,
             ring_idle: false,
+            idle_streak: 0,
             woke: false,
             no_hold_until: 0,
             my_prev_sent: 0,
@@ -640,8 +646,14 @@ impl Ring {
             && tok.arus.iter().all(|&a| a == tok.seq)
             && tok.pend.iter().all(|&p| p == 0);
         self.ring_idle = idle;
+        self.idle_streak = if idle {
+            self.idle_streak.saturating_add(1)
+        } else {
+            0
+        };
         self.woke = false;
         if idle
+            && self.idle_streak >= 2
             && matches!(self.state, State::Operational)
             && self.cur.aru == tok.seq
             && !upper.has_pending()
