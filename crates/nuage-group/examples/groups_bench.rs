@@ -128,6 +128,9 @@ async fn send(a: &Args, mb: &Mailbox) {
             mb.multicast(a.service, &groups, 1, &body)
                 .await
                 .unwrap_or_else(|e| fail(&e.to_string()));
+            // Writes to a socket rarely wait, so let the reader (same task) drain our
+            // own copies; a client that does not read is disconnected by the daemon.
+            tokio::task::yield_now().await;
         }
         // The throughput phase is over once the sender has its own messages back, so
         // the latency probes do not queue behind it.
