@@ -316,7 +316,7 @@ impl GroupLayer {
     }
 
     fn next_group_id(&mut self) -> GroupId {
-        self.view_counter += 1;
+        self.view_counter = self.view_counter.wrapping_add(1);
         GroupId([
             i32::from(self.ring.rep),
             self.ring.seq as i32,
@@ -393,7 +393,7 @@ impl GroupLayer {
                     members: BTreeSet::new(),
                 });
                 if !g.members.insert(member) {
-                    self.view_counter -= 1;
+                    self.view_counter = self.view_counter.wrapping_sub(1);
                     return; // already a member: nothing changes
                 }
                 g.id = id;
