@@ -4,6 +4,7 @@
 mod finger_cmd;
 mod fn_cmd;
 mod jobs_cmd;
+mod group_cmd;
 mod lab_cmd;
 mod mail_cmd;
 mod net_cmd;
@@ -66,6 +67,8 @@ enum Command {
     Jobs(jobs_cmd::JobsArgs),
     /// Analyze traces recorded with --trace: time per component, bottleneck, critical path
     Trace(trace_cmd::TraceArgs),
+    /// Group communication: a Spread-compatible daemon, its shell and status
+    Group(group_cmd::GroupArgs),
 }
 
 /// Environment variable setting the log level (error, warn, info, debug, trace).
@@ -79,6 +82,7 @@ fn main() {
             cmd: mail_cmd::MailCmd::Serve(_),
         } => true,
         Command::Jobs(args) => args.is_daemon(),
+        Command::Group(g) => g.daemon_logs(),
         _ => false,
     };
     init_logging(daemon);
@@ -97,6 +101,7 @@ fn main() {
                     Command::Mail { cmd } => mail_cmd::run(cmd).await,
                     Command::Fn { cmd, api } => fn_cmd::run(cmd, api).await,
                     Command::Jobs(args) => jobs_cmd::run(args).await,
+                    Command::Group(args) => group_cmd::run(args).await,
                     Command::Lab(_) | Command::Trace(_) => unreachable!("handled above"),
                 }
             })

@@ -32,6 +32,9 @@ fn services(config: &Config) -> Vec<Box<dyn Service>> {
     let mut services: Vec<Box<dyn Service>> = vec![Box::new(nuage_fn::FunctionsService)];
     // The jobs manager on the node `[jobs] manager` names; a worker where `worker = true`.
     services.extend(nuage_jobs::service::for_node(config));
+    if nuage_group::service::wanted(config) {
+        services.push(Box::new(nuage_group::service::GroupService));
+    }
     services
 }
 

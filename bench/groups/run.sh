@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# bench/groups/run.sh: three group daemons on three lab machines, a sender on n1,
+# receivers on n2 and n3; throughput and one-way latency for RELIABLE, AGREED and SAFE
+# at 100, 1000 and 8000 bytes, and the same sends through corosync 3 (CPG, knet, agreed
+# order) when bench/groups/cpg_bench can be built (Debian: corosync libcpg-dev).
+#
+# Run as root from the repository root after `cargo build --release -p nuage` and
+# `cargo build --release -p nuage-group --example groups_bench`:
+#   bench/groups/run.sh [RUNS]        (default 3 runs; medians are printed)
+set -euo pipefail
+
+RUNS=${1:-3}
+ROOT=$(pwd)
+NUAGE=$ROOT/target/release/nuage
+CLIENT=$ROOT/target/release/examples/groups_bench
+COUNT=${COUNT:-20000}
+LATENCY=${LATENCY:-2000}
+LAB=gbench$$
+[ -x "$NUAGE" ] && [ -x "$CLIENT" ] || { echo "build the release binaries first (see the header)" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/groups-bench.XXXXXX)
+cleanup() {
+  "$NUAGE" lab down --name "$LAB" >/dev/null 2>&1 || true   # kills every process of the lab
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+UP=$("$NUAGE" lab up 3 --name "$LAB")
+A1=$(awk '$1=="n1" {print $2}' <<<"$UP"); A2=$(awk '$1=="n2" {print $2}' <<<"$UP"); A3=$(awk '$1=="n3" {print $2}' <<<"$UP")
+NET=${A1%.*}
+# A bulk sender reads its own copies while it writes; at ~100k messages/s a client
+# descheduled for 10 ms on a busy machine is 1000 messages behind, Spread's default
+# bound, so the benchmark raises it (as Spread users do for bulk transfers).
+cat > "$WORK/spread.conf" <<CONF
+MaxSessionMessages = 100000
+Spread_Segment $NET.255:4803 {
+  n1 $A1
+  n2 $A2
+  n3 $A3
+}
+CONF
+for m in n1 n2 n3; do
+  mkdir -p "$WORK/$m"
+  "$NUAGE" lab exec --name "$LAB" "$m" -- "$NUAGE" group daemon -l n -n "$m" -c "$WORK/spread.conf" --runtime-dir "$WORK/$m" >"$WORK/$m.log" 2>&1 &
+done
+sleep 4
+
+median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else print a[int((NR+1)/2)]}'; }
+field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
+
+run_nuage() { # service size -> "msgs_per_s mbit p50 p99" (one run, receivers' median)
+  local svc=$1 size=$2 out="$WORK/out.$svc.$size.$RANDOM"
+  local pids=()
+  for m in n2 n3; do
+    "$NUAGE" lab exec --name "$LAB" "$m" -- "$CLIENT" recv -s 4803@127.0.0.1 -g "b$svc$size" --latency "$LATENCY" >"$out.$m" 2>&1 &
+    pids+=($!)
+  done
+  sleep 0.5
+  if ! "$NUAGE" lab exec --name "$LAB" n1 -- "$CLIENT" send -s 4803@127.0.0.1 -g "b$svc$size" --service "$svc" --size "$size" --count "$COUNT" --latency "$LATENCY" --members 3 >"$out.n1" 2>&1; then
+    echo "nuage sender failed: $(cat "$out.n1")" >&2
+  fi
+  wait "${pids[@]}" || true
+  sleep 0.2
+  cat "$out.n2" "$out.n3" > "$out.all"
+  echo "$(field msgs_per_s <"$out.all" | median) $(field mbit_per_s <"$out.all" | median) $(field p50_us <"$out.all" | median) $(field p99_us <"$out.all" | median)"
+}
+
+# corosync: one per machine, each with a private /run and /var/lib/corosync (a mount
+# namespace of its own), knet transport, and our CPG client doing the same sends.
+COROSYNC=0
+if command -v corosync >/dev/null && cc -O2 -o "$WORK/cpg_bench" "$ROOT/bench/groups/cpg_bench.c" -lcpg 2>"$WORK/cc.log"; then
+  COROSYNC=1
+  cat > "$WORK/corosync.conf" <<CONF
+totem {
+  version: 2
+  cluster_name: nuagebench
+  transport: knet
+  crypto_cipher: none
+  crypto_hash: none
+  token: 1000
+}
+nodelist {
+  node {
+    ring0_addr: $A1
+    name: n1
+    nodeid: 1
+  }
+  node {
+    ring0_addr: $A2
+    name: n2
+    nodeid: 2
+  }
+  node {
+    ring0_addr: $A3
+    name: n3
+    nodeid: 3
+  }
+}
+quorum {
+  provider: corosync_votequorum
+}
+logging {
+  to_stderr: yes
+  to_syslog: no
+  to_logfile: no
+}
+CONF
+  for m in n1 n2 n3; do
+    "$NUAGE" lab exec --name "$LAB" "$m" -- unshare --mount --propagation private \
+      sh -c 'mount -t tmpfs none /run && mount -t tmpfs none /var/lib/corosync && exec corosync -f -c "$0"' "$WORK/corosync.conf" \
+      >"$WORK/corosync.$m.log" 2>&1 &
+  done
+  sleep 5
+else
+  echo "corosync or libcpg-dev missing: no corosync figures (apt-get install corosync libcpg-dev)"
+fi
+
+run_cpg() { # size -> "msgs_per_s mbit p50 p99"
+  local size=$1 out="$WORK/cpg.$size.$RANDOM" pids=()
+  for m in n2 n3; do
+    "$NUAGE" lab exec --name "$LAB" "$m" -- "$WORK/cpg_bench" recv "c$size" "$LATENCY" >"$out.$m" 2>&1 &
+    pids+=($!)
+  done
+  sleep 0.5
+  if ! "$NUAGE" lab exec --name "$LAB" n1 -- "$WORK/cpg_bench" send "c$size" "$size" "$COUNT" "$LATENCY" 3 >"$out.n1" 2>&1; then
+    echo "cpg sender failed: $(cat "$out.n1")" >&2
+  fi
+  wait "${pids[@]}" || true
+  cat "$out.n2" "$out.n3" > "$out.all"
+  echo "$(field msgs_per_s <"$out.all" | median) $(field mbit_per_s <"$out.all" | median) $(field p50_us <"$out.all" | median) $(field p99_us <"$out.all" | median)"
+}
+
+echo "groups benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r); $COUNT messages per run, $LATENCY latency probes, median of $RUNS runs"
+printf '%-9s %6s | %12s %10s %8s %8s\n' "system/service" size "msgs/s" "Mbit/s" "p50 us" "p99 us"
+for svc in ${SERVICES:-reliable agreed safe}; do
+  for size in ${SIZES:-100 1000 8000}; do
+    rs=(); ms=(); p5=(); p9=()
+    for r in $(seq "$RUNS"); do
+      read -r a b c d < <(run_nuage "$svc" "$size")
+      rs+=("$a"); ms+=("$b"); p5+=("$c"); p9+=("$d")
+    done
+    nr=$(printf '%s\n' "${rs[@]}" | median); np50=$(printf '%s\n' "${p5[@]}" | median)
+    printf '%-14s %6s | %12s %10s %8s %8s\n' "nuage/$svc" "$size" \
+      "$nr" "$(printf '%s\n' "${ms[@]}" | median)" "$np50" "$(printf '%s\n' "${p9[@]}" | median)"
+    if [ "$svc" = agreed ] && [ "$COROSYNC" = 1 ]; then
+      rs=(); ms=(); p5=(); p9=()
+      for r in $(seq "$RUNS"); do
+        read -r a b c d < <(run_cpg "$size")
+        rs+=("$a"); ms+=("$b"); p5+=("$c"); p9+=("$d")
+      done
+      cr=$(printf '%s\n' "${rs[@]}" | median); cp50=$(printf '%s\n' "${p5[@]}" | median)
+      printf '%-14s %6s | %12s %10s %8s %8s\n' "corosync/cpg" "$size" \
+        "$cr" "$(printf '%s\n' "${ms[@]}" | median)" "$cp50" "$(printf '%s\n' "${p9[@]}" | median)"
+      awk -v a="$nr" -v b="$cr" -v c="$np50" -v d="$cp50" -v s="$size" \
+        'BEGIN { printf "%-14s %6s | throughput nuage/corosync = %.2f   p50 latency nuage/corosync = %.2f\n", "ratio", s, (b>0?a/b:0), (d>0?c/d:0) }'
+    fi
+  done
+done

@@ -1,0 +1,421 @@
+//! `nuage group` on three lab machines (as root; CI runs as root): a daemon on each,
+//! clients sending AGREED and SAFE all along, and real faults — a client process killed,
+//! a partition and its healing, a daemon paused past the token timeout, a daemon killed.
+//! A checker then goes over everything every client received.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nuage_group::client::{Cause, ConnectOptions, Mailbox, MembershipKind, Received, Service};
+use nuage_group::wire::GroupId;
+use nuage_lab::Lab;
+
+/// What one client received, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rec {
+    View {
+        id: GroupId,
+        members: Vec<String>,
+        cause: Cause,
+        vs_sets: Vec<Vec<String>>,
+    },
+    Transitional,
+    Msg {
+        sender: String,
+        n: u64,
+    },
+    Closed,
+}
+
+struct Client {
+    name: String,
+    mb: Arc<Mailbox>,
+    log: Arc<Mutex<Vec<Rec>>>,
+    sent: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Client {
+    fn views(&self) -> Vec<Rec> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| matches!(r, Rec::View { .. }))
+            .cloned()
+            .collect()
+    }
+
+    fn last_view(&self) -> Option<(Vec<String>, Cause, Vec<Vec<String>>)> {
+        self.views().into_iter().last().map(|v| match v {
+            Rec::View {
+                members,
+                cause,
+                vs_sets,
+                ..
+            } => (members, cause, vs_sets),
+            _ => unreachable!(),
+        })
+    }
+
+    fn closed(&self) -> bool {
+        self.log.lock().unwrap().last() == Some(&Rec::Closed)
+    }
+}
+
+fn wait(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_view(c: &Client, members: &[&String]) -> (Cause, Vec<Vec<String>>) {
+    let want: Vec<String> = members.iter().map(|s| (*s).clone()).collect();
+    let mut got = None;
+    wait(&format!("{} to see {want:?}", c.name), 30, || {
+        got = c.last_view().filter(|(m, _, _)| *m == want);
+        got.is_some()
+    });
+    let (_, cause, vs) = got.expect("waited");
+    (cause, vs)
+}
+
+/// Messages, as (sender, counter).
+type MsgSet = BTreeSet<(String, u64)>;
+
+/// The checker: the properties of the issue over every client's log.
+fn check(clients: &[&Client]) -> Result<(), String> {
+    // Where (view id, position) each client delivered each message.
+    let mut at: Vec<HashMap<(String, u64), (usize, GroupId)>> = Vec::new();
+    for c in clients {
+        let mut view = None;
+        let mut here = HashMap::new();
+        let mut last_n: HashMap<String, u64> = HashMap::new();
+        for (pos, r) in c.log.lock().unwrap().iter().enumerate() {
+            match r {
+                Rec::View { id, .. } => view = Some(*id),
+                Rec::Msg { sender, n } => {
+                    let v = view.ok_or(format!("{} got a message before any view", c.name))?;
+                    if here.insert((sender.clone(), *n), (pos, v)).is_some() {
+                        return Err(format!("{} got {sender}:{n} twice", c.name));
+                    }
+                    if let Some(prev) = last_n.insert(sender.clone(), *n)
+                        && prev >= *n
+                    {
+                        return Err(format!(
+                            "{} got {sender}:{n} after {sender}:{prev} (FIFO)",
+                            c.name
+                        ));
+                    }
+                }
+                Rec::Transitional | Rec::Closed => {}
+            }
+        }
+        at.push(here);
+    }
+    for a in 0..clients.len() {
+        for b in a + 1..clients.len() {
+            // The same view everywhere, and one order.
+            let mut common: Vec<(usize, usize)> = Vec::new();
+            for (k, (pa, va)) in &at[a] {
+                if let Some((pb, vb)) = at[b].get(k) {
+                    if va != vb {
+                        return Err(format!(
+                            "{}:{} is in view {va} at {} but {vb} at {}",
+                            k.0, k.1, clients[a].name, clients[b].name
+                        ));
+                    }
+                    common.push((*pa, *pb));
+                }
+            }
+            common.sort();
+            if common.windows(2).any(|w| w[0].1 > w[1].1) {
+                return Err(format!(
+                    "{} and {} disagree on the order",
+                    clients[a].name, clients[b].name
+                ));
+            }
+        }
+    }
+    // Members that go from one view to the next together got the same messages in it.
+    let mut between: HashMap<(GroupId, GroupId), (MsgSet, String)> = HashMap::new();
+    for c in clients {
+        let mut from = None;
+        let mut set = BTreeSet::new();
+        for r in c.log.lock().unwrap().iter() {
+            match r {
+                Rec::View { id, .. } => {
+                    if let Some(f) = from {
+                        match between.get(&(f, *id)) {
+                            Some((s, who)) if *s != set => {
+                                return Err(format!(
+                                    "{} and {who} go from view {f} to {id} together but got different messages",
+                                    c.name
+                                ));
+                            }
+                            Some(_) => {}
+                            None => {
+                                between.insert((f, *id), (set.clone(), c.name.clone()));
+                            }
+                        }
+                    }
+                    from = Some(*id);
+                    set.clear();
+                }
+                Rec::Msg { sender, n } => {
+                    set.insert((sender.clone(), *n));
+                }
+                Rec::Transitional | Rec::Closed => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn three_machines_through_faults() {
+    let name = format!("grp-{}", std::process::id());
+    let mut lab = Lab::create(&name, 3).expect("creating the lab (needs root)");
+    let dir = lab.dir();
+    let addrs: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|m| lab.addr(m).unwrap().to_string())
+        .collect();
+    let mut conf = String::from("TokenTimeout = 1000\nHurryTimeout = 300\n");
+    let bcast = addrs[0].rsplit_once('.').unwrap().0.to_owned() + ".255";
+    conf.push_str(&format!("Spread_Segment {bcast}:4803 {{\n"));
+    for (i, a) in addrs.iter().enumerate() {
+        conf.push_str(&format!("  n{} {a}\n", i + 1));
+    }
+    conf.push_str("}\n");
+    let conf_path = dir.join("spread.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let nuage = env!("CARGO_BIN_EXE_nuage");
+    let run_dir = |m: &str| dir.join(format!("{m}-run"));
+    let mut daemons = Vec::new();
+    for m in ["n1", "n2", "n3"] {
+        std::fs::create_dir_all(run_dir(m)).unwrap();
+        let mut cmd = lab.command(m, nuage).unwrap();
+        cmd.args(["group", "daemon", "-l", "n", "-n", m, "-c"])
+            .arg(&conf_path)
+            .arg("--runtime-dir")
+            .arg(run_dir(m))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        daemons.push(cmd.spawn().unwrap());
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let connect = |i: usize, user: &str| -> Client {
+        let target = format!("4803@{}", addrs[i]);
+        let mut mb = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while mb.is_none() {
+            match rt.block_on(Mailbox::connect(&target, user, &ConnectOptions::default())) {
+                Ok(m) => mb = Some(m),
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "connecting to {target}: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        let mb = Arc::new(mb.unwrap());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        rt.block_on(mb.join("g")).unwrap();
+        {
+            let (mb, log) = (mb.clone(), log.clone());
+            rt.spawn(async move {
+                loop {
+                    let rec = match mb.receive().await {
+                        Ok(Received::Message(m)) => {
+                            let text = String::from_utf8_lossy(&m.data).into_owned();
+                            Rec::Msg {
+                                sender: m.sender,
+                                n: text.parse().expect("a counter"),
+                            }
+                        }
+                        Ok(Received::Membership(m)) => match m.kind {
+                            MembershipKind::Regular { cause, .. } => Rec::View {
+                                id: m.group_id.expect("regular views carry an id"),
+                                members: m.members,
+                                cause,
+                                vs_sets: m.vs_sets,
+                            },
+                            MembershipKind::Transitional => Rec::Transitional,
+                            MembershipKind::SelfLeave => continue,
+                        },
+                        Err(_) => {
+                            log.lock().unwrap().push(Rec::Closed);
+                            break;
+                        }
+                    };
+                    log.lock().unwrap().push(rec);
+                }
+            });
+        }
+        {
+            let (mb, sent, stop) = (mb.clone(), sent.clone(), stop.clone());
+            rt.spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let svc = if n % 2 == 0 {
+                        Service::Safe
+                    } else {
+                        Service::Agreed
+                    };
+                    if mb
+                        .multicast(svc, &["g"], 0, n.to_string().as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    sent.lock().unwrap().push(n);
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            });
+        }
+        Client {
+            name: mb.private_group().to_owned(),
+            mb,
+            log,
+            sent,
+        }
+    };
+    let c1 = connect(0, "c1");
+    let c2 = connect(1, "c2");
+    let c3 = connect(2, "c3");
+    let (p1, p2, p3) = (&c1.name, &c2.name, &c3.name);
+    for c in [&c1, &c2, &c3] {
+        wait_view(c, &[p1, p2, p3]);
+    }
+
+    // (a) A client process killed: a DISCONNECT at the others.
+    let mut victim = lab.command("n2", nuage).unwrap();
+    victim
+        .args([
+            "group",
+            "shell",
+            "-u",
+            "victim",
+            "-s",
+            "4803",
+            "--runtime-dir",
+        ])
+        .arg(run_dir("n2"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut victim = victim.spawn().unwrap();
+    writeln!(victim.stdin.as_mut().unwrap(), "j g").unwrap();
+    let v = "#victim#n2".to_owned();
+    wait_view(&c1, &[p1, p2, &v, p3]);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let (cause, _) = wait_view(&c1, &[p1, p2, p3]);
+    assert_eq!(cause, Cause::Disconnect);
+
+    // (c) A partition {n1,n2} | {n3}: both sides go on; healing merges them.
+    lab.partition(&[vec!["n1", "n2"], vec!["n3"]]).unwrap();
+    let (cause, _) = wait_view(&c1, &[p1, p2]);
+    assert_eq!(cause, Cause::Network);
+    wait_view(&c2, &[p1, p2]);
+    let (cause, _) = wait_view(&c3, &[p3]);
+    assert_eq!(cause, Cause::Network);
+    // Both sides keep delivering their own traffic.
+    let count = |c: &Client, from: &String| {
+        c.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| matches!(r, Rec::Msg { sender, .. } if sender == from))
+            .count()
+    };
+    let (before12, before33) = (count(&c1, p2), count(&c3, p3));
+    wait("both sides to keep working", 20, || {
+        count(&c1, p2) > before12 + 5 && count(&c3, p3) > before33 + 5
+    });
+    lab.heal().unwrap();
+    let (cause, vs) = wait_view(&c1, &[p1, p2, p3]);
+    assert_eq!(cause, Cause::Network);
+    assert_eq!(
+        vs,
+        [vec![p1.clone(), p2.clone()], vec![p3.clone()]],
+        "vs-sets name who came from where"
+    );
+    let (_, vs3) = wait_view(&c3, &[p1, p2, p3]);
+    assert_eq!(vs3, vs);
+
+    // (d) n2 paused past the token timeout is excluded; resumed, it comes back.
+    lab.pause("n2").unwrap();
+    wait_view(&c1, &[p1, p3]);
+    lab.resume("n2").unwrap();
+    wait_view(&c1, &[p1, p2, p3]);
+    wait_view(&c2, &[p1, p2, p3]);
+
+    // (b) n3's daemon killed: TRANSITIONAL then a NETWORK view at n1 and n2; c3's
+    // connection is closed.
+    let before = c1.log.lock().unwrap().len();
+    lab.kill("n3").unwrap();
+    let (cause, _) = wait_view(&c1, &[p1, p2]);
+    assert_eq!(cause, Cause::Network);
+    wait_view(&c2, &[p1, p2]);
+    let tail: Vec<Rec> = c1.log.lock().unwrap()[before..].to_vec();
+    let t = tail
+        .iter()
+        .position(|r| *r == Rec::Transitional)
+        .expect("a transitional view");
+    let r = tail
+        .iter()
+        .position(|r| matches!(r, Rec::View { .. }))
+        .unwrap();
+    assert!(
+        t < r,
+        "TRANSITIONAL comes before the regular view: {tail:?}"
+    );
+    wait("c3 to see its connection closed", 20, || c3.closed());
+
+    // Let the last messages arrive, then check everything.
+    stop.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(2));
+    if let Err(e) = check(&[&c1, &c2, &c3]) {
+        panic!("{e}");
+    }
+    // Self-delivery: c1 and c2 got every message they sent.
+    for c in [&c1, &c2] {
+        let got: BTreeSet<u64> = c
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|r| match r {
+                Rec::Msg { sender, n } if *sender == c.name => Some(*n),
+                _ => None,
+            })
+            .collect();
+        let sent: BTreeSet<u64> = c.sent.lock().unwrap().iter().copied().collect();
+        assert!(sent.len() > 50, "{} sent only {}", c.name, sent.len());
+        assert_eq!(got, sent, "{} missed its own messages", c.name);
+    }
+    drop(rt);
+    for mut d in daemons {
+        let _ = d.kill();
+        let _ = d.wait();
+    }
+    let _ = c1.mb.private_group();
+}
