@@ -133,10 +133,7 @@ mod tests {
         let g = Gfid::random();
         assert_ne!(g, Gfid::ROOT);
         assert_eq!(Gfid::parse(&g.to_uuid()), Some(g));
-        assert_eq!(
-            Gfid::ROOT.to_uuid(),
-            "00000000-0000-0000-0000-000000000001"
-        );
+        assert_eq!(Gfid::ROOT.to_uuid(), "00000000-0000-0000-0000-000000000001");
         assert_eq!(Gfid::ROOT.ino(), 1);
         assert!(g.ino() > 1);
         let zero_tail = Gfid([9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);

@@ -226,7 +226,8 @@ pub fn judge(kind: Kind, copies: &[(u32, &AfrState)]) -> Verdict {
             Verdict::Clean
         };
     }
-    let (sources, sinks): (Vec<u32>, Vec<u32>) = copies.iter().map(|(b, _)| *b).partition(|b| !accused(*b));
+    let (sources, sinks): (Vec<u32>, Vec<u32>) =
+        copies.iter().map(|(b, _)| *b).partition(|b| !accused(*b));
     if sources.is_empty() {
         return Verdict::SplitBrain;
     }

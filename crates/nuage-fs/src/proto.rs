@@ -413,17 +413,34 @@ pub struct Statfs {
 /// A brick's answer to one request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
-    Hello { brick_id: u32, path: String },
+    Hello {
+        brick_id: u32,
+        path: String,
+    },
     Pong,
     Entry(Entry),
-    Created { entry: Entry, fd: Option<u64> },
-    Unlinked { gfid: Option<Gfid>, nlink_left: u32 },
-    Renamed { replaced: Option<Gfid> },
+    Created {
+        entry: Entry,
+        fd: Option<u64>,
+    },
+    Unlinked {
+        gfid: Option<Gfid>,
+        nlink_left: u32,
+    },
+    Renamed {
+        replaced: Option<Gfid>,
+    },
     Attr(Attr),
-    Opened { fd: u64 },
+    Opened {
+        fd: u64,
+    },
     /// The bytes read are the frame's data; `eof` if the file ends there.
-    Data { eof: bool },
-    Written { size: u32 },
+    Data {
+        eof: bool,
+    },
+    Written {
+        size: u32,
+    },
     Done,
     Link(Vec<u8>),
     /// `next`: the cookie to continue from.
@@ -437,7 +454,10 @@ pub enum Reply {
     XattrNames(Vec<Vec<u8>>),
     Statfs(Statfs),
     Locked,
-    Index { gfids: Vec<Gfid>, more: bool },
+    Index {
+        gfids: Vec<Gfid>,
+        more: bool,
+    },
     Path(Vec<u8>),
     Checksums(Vec<u64>),
 }
@@ -521,7 +541,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
     if body_len > MAX_BODY || data_len > MAX_DATA {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("frame over the limits (body {body_len} > {MAX_BODY} or data {data_len} > {MAX_DATA})"),
+            format!(
+                "frame over the limits (body {body_len} > {MAX_BODY} or data {data_len} > {MAX_DATA})"
+            ),
         ));
     }
     let mut body = vec![0u8; body_len];
@@ -532,13 +554,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
 }
 
 pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> std::io::Result<T> {
-    postcard::from_bytes(body)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("undecodable message: {e}")))
+    postcard::from_bytes(body).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("undecodable message: {e}"),
+        )
+    })
 }
 
 /// Checks a file name from a request: one component, not `.`/`..`, no NUL or `/`.
 pub fn check_name(name: &[u8]) -> Result<(), Errno> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
         return Err(Errno(libc::EINVAL));
     }
     if name.len() > MAX_NAME_LEN {
@@ -778,7 +805,9 @@ mod tests {
             let data = b"payload".to_vec();
             let mut wire = encode_frame(7, &r, data.len()).unwrap();
             wire.extend_from_slice(&data);
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
             let frame = rt
                 .block_on(read_frame(&mut wire.as_slice()))
                 .unwrap()
@@ -791,7 +820,9 @@ mod tests {
 
     #[test]
     fn oversized_or_garbled_frames_are_refused() {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let mut wire = Vec::new();
         wire.extend_from_slice(&((MAX_BODY as u32) + 1).to_be_bytes());
         wire.extend_from_slice(&[0; 12]);

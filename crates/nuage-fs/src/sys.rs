@@ -111,14 +111,7 @@ pub fn renameat2(
 pub fn readlinkat(dir: RawFd, name: &CStr) -> SysResult<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: buf is writable for its length.
-    let n = unsafe {
-        libc::readlinkat(
-            dir,
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let n = unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {
         return Err(last());
     }
@@ -288,10 +281,17 @@ pub fn getdents(fd: RawFd, buf: &mut [u8]) -> SysResult<Vec<RawDirent>> {
     while at + 19 <= n {
         // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
         let off = u64::from_ne_bytes(buf[at + 8..at + 16].try_into().expect("8 bytes"));
-        let reclen = u16::from_ne_bytes(buf[at + 16..at + 18].try_into().expect("2 bytes")) as usize;
-        assert!(reclen >= 19 && at + reclen <= n, "getdents64 returned a malformed record");
+        let reclen =
+            u16::from_ne_bytes(buf[at + 16..at + 18].try_into().expect("2 bytes")) as usize;
+        assert!(
+            reclen >= 19 && at + reclen <= n,
+            "getdents64 returned a malformed record"
+        );
         let name_bytes = &buf[at + 19..at + reclen];
-        let len = name_bytes.iter().position(|b| *b == 0).unwrap_or(name_bytes.len());
+        let len = name_bytes
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(name_bytes.len());
         out.push(RawDirent {
             name: name_bytes[..len].to_vec(),
             cookie: off,
@@ -324,7 +324,9 @@ pub fn getxattr(t: XTarget<'_>, name: &CStr) -> SysResult<Option<Vec<u8>>> {
         // SAFETY: buf is writable for its length.
         let n = unsafe {
             match t {
-                XTarget::Fd(fd) => libc::fgetxattr(fd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
+                XTarget::Fd(fd) => {
+                    libc::fgetxattr(fd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+                }
                 XTarget::Path(p) => libc::lgetxattr(
                     p.as_ptr(),
                     name.as_ptr(),
@@ -352,7 +354,9 @@ pub fn setxattr(t: XTarget<'_>, name: &CStr, value: &[u8], flags: i32) -> SysRes
     // SAFETY: value is readable for its length.
     check(unsafe {
         match t {
-            XTarget::Fd(fd) => libc::fsetxattr(fd, name.as_ptr(), value.as_ptr().cast(), value.len(), flags),
+            XTarget::Fd(fd) => {
+                libc::fsetxattr(fd, name.as_ptr(), value.as_ptr().cast(), value.len(), flags)
+            }
             XTarget::Path(p) => libc::lsetxattr(
                 p.as_ptr(),
                 name.as_ptr(),
@@ -389,7 +393,9 @@ pub fn listxattr(t: XTarget<'_>) -> SysResult<Vec<Vec<u8>>> {
         let n = unsafe {
             match t {
                 XTarget::Fd(fd) => libc::flistxattr(fd, buf.as_mut_ptr().cast(), buf.len()),
-                XTarget::Path(p) => libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
+                XTarget::Path(p) => {
+                    libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+                }
             }
         };
         if n >= 0 {

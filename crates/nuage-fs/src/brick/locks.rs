@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::gfid::Gfid;
-use crate::proto::{Domain, Errno};
+use crate::proto::Domain;
 
 /// Longest a blocking lock request waits before failing with ETIMEDOUT.
 pub const MAX_LOCK_WAIT: Duration = Duration::from_secs(300);
@@ -55,7 +55,14 @@ pub enum Acquire {
 impl LockTable {
     /// Takes the lock, queues for it (`wait`), or reports it busy; and says whether the
     /// holder must be told that someone wants it.
-    pub fn acquire(&self, gfid: Gfid, domain: Domain, conn: ConnId, wait: bool, notify: bool) -> (Acquire, Option<Contention>) {
+    pub fn acquire(
+        &self,
+        gfid: Gfid,
+        domain: Domain,
+        conn: ConnId,
+        wait: bool,
+        notify: bool,
+    ) -> (Acquire, Option<Contention>) {
         let mut locks = self.locks.lock().expect("lock table");
         let key = (gfid, domain);
         let Some(st) = locks.get_mut(&key) else {
@@ -109,7 +116,10 @@ impl LockTable {
         Self::hand_over(&mut locks, key)
     }
 
-    fn hand_over(locks: &mut HashMap<(Gfid, Domain), LockState>, key: (Gfid, Domain)) -> Option<Contention> {
+    fn hand_over(
+        locks: &mut HashMap<(Gfid, Domain), LockState>,
+        key: (Gfid, Domain),
+    ) -> Option<Contention> {
         let st = locks.get_mut(&key).expect("present");
         while let Some(w) = st.waiters.pop_front() {
             if w.grant.send(()).is_ok() {
@@ -153,7 +163,11 @@ impl LockTable {
     }
 
     pub fn holder(&self, gfid: Gfid, domain: Domain) -> Option<ConnId> {
-        self.locks.lock().expect("lock table").get(&(gfid, domain)).map(|s| s.holder)
+        self.locks
+            .lock()
+            .expect("lock table")
+            .get(&(gfid, domain))
+            .map(|s| s.holder)
     }
 }
 
@@ -165,13 +179,19 @@ mod tests {
     fn waiters_are_served_in_order_and_holders_told() {
         let t = LockTable::default();
         let g = Gfid::random();
-        assert!(matches!(t.acquire(g, Domain::Inode, 1, true, true), (Acquire::Granted, None)));
+        assert!(matches!(
+            t.acquire(g, Domain::Inode, 1, true, true),
+            (Acquire::Granted, None)
+        ));
         // A try-lock from another connection is refused but the holder is told once.
         match t.acquire(g, Domain::Inode, 2, false, true) {
             (Acquire::Busy, Some(c)) => assert_eq!(c.holder, 1),
             _ => panic!("expected a contention notice"),
         }
-        assert!(matches!(t.acquire(g, Domain::Inode, 2, false, true), (Acquire::Busy, None)));
+        assert!(matches!(
+            t.acquire(g, Domain::Inode, 2, false, true),
+            (Acquire::Busy, None)
+        ));
         let (Acquire::Wait(mut rx2), None) = t.acquire(g, Domain::Inode, 2, true, false) else {
             panic!("expected to wait")
         };
@@ -179,7 +199,10 @@ mod tests {
             panic!("expected to wait")
         };
         // Another domain is independent.
-        assert!(matches!(t.acquire(g, Domain::Entry, 3, false, false), (Acquire::Granted, None)));
+        assert!(matches!(
+            t.acquire(g, Domain::Entry, 3, false, false),
+            (Acquire::Granted, None)
+        ));
         assert!(rx2.try_recv().is_err());
         assert_eq!(t.release(g, Domain::Inode, 1), None);
         assert!(rx2.try_recv().is_ok());

@@ -28,8 +28,8 @@ use crate::gfid::Gfid;
 use crate::layout::DirLayout;
 use crate::markers::{AfrDelta, AfrState};
 use crate::proto::{
-    Attr, Creds, DirEntry, Entry, Errno, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, Meta,
-    NewObject, SetAttr, SetMeta, Statfs, Timespec, check_name,
+    Attr, Creds, DirEntry, Entry, Errno, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, Meta, NewObject,
+    SetAttr, SetMeta, Statfs, Timespec, check_name,
 };
 use crate::sys::{self, SysResult, XTarget, cstr};
 
@@ -163,16 +163,16 @@ impl Store {
     /// not mounted, and writing to the file system below it would be wrong.
     pub fn open(root: &Path, identity: &BrickIdentity) -> anyhow::Result<Store> {
         use anyhow::{Context, bail};
-        // New files must get exactly the mode the client asked for.
-        nix::sys::stat::umask(nix::sys::stat::Mode::empty());
         let meta = std::fs::metadata(root)
             .with_context(|| format!("brick directory {}", root.display()))?;
         if !meta.is_dir() {
             bail!("brick {} is not a directory", root.display());
         }
-        let root_c = cstr(root.as_os_str().as_encoded_bytes()).map_err(|_| anyhow::anyhow!("bad path"))?;
-        let root_fd = sys::open_dir(libc::AT_FDCWD, &root_c)
-            .map_err(|e| anyhow::anyhow!("cannot open brick {}: {}", root.display(), e.describe()))?;
+        let root_c =
+            cstr(root.as_os_str().as_encoded_bytes()).map_err(|_| anyhow::anyhow!("bad path"))?;
+        let root_fd = sys::open_dir(libc::AT_FDCWD, &root_c).map_err(|e| {
+            anyhow::anyhow!("cannot open brick {}: {}", root.display(), e.describe())
+        })?;
         let vid = xname(XATTR_VOLUME_ID);
         match sys::getxattr(XTarget::Fd(root_fd.as_raw_fd()), &vid) {
             Ok(Some(v)) if v == identity.volume_id.as_bytes() => {}
@@ -216,14 +216,19 @@ impl Store {
                 let found: BrickIdentity = serde_json::from_slice(&bytes)
                     .with_context(|| format!("reading {}", id_file.display()))?;
                 if found.volume_id != identity.volume_id {
-                    bail!("brick {} belongs to volume {}", root.display(), found.volume);
+                    bail!(
+                        "brick {} belongs to volume {}",
+                        root.display(),
+                        found.volume
+                    );
                 }
             }
             Err(_) => std::fs::write(&id_file, serde_json::to_vec_pretty(identity)?)
                 .with_context(|| format!("writing {}", id_file.display()))?,
         }
         let open = |p: &Path| -> anyhow::Result<OwnedFd> {
-            let c = cstr(p.as_os_str().as_encoded_bytes()).map_err(|_| anyhow::anyhow!("bad path"))?;
+            let c =
+                cstr(p.as_os_str().as_encoded_bytes()).map_err(|_| anyhow::anyhow!("bad path"))?;
             sys::open_dir(libc::AT_FDCWD, &c)
                 .map_err(|e| anyhow::anyhow!("cannot open {}: {}", p.display(), e.describe()))
         };
@@ -246,7 +251,10 @@ impl Store {
             },
         };
         let rt = XTarget::Fd(store.root_fd.as_raw_fd());
-        if sys::getxattr(rt, &store.names.gfid).map_err(to_any)?.is_none() {
+        if sys::getxattr(rt, &store.names.gfid)
+            .map_err(to_any)?
+            .is_none()
+        {
             sys::setxattr(rt, &store.names.gfid, &Gfid::ROOT.0, 0).map_err(to_any)?;
         }
         store.ensure_handle_dirs(&Gfid::ROOT).map_err(to_any)?;
@@ -312,7 +320,10 @@ impl Store {
                 // The handle is stale (renamed behind our back or half-healed).
                 return Err(Errno(libc::ESTALE));
             }
-            self.dirs.lock().expect("dir cache").put(gfid, child.clone());
+            self.dirs
+                .lock()
+                .expect("dir cache")
+                .put(gfid, child.clone());
             fd = child;
         }
         Ok(fd)
@@ -611,7 +622,12 @@ impl Store {
                         Some(f) => brick_open_flags(f),
                         None => libc::O_RDWR,
                     };
-                    file = Some(std::fs::File::from(sys::openat(pfd.as_raw_fd(), &cname, flags, perm)?));
+                    file = Some(std::fs::File::from(sys::openat(
+                        pfd.as_raw_fd(),
+                        &cname,
+                        flags,
+                        perm,
+                    )?));
                 }
                 libc::S_IFDIR => {
                     sys::mkdirat(pfd.as_raw_fd(), &cname, perm)?;
@@ -630,15 +646,61 @@ impl Store {
                 _ => return Err(Errno(libc::EINVAL)),
             }
         }
-        let result = self.finish_new(parent, &pfd, &cname, name, gfid, obj, file.as_ref(), dir.as_ref());
+        // The process umask (shared with the rest of the node, so left alone) may have
+        // removed permission bits the client asked for: put them back.
+        let result = self
+            .restore_perm(&pfd, &cname, kind, perm, file.as_ref(), dir.as_ref())
+            .and_then(|()| {
+                self.finish_new(
+                    parent,
+                    &pfd,
+                    &cname,
+                    name,
+                    gfid,
+                    obj,
+                    file.as_ref(),
+                    dir.as_ref(),
+                )
+            });
         if let Err(e) = result {
             // Leave nothing half-made behind.
-            let flag = if kind == libc::S_IFDIR { libc::AT_REMOVEDIR } else { 0 };
+            let flag = if kind == libc::S_IFDIR {
+                libc::AT_REMOVEDIR
+            } else {
+                0
+            };
             let _ = sys::unlinkat(pfd.as_raw_fd(), &cname, flag);
             return Err(e);
         }
         let entry = self.lookup(parent, name)?;
         Ok((entry, file))
+    }
+
+    fn restore_perm(
+        &self,
+        pfd: &OwnedFd,
+        cname: &CStr,
+        kind: u32,
+        perm: u32,
+        file: Option<&std::fs::File>,
+        dir: Option<&Arc<OwnedFd>>,
+    ) -> SysResult<()> {
+        if kind == libc::S_IFLNK {
+            return Ok(());
+        }
+        let fd = file.map(|f| f.as_raw_fd()).or(dir.map(|d| d.as_raw_fd()));
+        let st = match fd {
+            Some(fd) => sys::fstat(fd)?,
+            None => sys::fstatat(pfd.as_raw_fd(), cname)?,
+        };
+        let want = (st.st_mode & 0o7000) | (perm & 0o7777);
+        if st.st_mode & 0o7777 == want {
+            return Ok(());
+        }
+        match fd {
+            Some(fd) => sys::fchmod(fd, want),
+            None => sys::fchmodat(pfd.as_raw_fd(), cname, want),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -687,7 +749,13 @@ impl Store {
     }
 
     /// A new name for an existing non-directory.
-    pub fn link(&self, g: &Gfid, parent: &Gfid, name: &[u8], parent_op: &Option<AfrDelta>) -> SysResult<Entry> {
+    pub fn link(
+        &self,
+        g: &Gfid,
+        parent: &Gfid,
+        name: &[u8],
+        parent_op: &Option<AfrDelta>,
+    ) -> SysResult<Entry> {
         check_name(name)?;
         if *parent == Gfid::ROOT && name == HIDDEN_DIR.as_bytes() {
             return Err(Errno(libc::EPERM));
@@ -727,7 +795,8 @@ impl Store {
             return Err(Errno(libc::EISDIR));
         }
         let p = sys::proc_path(&*pfd, name)?;
-        let g = sys::getxattr(XTarget::Path(&p), &self.names.gfid)?.and_then(|v| Gfid::from_slice(&v));
+        let g =
+            sys::getxattr(XTarget::Path(&p), &self.names.gfid)?.and_then(|v| Gfid::from_slice(&v));
         if expect.is_some() && g.is_some() && expect != g {
             return Err(Errno(libc::ESTALE));
         }
@@ -743,7 +812,13 @@ impl Store {
         Ok((g, left))
     }
 
-    pub fn rmdir(&self, parent: &Gfid, name: &[u8], expect: Option<Gfid>, parent_op: &Option<AfrDelta>) -> SysResult<Option<Gfid>> {
+    pub fn rmdir(
+        &self,
+        parent: &Gfid,
+        name: &[u8],
+        expect: Option<Gfid>,
+        parent_op: &Option<AfrDelta>,
+    ) -> SysResult<Option<Gfid>> {
         check_name(name)?;
         if *parent == Gfid::ROOT && name == HIDDEN_DIR.as_bytes() {
             return Err(Errno(libc::EPERM));
@@ -755,7 +830,8 @@ impl Store {
             return Err(Errno(libc::ENOTDIR));
         }
         let p = sys::proc_path(&*pfd, name)?;
-        let g = sys::getxattr(XTarget::Path(&p), &self.names.gfid)?.and_then(|v| Gfid::from_slice(&v));
+        let g =
+            sys::getxattr(XTarget::Path(&p), &self.names.gfid)?.and_then(|v| Gfid::from_slice(&v));
         if expect.is_some() && g.is_some() && expect != g {
             return Err(Errno(libc::ESTALE));
         }
@@ -789,7 +865,9 @@ impl Store {
         check_name(name)?;
         check_name(new_name)?;
         let hidden = HIDDEN_DIR.as_bytes();
-        if (*parent == Gfid::ROOT && name == hidden) || (*new_parent == Gfid::ROOT && new_name == hidden) {
+        if (*parent == Gfid::ROOT && name == hidden)
+            || (*new_parent == Gfid::ROOT && new_name == hidden)
+        {
             return Err(Errno(libc::EPERM));
         }
         let pfd = self.dir_fd(parent)?;
@@ -797,7 +875,8 @@ impl Store {
         let (cname, cnew) = (cstr(name)?, cstr(new_name)?);
         let src_st = sys::fstatat(pfd.as_raw_fd(), &cname)?;
         let src_path = sys::proc_path(&*pfd, name)?;
-        let src = sys::getxattr(XTarget::Path(&src_path), &self.names.gfid)?.and_then(|v| Gfid::from_slice(&v));
+        let src = sys::getxattr(XTarget::Path(&src_path), &self.names.gfid)?
+            .and_then(|v| Gfid::from_slice(&v));
         let dst_path = sys::proc_path(&*npfd, new_name)?;
         let dst_st = match sys::fstatat(npfd.as_raw_fd(), &cnew) {
             Ok(st) => Some(st),
@@ -805,7 +884,8 @@ impl Store {
             Err(e) => return Err(e),
         };
         let dst = match dst_st {
-            Some(_) => sys::getxattr(XTarget::Path(&dst_path), &self.names.gfid)?.and_then(|v| Gfid::from_slice(&v)),
+            Some(_) => sys::getxattr(XTarget::Path(&dst_path), &self.names.gfid)?
+                .and_then(|v| Gfid::from_slice(&v)),
             None => None,
         };
         if src.is_some() && src == dst {
@@ -826,7 +906,12 @@ impl Store {
                 self.set_dir_handle(&g, new_parent, new_name)?;
             } else {
                 let p = sys::proc_path(&*npfd, new_name)?;
-                let _ = sys::setxattr(XTarget::Path(&p), &self.names.loc, &Self::loc_value(new_parent, new_name), 0);
+                let _ = sys::setxattr(
+                    XTarget::Path(&p),
+                    &self.names.loc,
+                    &Self::loc_value(new_parent, new_name),
+                    0,
+                );
             }
         }
         let exchanged = flags & libc::RENAME_EXCHANGE != 0;
@@ -837,7 +922,12 @@ impl Store {
                     self.set_dir_handle(&g, parent, name)?;
                 } else {
                     let p = sys::proc_path(&*pfd, name)?;
-                    let _ = sys::setxattr(XTarget::Path(&p), &self.names.loc, &Self::loc_value(parent, name), 0);
+                    let _ = sys::setxattr(
+                        XTarget::Path(&p),
+                        &self.names.loc,
+                        &Self::loc_value(parent, name),
+                        0,
+                    );
                 }
             } else {
                 replaced = Some(g);
@@ -880,7 +970,13 @@ impl Store {
         }
     }
 
-    pub fn setattr(&self, g: &Gfid, fd: Option<RawFd>, set: &SetAttr, op: &Option<AfrDelta>) -> SysResult<Attr> {
+    pub fn setattr(
+        &self,
+        g: &Gfid,
+        fd: Option<RawFd>,
+        set: &SetAttr,
+        op: &Option<AfrDelta>,
+    ) -> SysResult<Attr> {
         let handles = self.handles.as_raw_fd();
         let apply_op = |t: XTarget<'_>| -> SysResult<()> {
             if let Some(d) = op.as_ref().filter(|d| !d.is_empty()) {
@@ -933,7 +1029,7 @@ impl Store {
     }
 
     /// Opens a regular file by id.
-    pub fn open(&self, g: &Gfid, flags: i32) -> SysResult<std::fs::File> {
+    pub fn open_file(&self, g: &Gfid, flags: i32) -> SysResult<std::fs::File> {
         let rel = match self.obj(g)? {
             Obj::Dir(_) => return Err(Errno(libc::EISDIR)),
             Obj::Handle(rel) => rel,
@@ -956,18 +1052,25 @@ impl Store {
         match fd {
             Some(fd) => sys::pread_full(fd, offset, size as usize),
             None => {
-                let f = self.open(g, libc::O_RDONLY)?;
+                let f = self.open_file(g, libc::O_RDONLY)?;
                 sys::pread_full(f.as_raw_fd(), offset, size as usize)
             }
         }
     }
 
-    pub fn write(&self, g: &Gfid, fd: Option<RawFd>, offset: u64, data: &[u8], op: &Option<AfrDelta>) -> SysResult<()> {
+    pub fn write(
+        &self,
+        g: &Gfid,
+        fd: Option<RawFd>,
+        offset: u64,
+        data: &[u8],
+        op: &Option<AfrDelta>,
+    ) -> SysResult<()> {
         let owned;
         let fd = match fd {
             Some(fd) => fd,
             None => {
-                owned = self.open(g, libc::O_RDWR)?;
+                owned = self.open_file(g, libc::O_RDWR)?;
                 owned.as_raw_fd()
             }
         };
@@ -981,7 +1084,15 @@ impl Store {
         self.with_obj(g, fd, |fd| sys::fsync(fd, datasync), |_, _| Ok(()))
     }
 
-    pub fn fallocate(&self, g: &Gfid, fd: Option<RawFd>, mode: i32, offset: u64, len: u64, op: &Option<AfrDelta>) -> SysResult<()> {
+    pub fn fallocate(
+        &self,
+        g: &Gfid,
+        fd: Option<RawFd>,
+        mode: i32,
+        offset: u64,
+        len: u64,
+        op: &Option<AfrDelta>,
+    ) -> SysResult<()> {
         self.with_obj(
             g,
             fd,
@@ -1004,7 +1115,12 @@ impl Store {
 
     /// Up to `max` entries after `cookie`, with their attributes, id and link-file
     /// mark; and the cookie to continue from.
-    pub fn readdir(&self, g: &Gfid, cookie: u64, max: u32) -> SysResult<(Vec<DirEntry>, u64, bool)> {
+    pub fn readdir(
+        &self,
+        g: &Gfid,
+        cookie: u64,
+        max: u32,
+    ) -> SysResult<(Vec<DirEntry>, u64, bool)> {
         let dfd = self.dir_fd(g)?;
         // A private open file: its position must not be shared with other listings.
         let fd = sys::open_dir(dfd.as_raw_fd(), c".")?;
@@ -1023,13 +1139,18 @@ impl Store {
                     return Ok((out, next, false));
                 }
                 next = d.cookie;
-                let skip = d.name == b"." || d.name == b".." || (*g == Gfid::ROOT && d.name == HIDDEN_DIR.as_bytes());
+                let skip = d.name == b"."
+                    || d.name == b".."
+                    || (*g == Gfid::ROOT && d.name == HIDDEN_DIR.as_bytes());
                 if skip {
                     continue;
                 }
                 bytes += d.name.len() + 160;
                 let entry = self.dir_entry(&fd, &d.name).ok();
-                out.push(DirEntry { name: d.name, entry });
+                out.push(DirEntry {
+                    name: d.name,
+                    entry,
+                });
             }
         }
     }
@@ -1124,7 +1245,11 @@ impl Store {
         cstr(name)
     }
 
-    fn with_xtarget<T>(&self, g: &Gfid, f: impl FnOnce(XTarget<'_>) -> SysResult<T>) -> SysResult<T> {
+    fn with_xtarget<T>(
+        &self,
+        g: &Gfid,
+        f: impl FnOnce(XTarget<'_>) -> SysResult<T>,
+    ) -> SysResult<T> {
         match self.obj(g)? {
             Obj::Dir(fd) => f(XTarget::Fd(fd.as_raw_fd())),
             Obj::Handle(rel) => {
@@ -1148,7 +1273,14 @@ impl Store {
         })
     }
 
-    pub fn setxattr(&self, g: &Gfid, name: &[u8], value: &[u8], flags: i32, op: &Option<AfrDelta>) -> SysResult<()> {
+    pub fn setxattr(
+        &self,
+        g: &Gfid,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+        op: &Option<AfrDelta>,
+    ) -> SysResult<()> {
         let n = Self::user_xattr(name)?;
         if value.len() > MAX_XATTR_VALUE_LEN {
             return Err(Errno(libc::E2BIG));
@@ -1241,7 +1373,7 @@ impl Store {
         if block == 0 || length / u64::from(block) > crate::proto::MAX_CHECKSUM_BLOCKS {
             return Err(Errno(libc::EINVAL));
         }
-        let f = self.open(g, libc::O_RDONLY)?;
+        let f = self.open_file(g, libc::O_RDONLY)?;
         let mut out = Vec::new();
         let mut at = offset;
         let end = offset.saturating_add(length);

@@ -1,0 +1,4 @@
+//! The client side of a volume: connections to bricks, the distribution of files over
+//! them, and the FUSE mount.
+
+pub mod conn;
