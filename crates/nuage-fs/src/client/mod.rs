@@ -2,3 +2,6 @@
 //! them, and the FUSE mount.
 
 pub mod conn;
+pub mod fuse;
+pub mod spec;
+pub mod volume;
