@@ -8,5 +8,7 @@ pub mod client;
 pub mod gfid;
 pub mod layout;
 pub mod markers;
+pub mod mgmt;
 pub mod proto;
+pub mod service;
 pub mod sys;

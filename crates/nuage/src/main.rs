@@ -3,6 +3,7 @@
 
 mod lab_cmd;
 mod node_cmd;
+mod storage_cmd;
 mod table;
 mod up;
 
@@ -37,6 +38,31 @@ enum Command {
     },
     /// Several machines on this host, with faults on demand (needs root)
     Lab(lab_cmd::LabArgs),
+    /// Storage: the trusted pool's members
+    Peer {
+        #[command(subcommand)]
+        cmd: storage_cmd::PeerCmd,
+        #[command(flatten)]
+        api: node_cmd::ApiArg,
+    },
+    /// Storage: list the trusted pool
+    Pool {
+        #[command(subcommand)]
+        cmd: storage_cmd::PoolCmd,
+        #[command(flatten)]
+        api: node_cmd::ApiArg,
+    },
+    /// Storage: create, start, stop, delete and inspect volumes
+    Volume {
+        #[command(subcommand)]
+        cmd: storage_cmd::VolumeCmd,
+        #[command(flatten)]
+        api: node_cmd::ApiArg,
+    },
+    /// Storage: mount a volume with FUSE (HOST:/VOLUME MOUNTPOINT)
+    Mount(storage_cmd::MountArgs),
+    /// Storage: unmount a mounted volume
+    Umount(storage_cmd::UmountArgs),
 }
 
 /// Environment variable setting the log level (error, warn, info, debug, trace).
@@ -55,6 +81,11 @@ fn main() {
                     Command::Up(args) => up::run(args).await,
                     Command::Node { cmd, api } => node_cmd::run(cmd, api).await,
                     Command::Lab(_) => unreachable!("handled above"),
+                    Command::Peer { cmd, api } => storage_cmd::peer(cmd, api).await,
+                    Command::Pool { cmd, api } => storage_cmd::pool(cmd, api).await,
+                    Command::Volume { cmd, api } => storage_cmd::volume(cmd, api).await,
+                    Command::Mount(args) => storage_cmd::mount(args).await,
+                    Command::Umount(args) => storage_cmd::umount(args),
                 }
             })
         }),

@@ -29,7 +29,7 @@ pub struct UpArgs {
 /// The services of a node, in start order. A subsystem joins `nuage up` by adding its
 /// service here.
 fn services(_config: &Config) -> Vec<Box<dyn Service>> {
-    Vec::new()
+    vec![Box::new(nuage_fs::service::StorageService)]
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {

@@ -3,5 +3,6 @@
 
 pub mod conn;
 pub mod fuse;
+pub mod mount;
 pub mod spec;
 pub mod volume;
