@@ -160,6 +160,25 @@ impl Volume {
         out
     }
 
+    /// The answers of the subvolumes that could be reached. Unreachable ones (ENOTCONN)
+    /// are left out, as long as one answered: a directory stays usable while some of
+    /// its subvolumes are down, and only names on them fail.
+    fn reachable(answers: Vec<(u32, Res<Reply>)>) -> Res<Vec<(u32, Reply)>> {
+        let mut out = Vec::new();
+        let mut down = None;
+        for (k, r) in answers {
+            match r {
+                Ok(r) => out.push((k, r)),
+                Err(Errno(libc::ENOTCONN)) => down = Some(Errno(libc::ENOTCONN)),
+                Err(e) => return Err(e),
+            }
+        }
+        match (out.is_empty(), down) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(out),
+        }
+    }
+
     /// The layout of a directory: cached, else read from every subvolume (and repaired
     /// if it has holes or overlaps).
     async fn dir_layout(&self, dir: Gfid) -> Res<Layout> {
@@ -172,15 +191,22 @@ impl Volume {
                 fd: None,
             })
             .await;
+        let total = answers.len();
         let mut ranges = Vec::new();
-        for (k, r) in answers {
-            let e = entry_of(r?)?;
+        for (k, r) in Self::reachable(answers)? {
+            let e = entry_of(r)?;
             if !e.attr.is_dir() {
                 return Err(Errno(libc::ENOTDIR));
             }
             ranges.push((k, e.meta.layout));
         }
+        let complete = ranges.len() == total;
         let mut layout = Layout { ranges };
+        if !complete {
+            // Names hashed to a down subvolume fail with ENOTCONN; the rest works. Not
+            // cached, so the full layout is read once every subvolume is back.
+            return Ok(layout);
+        }
         if layout.check().is_err() {
             layout = self.fix_layout(dir).await?;
         }
@@ -244,11 +270,11 @@ impl Volume {
     /// Attributes of a directory: the copies merged (times: the latest of any copy).
     async fn dir_attr(&self, g: Gfid) -> Res<Attr> {
         let mut attr: Option<Attr> = None;
-        for (_, r) in self
+        let answers = self
             .fan_out(&self.all(), |_| Op::Stat { gfid: g, fd: None })
-            .await
-        {
-            let e = entry_of(r?)?;
+            .await;
+        for (_, r) in Self::reachable(answers)? {
+            let e = entry_of(r)?;
             attr = Some(match attr {
                 None => e.attr,
                 Some(mut a) => {
@@ -265,13 +291,8 @@ impl Volume {
     pub async fn lookup(&self, parent: Gfid, name: &[u8]) -> Res<Found> {
         crate::proto::check_name(name)?;
         let layout = self.dir_layout(parent).await?;
-        let hashed = match layout.hashed(name) {
-            Some(h) => h,
-            None => {
-                self.layouts.lock().expect("layouts").remove(&parent);
-                return Err(Errno(libc::EIO));
-            }
-        };
+        // No owner: the subvolume owning this name is down (incomplete layout).
+        let hashed = layout.hashed(name).ok_or(Errno(libc::ENOTCONN))?;
         let op = |_| Op::Lookup {
             parent,
             name: name.to_vec(),
@@ -374,6 +395,8 @@ impl Volume {
                 }
                 Ok(Reply::Entry(_)) => return Err(Errno(libc::EIO)), // a file on one, a dir on another
                 Err(Errno(libc::ENOENT)) => missing.push(*k),
+                // Down: repaired by a later lookup once it is back.
+                Err(Errno(libc::ENOTCONN)) => {}
                 Err(e) => return Err(*e),
                 Ok(r) => return Err(unexpected(r.clone())),
             }
@@ -516,7 +539,7 @@ impl Volume {
     ) -> Res<(Found, Option<OpenFile>)> {
         crate::proto::check_name(name)?;
         let layout = self.dir_layout(parent).await?;
-        let k = layout.hashed(name).ok_or(Errno(libc::EIO))?;
+        let k = layout.hashed(name).ok_or(Errno(libc::ENOTCONN))?;
         let g = Gfid::random();
         let r = self
             .sv(k)
@@ -552,7 +575,7 @@ impl Volume {
     pub async fn mkdir(&self, parent: Gfid, name: &[u8], mut obj: NewObject) -> Res<Found> {
         crate::proto::check_name(name)?;
         let layout = self.dir_layout(parent).await?;
-        let hashed = layout.hashed(name).ok_or(Errno(libc::EIO))?;
+        let hashed = layout.hashed(name).ok_or(Errno(libc::ENOTCONN))?;
         let g = Gfid::random();
         let new_layout = Layout::even(&self.all(), g, self.spec.layout_epoch, true);
         // The hashed subvolume first: it decides (EEXIST) for everyone.
@@ -589,7 +612,7 @@ impl Volume {
     /// Removes a non-directory name (and its link file, if any).
     pub async fn unlink(&self, parent: Gfid, name: &[u8]) -> Res<()> {
         let layout = self.dir_layout(parent).await?;
-        let hashed = layout.hashed(name).ok_or(Errno(libc::EIO))?;
+        let hashed = layout.hashed(name).ok_or(Errno(libc::ENOTCONN))?;
         let found = self.lookup(parent, name).await?;
         if found.attr.is_dir() {
             return Err(Errno(libc::EISDIR));
@@ -622,7 +645,7 @@ impl Volume {
 
     pub async fn rmdir(&self, parent: Gfid, name: &[u8]) -> Res<()> {
         let layout = self.dir_layout(parent).await?;
-        let hashed = layout.hashed(name).ok_or(Errno(libc::EIO))?;
+        let hashed = layout.hashed(name).ok_or(Errno(libc::ENOTCONN))?;
         let found = self.lookup(parent, name).await?;
         if !found.attr.is_dir() {
             return Err(Errno(libc::ENOTDIR));
@@ -738,12 +761,12 @@ impl Volume {
             .dir_layout(parent)
             .await?
             .hashed(name)
-            .ok_or(Errno(libc::EIO))?;
+            .ok_or(Errno(libc::ENOTCONN))?;
         let new_hashed = self
             .dir_layout(new_parent)
             .await?
             .hashed(new_name)
-            .ok_or(Errno(libc::EIO))?;
+            .ok_or(Errno(libc::ENOTCONN))?;
         let op = |_| Op::Rename {
             parent,
             name: name.to_vec(),
@@ -827,7 +850,7 @@ impl Volume {
             .dir_layout(new_parent)
             .await?
             .hashed(new_name)
-            .ok_or(Errno(libc::EIO))?;
+            .ok_or(Errno(libc::ENOTCONN))?;
         if hashed != data {
             // The name must be free on its hashed subvolume too.
             match self
@@ -970,8 +993,9 @@ impl Volume {
 
     pub async fn statfs(&self) -> Res<Statfs> {
         let mut total = Statfs::default();
-        for (_, r) in self.fan_out(&self.all(), |_| Op::Statfs).await {
-            let s = match r? {
+        let answers = self.fan_out(&self.all(), |_| Op::Statfs).await;
+        for (_, r) in Self::reachable(answers)? {
+            let s = match r {
                 Reply::Statfs(s) => s,
                 r => return Err(unexpected(r)),
             };
@@ -1070,6 +1094,7 @@ impl Volume {
             subvol: 0,
             cookie: 0,
             done: false,
+            dirs_from: None,
         }
     }
 
@@ -1077,18 +1102,31 @@ impl Volume {
     /// the first subvolume only (they are on all), link files never.
     pub async fn next_entries(&self, l: &mut Listing) -> Res<Vec<DirEntry>> {
         while !l.done {
-            let r = self
+            let r = match self
                 .sv(l.subvol)
                 .req(Op::Readdir {
                     gfid: l.dir,
                     cookie: l.cookie,
                     max: READDIR_BATCH,
                 })
-                .await?;
+                .await
+            {
+                Ok(r) => r,
+                // A down subvolume's names are left out (as gluster does); the rest lists.
+                Err(Errno(libc::ENOTCONN)) if self.n() > 1 => {
+                    tracing::warn!("listing without subvolume {} (not connected)", l.subvol);
+                    l.subvol += 1;
+                    l.cookie = 0;
+                    l.done = l.subvol >= self.n();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let Reply::Dir { entries, next, eof } = r else {
                 return Err(unexpected(r));
             };
-            let first = l.subvol == 0;
+            // Directories are on every subvolume: listed from the first that answers.
+            let first = *l.dirs_from.get_or_insert(l.subvol) == l.subvol;
             if eof {
                 l.subvol += 1;
                 l.cookie = 0;
@@ -1124,6 +1162,7 @@ pub struct Listing {
     subvol: u32,
     cookie: u64,
     done: bool,
+    dirs_from: Option<u32>,
 }
 
 trait MaxTime {
