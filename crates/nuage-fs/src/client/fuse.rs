@@ -236,6 +236,13 @@ impl Filesystem for NuageFs {
         };
         self.spawn(async move {
             match v.lookup(p, &name).await {
+                Ok(f) if !f.attr.is_dir() && v.writes_pending(f.gfid) => {
+                    // The size must include writes already acknowledged.
+                    match v.getattr(f.gfid, false, None).await {
+                        Ok(a) => Self::entry_reply(&nodes, reply, f.gfid, &a),
+                        Err(e) => reply.error(errno(e)),
+                    }
+                }
                 Ok(f) => Self::entry_reply(&nodes, reply, f.gfid, &f.attr),
                 Err(e) => reply.error(errno(e)),
             }
@@ -562,12 +569,21 @@ impl Filesystem for NuageFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes are sent to the brick before they are acknowledged: nothing is held here.
-        reply.ok();
+        let f = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let v = self.volume.clone();
+        self.spawn(async move {
+            match v.flush(f).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn release(

@@ -6,3 +6,4 @@ pub mod fuse;
 pub mod mount;
 pub mod spec;
 pub mod volume;
+pub mod write_behind;

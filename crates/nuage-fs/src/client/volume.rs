@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crate::client::conn::{BrickAddr, BrickConn};
 use crate::client::spec::VolumeSpec;
+use crate::client::write_behind::WriteBehind;
 use crate::gfid::Gfid;
 use crate::layout::{DirLayout, Layout};
 use crate::markers::AfrState;
@@ -59,6 +60,7 @@ pub struct Volume {
     /// Directory layouts by directory id.
     layouts: Mutex<HashMap<Gfid, Layout>>,
     next_handle: AtomicU64,
+    wb: WriteBehind,
 }
 
 fn unexpected(r: Reply) -> Errno {
@@ -115,6 +117,7 @@ impl Volume {
             located: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            wb: WriteBehind::default(),
         });
         v.dir_layout(Gfid::ROOT).await.map_err(|e| {
             anyhow::anyhow!(
@@ -461,6 +464,8 @@ impl Volume {
         if is_dir {
             return self.dir_attr(g).await;
         }
+        // Sizes and times must include writes already acknowledged.
+        self.wb.drain(g).await?;
         if let Some(f) = fh {
             let r = self
                 .sv(f.subvol)
@@ -512,6 +517,7 @@ impl Volume {
             }
             return attr.ok_or(Errno(libc::EIO));
         }
+        self.wb.drain(g).await?;
         let (k, fd) = match fh {
             Some(f) => (f.subvol, Some(f.fd)),
             None => (self.locate(g).await?, None),
@@ -922,6 +928,9 @@ impl Volume {
     }
 
     pub async fn read(&self, f: OpenFile, offset: u64, size: u32) -> Res<Vec<u8>> {
+        if self.wb.busy(f.gfid) {
+            self.wb.drain(f.gfid).await?;
+        }
         let size = size.min(MAX_IO);
         let op = Op::Read {
             target: Target {
@@ -949,13 +958,28 @@ impl Volume {
             offset,
             op: None,
         };
-        match self.sv(f.subvol).call(op, data).await? {
-            (Reply::Written { size }, _) => Ok(size),
-            (r, _) => Err(unexpected(r)),
-        }
+        let conn = self.subvols[f.subvol as usize].clone();
+        let data = data.to_vec();
+        let len = data.len() as u32;
+        self.wb
+            .submit(f.gfid, offset, u64::from(len), async move {
+                match conn.call(op, &data).await? {
+                    (Reply::Written { size }, _) => Ok(size),
+                    (r, _) => Err(unexpected(r)),
+                }
+            })
+            .await?;
+        Ok(len)
+    }
+
+    /// `close(2)` of one descriptor: every write made so far is on the brick, and a
+    /// failure of one of them is reported here.
+    pub async fn flush(&self, f: OpenFile) -> Res<()> {
+        self.wb.drain(f.gfid).await
     }
 
     pub async fn fsync(&self, f: OpenFile, datasync: bool) -> Res<()> {
+        self.wb.drain(f.gfid).await?;
         self.sv(f.subvol)
             .req(Op::Fsync {
                 target: Target {
@@ -969,6 +993,7 @@ impl Volume {
     }
 
     pub async fn fallocate(&self, f: OpenFile, mode: i32, offset: u64, length: u64) -> Res<()> {
+        self.wb.drain(f.gfid).await?;
         self.sv(f.subvol)
             .req(Op::Fallocate {
                 target: Target {
@@ -985,10 +1010,21 @@ impl Volume {
     }
 
     pub async fn release(&self, f: OpenFile) -> Res<()> {
-        self.sv(f.subvol)
+        // The brick's descriptor stays until the file's writes are done with it.
+        let pending = self.wb.drain(f.gfid).await;
+        let closed = self
+            .sv(f.subvol)
             .req(Op::Close { fd: f.fd })
             .await
-            .map(drop)
+            .map(drop);
+        self.wb.forget(f.gfid);
+        pending.and(closed)
+    }
+
+    /// Whether acknowledged writes of `g` may still be on their way (attributes read
+    /// meanwhile would miss them).
+    pub fn writes_pending(&self, g: Gfid) -> bool {
+        self.wb.busy(g)
     }
 
     pub async fn statfs(&self) -> Res<Statfs> {
