@@ -239,6 +239,58 @@ fn posix_operations_through_a_fuse_mount_of_a_distributed_volume() {
     fs::rename(m.join("dir/a"), m.join("dir/z")).unwrap();
     assert_eq!(fs::read(m.join("dir/z/b/c/deep")).unwrap(), b"deep");
 
+    // A directory cannot replace a non-empty one, wherever the entries are.
+    fs::create_dir(m.join("full")).unwrap();
+    fs::create_dir(m.join("empty")).unwrap();
+    for i in 0..6 {
+        fs::write(m.join(format!("full/e{i}")), b"").unwrap();
+    }
+    let e = fs::rename(m.join("empty"), m.join("full")).unwrap_err();
+    assert!(
+        matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)),
+        "{e}"
+    );
+    assert_eq!(fs::read_dir(m.join("full")).unwrap().count(), 6);
+    fs::remove_dir_all(m.join("full")).unwrap();
+    fs::rename(m.join("empty"), m.join("renamed-empty")).unwrap();
+    fs::remove_dir(m.join("renamed-empty")).unwrap();
+
+    // Many names of one file, hashed all over: every name works, the count is right.
+    fs::write(m.join("orig"), b"shared").unwrap();
+    for i in 0..8 {
+        fs::hard_link(m.join("orig"), m.join(format!("alias{i}"))).unwrap();
+    }
+    assert_eq!(fs::metadata(m.join("alias3")).unwrap().nlink(), 9);
+    fs::remove_file(m.join("orig")).unwrap();
+    for i in 0..8 {
+        assert_eq!(fs::read(m.join(format!("alias{i}"))).unwrap(), b"shared");
+        fs::rename(
+            m.join(format!("alias{i}")),
+            m.join(format!("moved-alias{i}")),
+        )
+        .unwrap();
+    }
+    for i in 0..8 {
+        fs::remove_file(m.join(format!("moved-alias{i}"))).unwrap();
+    }
+
+    // An open file outlives its last name.
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.join("ghost"))
+        .unwrap();
+    fs::remove_file(m.join("ghost")).unwrap();
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    f.write_all(b"still here").unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "still here");
+    drop(f);
+
     // Extended attributes (user namespace).
     let x = m.join("moved1");
     xattr_set(&x, "user.colour", b"blue");

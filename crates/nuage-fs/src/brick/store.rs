@@ -137,8 +137,10 @@ fn st_time(sec: i64, nsec: i64) -> Timespec {
 /// Attributes from a stat, with the handle's link left out of the count.
 fn attr_of(st: &libc::stat, has_handle: bool) -> Attr {
     let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-    let nlink = if !is_dir && has_handle {
-        (st.st_nlink as u32).saturating_sub(1).max(1)
+    // Names + the handle. 1 is a name without a handle (a link file, or a file just put
+    // on the brick), 0 an open file whose last name is gone.
+    let nlink = if !is_dir && has_handle && st.st_nlink >= 2 {
+        st.st_nlink as u32 - 1
     } else {
         st.st_nlink as u32
     };
@@ -740,6 +742,9 @@ impl Store {
                 self.set_dir_handle(gfid, parent, name)?;
                 self.dirs.lock().expect("dir cache").put(*gfid, d.clone());
             }
+            // A link file only points at the data elsewhere: it gets no handle, so a
+            // brick may hold several link files of one file (several names hashed here).
+            None if obj.linkto.is_some() => {}
             None => {
                 sys::setxattr(t, &self.names.loc, &Self::loc_value(parent, name), 0)?;
                 self.link_handle(gfid, pfd.as_raw_fd(), cname)?;

@@ -185,6 +185,18 @@ impl NuageFs {
         }
     }
 
+    /// An open file of `g`, if any (linear in the open files; used only for getattr).
+    fn any_open(&self, g: Gfid) -> Option<OpenFile> {
+        self.handles
+            .lock()
+            .expect("handles")
+            .values()
+            .find_map(|h| match h {
+                Handle_::File(f) if f.gfid == g => Some(*f),
+                _ => None,
+            })
+    }
+
     fn add_handle(&self, h: Handle_) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().expect("handles").insert(fh, h);
@@ -267,7 +279,10 @@ impl Filesystem for NuageFs {
             Ok(n) => n,
             Err(e) => return reply.error(errno(e)),
         };
-        let f = fh.and_then(|fh| self.file(fh).ok());
+        // fstat(2) of an unlinked open file comes without a handle: use one of ours.
+        let f = fh
+            .and_then(|fh| self.file(fh).ok())
+            .or_else(|| if is_dir { None } else { self.any_open(g) });
         let v = self.volume.clone();
         self.spawn(async move {
             match v.getattr(g, is_dir, f).await {

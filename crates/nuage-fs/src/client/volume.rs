@@ -34,6 +34,8 @@ pub type Res<T> = Result<T, Errno>;
 
 /// Mode of a link file.
 const LINKTO_MODE: u32 = crate::brick::store::LINKTO_MODE;
+/// Most stale link files `rmdir` removes from one subvolume's copy of a directory.
+const MAX_STALE_LINKTO: u32 = 64;
 /// Entries asked of a brick per `Readdir`.
 const READDIR_BATCH: u32 = 512;
 
@@ -656,22 +658,7 @@ impl Volume {
         if !found.attr.is_dir() {
             return Err(Errno(libc::ENOTDIR));
         }
-        // Empty everywhere? (Link files count as entries: a stale one must not block.)
-        for k in self.all() {
-            let r = self
-                .sv(k)
-                .req(Op::Readdir {
-                    gfid: found.gfid,
-                    cookie: 0,
-                    max: 2,
-                })
-                .await?;
-            match r {
-                Reply::Dir { entries, .. } if entries.is_empty() => {}
-                Reply::Dir { .. } => return Err(Errno(libc::ENOTEMPTY)),
-                r => return Err(unexpected(r)),
-            }
-        }
+        self.check_empty(found.gfid).await?;
         let op = |_| Op::Rmdir {
             parent,
             name: name.to_vec(),
@@ -688,6 +675,50 @@ impl Volume {
         }
         self.sv(hashed).req(op(hashed)).await?;
         self.layouts.lock().expect("layouts").remove(&found.gfid);
+        Ok(())
+    }
+
+    /// ENOTEMPTY unless directory `g` has no entry on any subvolume. Stale link files
+    /// (whose data is gone, as the directory has no other entry) are removed.
+    async fn check_empty(&self, g: Gfid) -> Res<()> {
+        let mut stale = Vec::new();
+        for k in self.all() {
+            let r = self
+                .sv(k)
+                .req(Op::Readdir {
+                    gfid: g,
+                    cookie: 0,
+                    max: MAX_STALE_LINKTO,
+                })
+                .await?;
+            let Reply::Dir { entries, eof, .. } = r else {
+                return Err(unexpected(r));
+            };
+            for e in &entries {
+                match &e.entry {
+                    Some(en) if is_linkto(en) => stale.push((k, e.name.clone())),
+                    _ => return Err(Errno(libc::ENOTEMPTY)),
+                }
+            }
+            if !eof {
+                return Err(Errno(libc::ENOTEMPTY));
+            }
+        }
+        for (k, name) in stale {
+            let r = self
+                .sv(k)
+                .req(Op::Unlink {
+                    parent: g,
+                    name,
+                    gfid: None,
+                    parent_op: None,
+                })
+                .await;
+            match r {
+                Ok(_) | Err(Errno(libc::ENOENT)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
 
@@ -783,6 +814,11 @@ impl Volume {
             new_parent_op: None,
         };
         if src.attr.is_dir() {
+            if let Some(d) = &dst {
+                // Replacing a directory: it must be empty on every subvolume (each
+                // brick sees only its own share of the entries).
+                self.check_empty(d.gfid).await?;
+            }
             // Directories are everywhere: the new name's hashed subvolume decides first.
             self.sv(new_hashed).req(op(new_hashed)).await?;
             let others: Vec<u32> = self

@@ -480,3 +480,30 @@ fn open_files_keep_working_and_layouts_are_stored() {
         .is_ok()
     );
 }
+
+#[test]
+fn open_unlinked_files_and_several_link_files_of_one_file() {
+    let (_tmp, s) = store();
+    let g = Gfid::random();
+    let mut obj = new_obj(libc::S_IFREG | 0o644);
+    obj.open = Some(libc::O_RDWR);
+    let (_, f) = s.mknod(&Gfid::ROOT, b"f", &g, &obj, &None, None).unwrap();
+    let f = f.unwrap();
+    s.unlink(&Gfid::ROOT, b"f", Some(g), &None).unwrap();
+    // Still usable through the open file, with no name left.
+    s.write(&g, Some(f.as_raw_fd()), 0, b"x", &None).unwrap();
+    assert_eq!(s.stat(&g, Some(f.as_raw_fd())).unwrap().attr.nlink, 0);
+
+    // Two names of one file hashed to this brick: two link files, one id.
+    let data = Gfid::random();
+    for name in [&b"l1"[..], b"l2"] {
+        let mut obj = new_obj(LINKTO_MODE);
+        obj.linkto = Some(1);
+        s.mknod(&Gfid::ROOT, name, &data, &obj, &None, None)
+            .unwrap();
+        let e = s.lookup(&Gfid::ROOT, name).unwrap();
+        assert_eq!((e.meta.gfid, e.meta.linkto), (Some(data), Some(1)));
+    }
+    s.unlink(&Gfid::ROOT, b"l1", Some(data), &None).unwrap();
+    assert!(s.lookup(&Gfid::ROOT, b"l2").is_ok());
+}
