@@ -9,6 +9,7 @@ mod lab_cmd;
 mod mail_cmd;
 mod net_cmd;
 mod node_cmd;
+mod storage_cmd;
 mod table;
 mod trace_cmd;
 mod up;
@@ -69,6 +70,31 @@ enum Command {
     Trace(trace_cmd::TraceArgs),
     /// Group communication: a Spread-compatible daemon, its shell and status
     Group(group_cmd::GroupArgs),
+    /// Storage: the trusted pool's members
+    Peer {
+        #[command(subcommand)]
+        cmd: storage_cmd::PeerCmd,
+        #[command(flatten)]
+        api: node_cmd::ApiArg,
+    },
+    /// Storage: list the trusted pool
+    Pool {
+        #[command(subcommand)]
+        cmd: storage_cmd::PoolCmd,
+        #[command(flatten)]
+        api: node_cmd::ApiArg,
+    },
+    /// Storage: create, start, stop, delete and inspect volumes
+    Volume {
+        #[command(subcommand)]
+        cmd: storage_cmd::VolumeCmd,
+        #[command(flatten)]
+        api: node_cmd::ApiArg,
+    },
+    /// Storage: mount a volume with FUSE (HOST:/VOLUME MOUNTPOINT)
+    Mount(storage_cmd::MountArgs),
+    /// Storage: unmount a mounted volume
+    Umount(storage_cmd::UmountArgs),
 }
 
 /// Environment variable setting the log level (error, warn, info, debug, trace).
@@ -102,6 +128,11 @@ fn main() {
                     Command::Fn { cmd, api } => fn_cmd::run(cmd, api).await,
                     Command::Jobs(args) => jobs_cmd::run(args).await,
                     Command::Group(args) => group_cmd::run(args).await,
+                    Command::Peer { cmd, api } => storage_cmd::peer(cmd, api).await,
+                    Command::Pool { cmd, api } => storage_cmd::pool(cmd, api).await,
+                    Command::Volume { cmd, api } => storage_cmd::volume(cmd, api).await,
+                    Command::Mount(args) => storage_cmd::mount(args).await,
+                    Command::Umount(args) => storage_cmd::umount(args),
                     Command::Lab(_) | Command::Trace(_) => unreachable!("handled above"),
                 }
             })

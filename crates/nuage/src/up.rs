@@ -35,6 +35,7 @@ fn services(config: &Config) -> Vec<Box<dyn Service>> {
     if nuage_group::service::wanted(config) {
         services.push(Box::new(nuage_group::service::GroupService));
     }
+    services.push(Box::new(nuage_fs::service::StorageService));
     services
 }
 

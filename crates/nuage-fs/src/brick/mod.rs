@@ -1,0 +1,5 @@
+//! A brick: a directory of a storage machine that holds part of a volume.
+
+pub mod locks;
+pub mod server;
+pub mod store;

@@ -1,0 +1,618 @@
+//! A brick server: serves one [`Store`] over the brick protocol (proto.rs).
+//!
+//! Each connection has a reader (decodes frames, answers pings at once, runs every other
+//! request as its own task, at most [`MAX_INFLIGHT`] at a time), a writer (frames from a
+//! channel to the socket), its table of open files, and the locks it holds. When the
+//! connection ends, for any reason, its files are closed and its locks released.
+//! A request that cannot be decoded ends its connection, never the server.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::brick::locks::{Acquire, ConnId, Contention, LockTable, MAX_LOCK_WAIT};
+use crate::brick::store::{BrickIdentity, Store};
+use crate::proto::{
+    self, Errno, FromBrick, MAGIC, MAX_INDEX_BATCH, MAX_IO, MAX_READDIR_BATCH, Notify, Op,
+    PROTOCOL_VERSION, Reply, Target,
+};
+
+/// Most client connections a brick serves at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Most requests of one connection being worked on at once; the reader waits beyond.
+pub const MAX_INFLIGHT: usize = 64;
+/// Most files one connection may hold open (EMFILE beyond).
+pub const MAX_OPEN_FILES: usize = 65536;
+/// A connection must say `Hello` within this time.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds on the ping interval a client may ask for.
+pub const MIN_PING_INTERVAL_MS: u32 = 100;
+pub const MAX_PING_INTERVAL_MS: u32 = 600_000;
+/// Frames queued for the writer of one connection.
+const WRITE_QUEUE: usize = 2 * MAX_INFLIGHT;
+
+/// Shared state of one brick server.
+pub struct Brick {
+    store: Arc<Store>,
+    identity: BrickIdentity,
+    locks: LockTable,
+    conns: Mutex<HashMap<ConnId, mpsc::Sender<Vec<u8>>>>,
+    next_conn: AtomicU64,
+    limit: Arc<Semaphore>,
+}
+
+impl Brick {
+    pub fn new(store: Store, identity: BrickIdentity) -> Arc<Brick> {
+        Arc::new(Brick {
+            store: Arc::new(store),
+            identity,
+            locks: LockTable::default(),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            limit: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        })
+    }
+
+    pub fn identity(&self) -> &BrickIdentity {
+        &self.identity
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Number of connected clients.
+    pub fn connections(&self) -> usize {
+        self.conns.lock().expect("conns").len()
+    }
+
+    /// Accepts and serves connections until `shutdown`; then closes every connection.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // EMFILE and the like: back off instead of spinning.
+                            tracing::warn!("brick {}: accept failed: {e}", self.store.root().display());
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+                        tracing::warn!("brick: refusing {peer}: {MAX_CONNECTIONS} connections already");
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let brick = self.clone();
+                    let stop = shutdown.child_token();
+                    tasks.spawn(async move {
+                        let id = brick.next_conn.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = brick.clone().connection(id, stream, stop).await {
+                            tracing::debug!("brick connection from {peer} ended: {e}");
+                        }
+                        brick.connection_closed(id);
+                        drop(permit);
+                    });
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        drop(listener);
+        while tasks.join_next().await.is_some() {}
+    }
+
+    fn connection_closed(&self, id: ConnId) {
+        self.conns.lock().expect("conns").remove(&id);
+        let notes = self.locks.release_all(id);
+        self.tell(notes);
+    }
+
+    /// Sends contention notices to the lock holders concerned.
+    fn tell(&self, notes: impl IntoIterator<Item = Contention>) {
+        for c in notes {
+            let tx = self.conns.lock().expect("conns").get(&c.holder).cloned();
+            if let Some(tx) = tx {
+                let note = FromBrick::Notify(Notify::Contended {
+                    gfid: c.gfid,
+                    domain: c.domain,
+                });
+                if let Ok(frame) = proto::encode_frame(0, &note, 0) {
+                    let _ = tx.try_send(frame);
+                }
+            }
+        }
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        id: ConnId,
+        stream: TcpStream,
+        stop: CancellationToken,
+    ) -> std::io::Result<()> {
+        let (rd, mut wr) = stream.into_split();
+        let mut rd = BufReader::with_capacity(256 << 10, rd);
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        let writer = tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if wr.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+
+        // Hello first, within a bound.
+        let first = tokio::time::timeout(HELLO_TIMEOUT, proto::read_frame(&mut rd))
+            .await
+            .map_err(|_| io_err("no hello in time"))??
+            .ok_or_else(|| io_err("closed before hello"))?;
+        let ping_interval = match proto::decode::<Op>(&first.body)? {
+            Op::Hello {
+                magic,
+                version,
+                volume_id,
+                brick_id,
+                client,
+                ping_interval_ms,
+            } => {
+                let refusal = if magic != MAGIC || version != PROTOCOL_VERSION {
+                    Some(libc::EPROTO)
+                } else if volume_id != self.identity.volume_id || brick_id != self.identity.brick_id
+                {
+                    Some(libc::ENOENT)
+                } else if !(MIN_PING_INTERVAL_MS..=MAX_PING_INTERVAL_MS).contains(&ping_interval_ms)
+                {
+                    Some(libc::EINVAL)
+                } else {
+                    None
+                };
+                let reply = match refusal {
+                    Some(e) => Err(Errno(e)),
+                    None => Ok(Reply::Hello {
+                        brick_id: self.identity.brick_id,
+                        path: self.store.root().display().to_string(),
+                    }),
+                };
+                let refused = reply.is_err();
+                let _ = tx
+                    .send(proto::encode_frame(first.id, &FromBrick::Reply(reply), 0)?)
+                    .await;
+                if refused {
+                    drop(tx);
+                    let _ = writer.await;
+                    return Err(io_err("hello refused"));
+                }
+                tracing::debug!(
+                    "brick {}: client {client} connected",
+                    self.identity.brick_id
+                );
+                Duration::from_millis(u64::from(ping_interval_ms))
+            }
+            _ => return Err(io_err("first request is not hello")),
+        };
+        self.conns.lock().expect("conns").insert(id, tx.clone());
+
+        let files = Arc::new(OpenFiles::default());
+        let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));
+        let silence = ping_interval * 3;
+        let result = loop {
+            let frame = tokio::select! {
+                _ = stop.cancelled() => break Ok(()),
+                f = tokio::time::timeout(silence, proto::read_frame(&mut rd)) => match f {
+                    Err(_) => break Err(io_err("client silent for three ping intervals")),
+                    Ok(Err(e)) => break Err(e),
+                    Ok(Ok(None)) => break Ok(()),
+                    Ok(Ok(Some(f))) => f,
+                },
+            };
+            let op = match proto::decode::<Op>(&frame.body) {
+                Ok(op) => op,
+                Err(e) => break Err(e),
+            };
+            if op == Op::Ping {
+                let _ = tx
+                    .send(proto::encode_frame(
+                        frame.id,
+                        &FromBrick::Reply(Ok(Reply::Pong)),
+                        0,
+                    )?)
+                    .await;
+                continue;
+            }
+            let Ok(permit) = inflight.clone().acquire_owned().await else {
+                break Ok(());
+            };
+            let brick = self.clone();
+            let files = files.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (reply, data) = brick.execute(id, &files, op, frame.data).await;
+                let frame =
+                    match proto::encode_frame(frame.id, &FromBrick::Reply(reply), data.len()) {
+                        Ok(mut f) => {
+                            f.extend_from_slice(&data);
+                            f
+                        }
+                        Err(e) => {
+                            tracing::warn!("brick: reply too large: {e}");
+                            proto::encode_frame(
+                                frame.id,
+                                &FromBrick::Reply(Err(Errno(libc::EIO))),
+                                0,
+                            )
+                            .expect("small frame")
+                        }
+                    };
+                let _ = tx.send(frame).await;
+                drop(permit);
+            });
+        };
+        // Wait for requests still running, so their replies and fds are accounted for.
+        let _ = inflight.acquire_many(MAX_INFLIGHT as u32).await;
+        self.conns.lock().expect("conns").remove(&id);
+        drop(tx);
+        let _ = writer.await;
+        result
+    }
+
+    /// Runs one request; returns the reply and its data part.
+    async fn execute(
+        self: Arc<Self>,
+        conn: ConnId,
+        files: &Arc<OpenFiles>,
+        op: Op,
+        data: Vec<u8>,
+    ) -> (Result<Reply, Errno>, Vec<u8>) {
+        match op {
+            Op::Lock {
+                gfid,
+                domain,
+                wait,
+                notify,
+            } => {
+                let (acq, note) = self.locks.acquire(gfid, domain, conn, wait, notify);
+                self.tell(note);
+                let r = match acq {
+                    Acquire::Granted => Ok(Reply::Locked),
+                    Acquire::Busy => Err(Errno(libc::EAGAIN)),
+                    Acquire::Wait(rx) => match tokio::time::timeout(MAX_LOCK_WAIT, rx).await {
+                        Ok(Ok(())) => Ok(Reply::Locked),
+                        _ => {
+                            let note = self.locks.abandon(gfid, domain, conn);
+                            self.tell(note);
+                            Err(Errno(libc::ETIMEDOUT))
+                        }
+                    },
+                };
+                (r, Vec::new())
+            }
+            Op::Unlock { gfid, domain } => {
+                let note = self.locks.release(gfid, domain, conn);
+                self.tell(note);
+                (Ok(Reply::Done), Vec::new())
+            }
+            op => {
+                let brick = self.clone();
+                let files = files.clone();
+                match tokio::task::spawn_blocking(move || {
+                    brick.execute_blocking(conn, &files, op, data)
+                })
+                .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!("brick request panicked: {e}");
+                        (Err(Errno(libc::EIO)), Vec::new())
+                    }
+                }
+            }
+        }
+    }
+
+    fn execute_blocking(
+        &self,
+        conn: ConnId,
+        files: &OpenFiles,
+        op: Op,
+        data: Vec<u8>,
+    ) -> (Result<Reply, Errno>, Vec<u8>) {
+        let s = &self.store;
+        let mut out = Vec::new();
+        let r = (|| -> Result<Reply, Errno> {
+            Ok(match op {
+                Op::Hello { .. } => return Err(Errno(libc::EPROTO)),
+                Op::Ping => Reply::Pong,
+                Op::Lock { .. } | Op::Unlock { .. } => unreachable!("handled by execute"),
+                Op::Lookup { parent, name } => Reply::Entry(s.lookup(&parent, &name)?),
+                Op::Stat { gfid, fd } => {
+                    let f = files.get_opt(fd)?;
+                    Reply::Entry(s.stat(&gfid, f.as_ref().map(|f| f.as_raw_fd()))?)
+                }
+                Op::Statfs => Reply::Statfs(s.statfs()?),
+                Op::Mknod {
+                    parent,
+                    name,
+                    gfid,
+                    obj,
+                    parent_op,
+                    check_epoch,
+                } => {
+                    if obj.creds.groups.len() > proto::MAX_GROUPS {
+                        return Err(Errno(libc::EINVAL));
+                    }
+                    let (entry, file) =
+                        s.mknod(&parent, &name, &gfid, &obj, &parent_op, check_epoch)?;
+                    let fd = match (obj.open, file) {
+                        (Some(_), Some(f)) => Some(files.insert(f)?),
+                        _ => None,
+                    };
+                    if obj.lock {
+                        let (acq, _) =
+                            self.locks
+                                .acquire(gfid, proto::Domain::Inode, conn, false, false);
+                        debug_assert!(matches!(acq, Acquire::Granted), "a new file's lock is free");
+                    }
+                    Reply::Created { entry, fd }
+                }
+                Op::Link {
+                    gfid,
+                    parent,
+                    name,
+                    parent_op,
+                } => Reply::Entry(s.link(&gfid, &parent, &name, &parent_op)?),
+                Op::Unlink {
+                    parent,
+                    name,
+                    gfid,
+                    parent_op,
+                } => {
+                    let (gfid, nlink_left) = s.unlink(&parent, &name, gfid, &parent_op)?;
+                    Reply::Unlinked { gfid, nlink_left }
+                }
+                Op::Rmdir {
+                    parent,
+                    name,
+                    gfid,
+                    parent_op,
+                } => {
+                    let gfid = s.rmdir(&parent, &name, gfid, &parent_op)?;
+                    Reply::Unlinked {
+                        gfid,
+                        nlink_left: 0,
+                    }
+                }
+                Op::Rename {
+                    parent,
+                    name,
+                    new_parent,
+                    new_name,
+                    flags,
+                    parent_op,
+                    new_parent_op,
+                } => {
+                    let allowed = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE;
+                    if flags & !allowed != 0 {
+                        return Err(Errno(libc::EINVAL));
+                    }
+                    let replaced = s.rename(
+                        &parent,
+                        &name,
+                        &new_parent,
+                        &new_name,
+                        flags,
+                        &parent_op,
+                        &new_parent_op,
+                    )?;
+                    Reply::Renamed { replaced }
+                }
+                Op::Setattr { target, set, op } => {
+                    let f = files.target(&target)?;
+                    Reply::Attr(s.setattr(
+                        &target.gfid,
+                        f.as_ref().map(|f| f.as_raw_fd()),
+                        &set,
+                        &op,
+                    )?)
+                }
+                Op::Open { gfid, flags } => {
+                    let f = s.open_file(&gfid, flags)?;
+                    Reply::Opened {
+                        fd: files.insert(f)?,
+                    }
+                }
+                Op::Close { fd } => {
+                    files.remove(fd)?;
+                    Reply::Done
+                }
+                Op::Read {
+                    target,
+                    offset,
+                    size,
+                } => {
+                    if size > MAX_IO {
+                        return Err(Errno(libc::EINVAL));
+                    }
+                    let f = files.target(&target)?;
+                    out = s.read(
+                        &target.gfid,
+                        f.as_ref().map(|f| f.as_raw_fd()),
+                        offset,
+                        size,
+                    )?;
+                    Reply::Data {
+                        eof: out.len() < size as usize,
+                    }
+                }
+                Op::Write { target, offset, op } => {
+                    if data.len() > MAX_IO as usize {
+                        return Err(Errno(libc::EINVAL));
+                    }
+                    let f = files.target(&target)?;
+                    s.write(
+                        &target.gfid,
+                        f.as_ref().map(|f| f.as_raw_fd()),
+                        offset,
+                        &data,
+                        &op,
+                    )?;
+                    Reply::Written {
+                        size: data.len() as u32,
+                    }
+                }
+                Op::Fsync { target, datasync } => {
+                    let f = files.target(&target)?;
+                    s.fsync(&target.gfid, f.as_ref().map(|f| f.as_raw_fd()), datasync)?;
+                    Reply::Done
+                }
+                Op::Fallocate {
+                    target,
+                    mode,
+                    offset,
+                    length,
+                    op,
+                } => {
+                    let f = files.target(&target)?;
+                    s.fallocate(
+                        &target.gfid,
+                        f.as_ref().map(|f| f.as_raw_fd()),
+                        mode,
+                        offset,
+                        length,
+                        &op,
+                    )?;
+                    Reply::Done
+                }
+                Op::Readlink { gfid } => Reply::Link(s.readlink(&gfid)?),
+                Op::Readdir { gfid, cookie, max } => {
+                    let (entries, next, eof) =
+                        s.readdir(&gfid, cookie, max.clamp(1, MAX_READDIR_BATCH))?;
+                    Reply::Dir { entries, next, eof }
+                }
+                Op::Xattrop {
+                    gfid,
+                    delta,
+                    unlock,
+                } => {
+                    let st = s.xattrop(&gfid, &delta)?;
+                    if let Some(domain) = unlock {
+                        let note = self.locks.release(gfid, domain, conn);
+                        self.tell(note);
+                    }
+                    Reply::Markers(st)
+                }
+                Op::SetMeta { gfid, set } => {
+                    s.set_meta(&gfid, &set)?;
+                    Reply::Done
+                }
+                Op::SetGfid { parent, name, gfid } => {
+                    Reply::Entry(s.set_gfid(&parent, &name, &gfid)?)
+                }
+                Op::Getxattr { gfid, name } => Reply::Xattr(s.getxattr(&gfid, &name)?),
+                Op::Listxattr { gfid } => Reply::XattrNames(s.listxattr(&gfid)?),
+                Op::Setxattr {
+                    gfid,
+                    name,
+                    value,
+                    flags,
+                    op,
+                } => {
+                    s.setxattr(&gfid, &name, &value, flags, &op)?;
+                    Reply::Done
+                }
+                Op::Removexattr { gfid, name, op } => {
+                    s.removexattr(&gfid, &name, &op)?;
+                    Reply::Done
+                }
+                Op::IndexList { after, max } => {
+                    let (gfids, more) = s.index_list(after, max.clamp(1, MAX_INDEX_BATCH))?;
+                    Reply::Index { gfids, more }
+                }
+                Op::Path { gfid } => Reply::Path(s.path(&gfid)?),
+                Op::Checksum {
+                    gfid,
+                    offset,
+                    length,
+                    block,
+                } => Reply::Checksums(s.checksum(&gfid, offset, length, block)?),
+            })
+        })();
+        if r.is_err() {
+            out.clear();
+        }
+        (r, out)
+    }
+}
+
+/// The files a connection holds open, by handle.
+#[derive(Default)]
+struct OpenFiles {
+    map: Mutex<HashMap<u64, Arc<File>>>,
+    next: AtomicU64,
+}
+
+impl OpenFiles {
+    fn insert(&self, f: File) -> Result<u64, Errno> {
+        let mut map = self.map.lock().expect("open files");
+        if map.len() >= MAX_OPEN_FILES {
+            return Err(Errno(libc::EMFILE));
+        }
+        let h = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        map.insert(h, Arc::new(f));
+        Ok(h)
+    }
+
+    fn remove(&self, h: u64) -> Result<(), Errno> {
+        self.map
+            .lock()
+            .expect("open files")
+            .remove(&h)
+            .map(drop)
+            .ok_or(Errno(libc::EBADF))
+    }
+
+    fn get_opt(&self, h: Option<u64>) -> Result<Option<Arc<File>>, Errno> {
+        match h {
+            None => Ok(None),
+            Some(h) => self
+                .map
+                .lock()
+                .expect("open files")
+                .get(&h)
+                .cloned()
+                .map(Some)
+                .ok_or(Errno(libc::EBADF)),
+        }
+    }
+
+    fn target(&self, t: &Target) -> Result<Option<Arc<File>>, Errno> {
+        self.get_opt(t.fd)
+    }
+}
+
+fn io_err(msg: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_owned())
+}
+
+/// Opens the brick at `identity`'s path and serves it on `listener` until `shutdown`.
+pub async fn run(
+    root: &std::path::Path,
+    identity: BrickIdentity,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let store = Store::open(root, &identity)?;
+    Brick::new(store, identity).serve(listener, shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,963 @@
+//! The FUSE mount: the kernel's requests mapped onto [`Volume`].
+//!
+//! Every request runs as its own task on a tokio runtime and answers when done, so slow
+//! bricks never hold up other requests. Inode numbers come from file ids (gfid.rs), so
+//! they are the same for every client and every mount. Permissions are checked by the
+//! kernel (`default_permissions`); bricks create files as the caller.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Config, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+
+use crate::client::volume::{Listing, OpenFile, Volume, new_object};
+use crate::gfid::Gfid;
+use crate::proto::{Attr, Creds, DirEntry, Errno, MAX_IO, SetAttr, SetTime, Timespec};
+
+/// How long the kernel may cache attributes and names (gluster's attribute-timeout and
+/// entry-timeout default to 1 s too).
+pub const ATTR_TTL: Duration = Duration::from_secs(1);
+/// Most supplementary groups read for a caller (the brick's bound too).
+const MAX_CALLER_GROUPS: usize = 1024;
+
+struct Node {
+    gfid: Gfid,
+    is_dir: bool,
+    lookups: u64,
+}
+
+struct DirState {
+    listing: Listing,
+    /// Entries fetched but not yet passed to the kernel, with their offsets.
+    buffer: Vec<(u64, DirEntry)>,
+    /// Offset of the last entry fetched from the bricks.
+    fetched: u64,
+}
+
+enum Handle_ {
+    File(OpenFile),
+    Dir(Arc<tokio::sync::Mutex<DirState>>),
+}
+
+/// The mounted file system.
+pub struct NuageFs {
+    volume: Arc<Volume>,
+    rt: Handle,
+    nodes: Arc<Mutex<HashMap<u64, Node>>>,
+    handles: Arc<Mutex<HashMap<u64, Handle_>>>,
+    next_fh: AtomicU64,
+}
+
+fn errno(e: Errno) -> fuser::Errno {
+    fuser::Errno::from_i32(e.0)
+}
+
+fn time(t: Timespec) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs())
+            + Duration::from_nanos(u64::from(t.nsec))
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At(Timespec {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos(),
+            }),
+            Err(e) => {
+                let d = e.duration();
+                let mut sec = -(d.as_secs() as i64);
+                let mut nsec = d.subsec_nanos();
+                if nsec > 0 {
+                    sec -= 1;
+                    nsec = 1_000_000_000 - nsec;
+                }
+                SetTime::At(Timespec { sec, nsec })
+            }
+        },
+    })
+}
+
+fn kind(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn file_attr(g: Gfid, a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(g.ino()),
+        size: a.size,
+        blocks: a.blocks,
+        atime: time(a.atime),
+        mtime: time(a.mtime),
+        ctime: time(a.ctime),
+        crtime: time(a.ctime),
+        kind: kind(a.mode),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        blksize: if a.blksize == 0 { 4096 } else { a.blksize },
+        flags: 0,
+    }
+}
+
+/// The caller's identity, with its supplementary groups from /proc (as gluster's
+/// resolve-gids does), so set-group-id directories and group permissions work on bricks.
+fn creds(req: &Request) -> Creds {
+    let mut groups = Vec::new();
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", req.pid())) {
+        if let Some(line) = status.lines().find(|l| l.starts_with("Groups:")) {
+            groups = line[7..]
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .take(MAX_CALLER_GROUPS)
+                .collect();
+        }
+    }
+    if !groups.contains(&req.gid()) {
+        groups.push(req.gid());
+    }
+    Creds {
+        uid: req.uid(),
+        gid: req.gid(),
+        groups,
+    }
+}
+
+impl NuageFs {
+    pub fn new(volume: Arc<Volume>, rt: Handle) -> NuageFs {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            1,
+            Node {
+                gfid: Gfid::ROOT,
+                is_dir: true,
+                lookups: 1,
+            },
+        );
+        NuageFs {
+            volume,
+            rt,
+            nodes: Arc::new(Mutex::new(nodes)),
+            handles: Arc::new(Mutex::new(HashMap::new())),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<(Gfid, bool), Errno> {
+        self.nodes
+            .lock()
+            .expect("nodes")
+            .get(&ino.0)
+            .map(|n| (n.gfid, n.is_dir))
+            .ok_or(Errno(libc::ESTALE))
+    }
+
+    fn file(&self, fh: FileHandle) -> Result<OpenFile, Errno> {
+        match self.handles.lock().expect("handles").get(&fh.0) {
+            Some(Handle_::File(f)) => Ok(*f),
+            _ => Err(Errno(libc::EBADF)),
+        }
+    }
+
+    /// An open file of `g`, if any (linear in the open files; used only for getattr).
+    fn any_open(&self, g: Gfid) -> Option<OpenFile> {
+        self.handles
+            .lock()
+            .expect("handles")
+            .values()
+            .find_map(|h| match h {
+                Handle_::File(f) if f.gfid == g => Some(*f),
+                _ => None,
+            })
+    }
+
+    fn add_handle(&self, h: Handle_) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().expect("handles").insert(fh, h);
+        FileHandle(fh)
+    }
+
+    /// Records one more kernel reference to a file found or made.
+    fn remember(nodes: &Mutex<HashMap<u64, Node>>, g: Gfid, a: &Attr) {
+        let mut nodes = nodes.lock().expect("nodes");
+        let n = nodes.entry(g.ino()).or_insert(Node {
+            gfid: g,
+            is_dir: a.is_dir(),
+            lookups: 0,
+        });
+        n.gfid = g;
+        n.is_dir = a.is_dir();
+        n.lookups += 1;
+    }
+
+    fn spawn<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(f);
+    }
+
+    fn entry_reply(nodes: &Mutex<HashMap<u64, Node>>, reply: ReplyEntry, g: Gfid, a: &Attr) {
+        Self::remember(nodes, g, a);
+        reply.entry(&ATTR_TTL, &file_attr(g, a), Generation(0));
+    }
+}
+
+impl Filesystem for NuageFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_IO);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (v, nodes, name) = (
+            self.volume.clone(),
+            self.nodes.clone(),
+            name.as_bytes().to_vec(),
+        );
+        let p = match self.node(parent) {
+            Ok((g, _)) => g,
+            Err(e) => return reply.error(errno(e)),
+        };
+        self.spawn(async move {
+            match v.lookup(p, &name).await {
+                Ok(f) if !f.attr.is_dir() && v.writes_pending(f.gfid) => {
+                    // The size must include writes already acknowledged.
+                    match v.getattr(f.gfid, false, None).await {
+                        Ok(a) => Self::entry_reply(&nodes, reply, f.gfid, &a),
+                        Err(e) => reply.error(errno(e)),
+                    }
+                }
+                Ok(f) => Self::entry_reply(&nodes, reply, f.gfid, &f.attr),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if ino.0 == 1 {
+            return;
+        }
+        let mut nodes = self.nodes.lock().expect("nodes");
+        if let Some(n) = nodes.get_mut(&ino.0) {
+            n.lookups = n.lookups.saturating_sub(nlookup);
+            if n.lookups == 0 {
+                nodes.remove(&ino.0);
+            }
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (g, is_dir) = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(errno(e)),
+        };
+        // fstat(2) of an unlinked open file comes without a handle: use one of ours.
+        let f = fh
+            .and_then(|fh| self.file(fh).ok())
+            .or_else(|| if is_dir { None } else { self.any_open(g) });
+        let v = self.volume.clone();
+        self.spawn(async move {
+            match v.getattr(g, is_dir, f).await {
+                Ok(a) => reply.attr(&ATTR_TTL, &file_attr(g, &a)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let (g, is_dir) = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let f = fh.and_then(|fh| self.file(fh).ok());
+        let set = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        let v = self.volume.clone();
+        self.spawn(async move {
+            match v.setattr(g, is_dir, set, f).await {
+                Ok(a) => reply.attr(&ATTR_TTL, &file_attr(g, &a)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let g = match self.node(ino) {
+            Ok((g, _)) => g,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let v = self.volume.clone();
+        self.spawn(async move {
+            match v.readlink(g).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let p = match self.node(parent) {
+            Ok((g, _)) => g,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let mut obj = new_object(mode & !umask | (mode & libc::S_IFMT), creds(req));
+        obj.rdev = u64::from(rdev);
+        let (v, nodes, name) = (
+            self.volume.clone(),
+            self.nodes.clone(),
+            name.as_bytes().to_vec(),
+        );
+        self.spawn(async move {
+            match v.create(p, &name, obj).await {
+                Ok((f, _)) => Self::entry_reply(&nodes, reply, f.gfid, &f.attr),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let p = match self.node(parent) {
+            Ok((g, _)) => g,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let obj = new_object(libc::S_IFDIR | (mode & !umask & 0o7777), creds(req));
+        let (v, nodes, name) = (
+            self.volume.clone(),
+            self.nodes.clone(),
+            name.as_bytes().to_vec(),
+        );
+        self.spawn(async move {
+            match v.mkdir(p, &name, obj).await {
+                Ok(f) => Self::entry_reply(&nodes, reply, f.gfid, &f.attr),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let p = match self.node(parent) {
+            Ok((g, _)) => g,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let (v, name) = (self.volume.clone(), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match v.unlink(p, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let p = match self.node(parent) {
+            Ok((g, _)) => g,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let (v, name) = (self.volume.clone(), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match v.rmdir(p, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let p = match self.node(parent) {
+            Ok((g, _)) => g,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let mut obj = new_object(libc::S_IFLNK | 0o777, creds(req));
+        obj.target = Some(target.as_os_str().as_bytes().to_vec());
+        let (v, nodes, name) = (
+            self.volume.clone(),
+            self.nodes.clone(),
+            link_name.as_bytes().to_vec(),
+        );
+        self.spawn(async move {
+            match v.create(p, &name, obj).await {
+                Ok((f, _)) => Self::entry_reply(&nodes, reply, f.gfid, &f.attr),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (p, np) = match (self.node(parent), self.node(newparent)) {
+            (Ok((p, _)), Ok((np, _))) => (p, np),
+            (Err(e), _) | (_, Err(e)) => return reply.error(errno(e)),
+        };
+        let (v, name, newname) = (
+            self.volume.clone(),
+            name.as_bytes().to_vec(),
+            newname.as_bytes().to_vec(),
+        );
+        let flags = flags.bits();
+        self.spawn(async move {
+            match v.rename(p, &name, np, &newname, flags).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (g, np) = match (self.node(ino), self.node(newparent)) {
+            (Ok((g, _)), Ok((np, _))) => (g, np),
+            (Err(e), _) | (_, Err(e)) => return reply.error(errno(e)),
+        };
+        let (v, nodes, name) = (
+            self.volume.clone(),
+            self.nodes.clone(),
+            newname.as_bytes().to_vec(),
+        );
+        self.spawn(async move {
+            match v.link(g, np, &name).await {
+                Ok(f) => Self::entry_reply(&nodes, reply, f.gfid, &f.attr),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let g = match self.node(ino) {
+            Ok((g, _)) => g,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let (v, handles) = (self.volume.clone(), self.handles.clone());
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.spawn(async move {
+            match v.open(g, flags.0).await {
+                Ok(f) => {
+                    handles
+                        .lock()
+                        .expect("handles")
+                        .insert(fh, Handle_::File(f));
+                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let f = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let v = self.volume.clone();
+        self.spawn(async move {
+            match v.read(f, offset, size).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let f = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let (v, data) = (self.volume.clone(), data.to_vec());
+        self.spawn(async move {
+            match v.write(f, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let f = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let v = self.volume.clone();
+        self.spawn(async move {
+            match v.flush(f).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let h = self.handles.lock().expect("handles").remove(&fh.0);
+        reply.ok();
+        if let Some(Handle_::File(f)) = h {
+            let v = self.volume.clone();
+            self.spawn(async move {
+                let _ = v.release(f).await;
+            });
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let f = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let v = self.volume.clone();
+        self.spawn(async move {
+            match v.fsync(f, datasync).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let g = match self.node(ino) {
+            Ok((g, true)) => g,
+            Ok(_) => return reply.error(fuser::Errno::ENOTDIR),
+            Err(e) => return reply.error(errno(e)),
+        };
+        let state = DirState {
+            listing: self.volume.listing(g),
+            buffer: Vec::new(),
+            fetched: 2,
+        };
+        let fh = self.add_handle(Handle_::Dir(Arc::new(tokio::sync::Mutex::new(state))));
+        reply.opened(fh, FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let state = match self.handles.lock().expect("handles").get(&fh.0) {
+            Some(Handle_::Dir(s)) => s.clone(),
+            _ => return reply.error(fuser::Errno::EBADF),
+        };
+        let v = self.volume.clone();
+        self.spawn(async move {
+            let mut st = state.lock().await;
+            // Offsets: 1 is ".", 2 is "..", then entries in listing order.
+            let oldest = st.buffer.first().map_or(st.fetched + 1, |(o, _)| *o);
+            if offset < 2 || offset + 1 < oldest {
+                // rewinddir or a seek back: list again from the start.
+                st.listing = v.listing(st.listing.dir);
+                st.buffer.clear();
+                st.fetched = 2;
+            }
+            if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            if offset < 2 && reply.add(ino, 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            st.buffer.retain(|(o, _)| *o > offset);
+            loop {
+                if st.buffer.is_empty() {
+                    let DirState { listing, .. } = &mut *st;
+                    let batch = match v.next_entries(listing).await {
+                        Ok(b) => b,
+                        Err(e) => return reply.error(errno(e)),
+                    };
+                    if batch.is_empty() {
+                        return reply.ok();
+                    }
+                    for e in batch {
+                        st.fetched += 1;
+                        let o = st.fetched;
+                        if o > offset {
+                            st.buffer.push((o, e));
+                        }
+                    }
+                    continue;
+                }
+                let (o, e) = st.buffer.first().expect("not empty");
+                let en = e
+                    .entry
+                    .as_ref()
+                    .expect("listings keep entries with attributes");
+                let ino = en
+                    .meta
+                    .gfid
+                    .map_or(u64::from(crate::layout::name_hash(&e.name)) + 2, |g| {
+                        g.ino()
+                    });
+                if reply.add(
+                    INodeNo(ino),
+                    *o,
+                    kind(en.attr.mode),
+                    OsStr::from_bytes(&e.name),
+                ) {
+                    return reply.ok();
+                }
+                st.buffer.remove(0);
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().expect("handles").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory changes are made by the bricks' own system calls before they answer.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let v = self.volume.clone();
+        self.spawn(async move {
+            match v.statfs().await {
+                Ok(s) => reply.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+                ),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (g, is_dir) = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let (v, name, value) = (
+            self.volume.clone(),
+            name.as_bytes().to_vec(),
+            value.to_vec(),
+        );
+        self.spawn(async move {
+            match v.setxattr(g, is_dir, &name, &value, flags).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (g, is_dir) = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let (v, name) = (self.volume.clone(), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match v.getxattr(g, is_dir, &name).await {
+                Ok(val) => xattr_reply(reply, size, &val),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let (g, is_dir) = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let v = self.volume.clone();
+        self.spawn(async move {
+            match v.listxattr(g, is_dir).await {
+                Ok(names) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(&n);
+                        buf.push(0);
+                    }
+                    xattr_reply(reply, size, &buf)
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (g, is_dir) = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let (v, name) = (self.volume.clone(), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match v.removexattr(g, is_dir, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // With default_permissions the kernel has checked already.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let p = match self.node(parent) {
+            Ok((g, _)) => g,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let mut obj = new_object(libc::S_IFREG | (mode & !umask & 0o7777), creds(req));
+        obj.open = Some(flags);
+        let (v, nodes, handles, name) = (
+            self.volume.clone(),
+            self.nodes.clone(),
+            self.handles.clone(),
+            name.as_bytes().to_vec(),
+        );
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.spawn(async move {
+            match v.create(p, &name, obj).await {
+                Ok((f, Some(open))) => {
+                    Self::remember(&nodes, f.gfid, &f.attr);
+                    handles
+                        .lock()
+                        .expect("handles")
+                        .insert(fh, Handle_::File(open));
+                    reply.created(
+                        &ATTR_TTL,
+                        &file_attr(f.gfid, &f.attr),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    );
+                }
+                Ok((_, None)) => reply.error(fuser::Errno::EIO),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let f = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let v = self.volume.clone();
+        self.spawn(async move {
+            match v.fallocate(f, mode, offset, length).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(fuser::Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
+
+/// Mount options for a volume mount: `fsname` shows `HOST:/VOLUME` in `df` and
+/// /proc/mounts, every user may use the mount (as gluster's), the kernel checks
+/// permissions.
+pub fn mount_config(source: &str) -> Config {
+    let mut c = Config::default();
+    c.mount_options = vec![
+        MountOption::FSName(source.to_owned()),
+        MountOption::Subtype("nuage".into()),
+        MountOption::DefaultPermissions,
+        MountOption::Dev,
+        MountOption::Suid,
+    ];
+    c.acl = SessionACL::All;
+    c
+}
+
+/// Mounts `volume` on `mountpoint` in the background; dropping the session unmounts.
+pub fn mount_background(
+    volume: Arc<Volume>,
+    rt: Handle,
+    source: &str,
+    mountpoint: &Path,
+) -> std::io::Result<fuser::BackgroundSession> {
+    fuser::spawn_mount(NuageFs::new(volume, rt), mountpoint, &mount_config(source))
+}
+
+/// Mounts and serves until the file system is unmounted.
+pub fn mount_foreground(
+    volume: Arc<Volume>,
+    rt: Handle,
+    source: &str,
+    mountpoint: &Path,
+) -> std::io::Result<()> {
+    fuser::mount(NuageFs::new(volume, rt), mountpoint, &mount_config(source))
+}

@@ -1,0 +1,9 @@
+//! The client side of a volume: connections to bricks, the distribution of files over
+//! them, and the FUSE mount.
+
+pub mod conn;
+pub mod fuse;
+pub mod mount;
+pub mod spec;
+pub mod volume;
+pub mod write_behind;

@@ -1,0 +1,1267 @@
+//! A volume as one file system: distribution of names over subvolumes by elastic
+//! hashing (layout.rs), with every directory on every subvolume.
+//!
+//! - A file lives on the subvolume whose range of its directory's layout holds the hash
+//!   of its name. After a rename (or a layout change) it may stay where its data is;
+//!   then a *link file* (mode `---------T`, `trusted.nuage.linkto` = the data's
+//!   subvolume) under the new name on the hashed subvolume points to it.
+//! - A directory exists on every subvolume with the same id; each copy holds that
+//!   subvolume's range. Lookups repair a directory missing on a subvolume (e.g. one
+//!   that was down at mkdir) and a layout with holes.
+//! - A name absent from its hashed subvolume does not exist when the directory's layout
+//!   is committed at the volume's current epoch; otherwise every subvolume is asked.
+//!
+//! This client handles replica-1 volumes (each subvolume one brick). Every operation
+//! returns a Linux errno on failure; a subvolume that cannot be reached gives ENOTCONN.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::client::conn::{BrickAddr, BrickConn};
+use crate::client::spec::VolumeSpec;
+use crate::client::write_behind::WriteBehind;
+use crate::gfid::Gfid;
+use crate::layout::{DirLayout, Layout};
+use crate::markers::AfrState;
+use crate::proto::{
+    Attr, Creds, DirEntry, Entry, Errno, MAX_IO, NewObject, Op, Reply, SetAttr, SetMeta, Statfs,
+    Target,
+};
+
+pub type Res<T> = Result<T, Errno>;
+
+/// Mode of a link file.
+const LINKTO_MODE: u32 = crate::brick::store::LINKTO_MODE;
+/// Most stale link files `rmdir` removes from one subvolume's copy of a directory.
+const MAX_STALE_LINKTO: u32 = 64;
+/// Entries asked of a brick per `Readdir`.
+const READDIR_BATCH: u32 = 512;
+
+/// A file or directory found by a lookup.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub gfid: Gfid,
+    pub attr: Attr,
+}
+
+/// An open file: the subvolume that holds its data and the brick's handle.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenFile {
+    pub gfid: Gfid,
+    pub subvol: u32,
+    pub fd: u64,
+}
+
+pub struct Volume {
+    spec: VolumeSpec,
+    subvols: Vec<Arc<BrickConn>>,
+    /// Where the data of a non-directory is (learned by lookups, creations, searches).
+    located: Mutex<HashMap<Gfid, u32>>,
+    /// Directory layouts by directory id.
+    layouts: Mutex<HashMap<Gfid, Layout>>,
+    next_handle: AtomicU64,
+    wb: WriteBehind,
+}
+
+fn unexpected(r: Reply) -> Errno {
+    tracing::warn!("unexpected brick reply {r:?}");
+    Errno(libc::EIO)
+}
+
+fn entry_of(r: Reply) -> Res<Entry> {
+    match r {
+        Reply::Entry(e) => Ok(e),
+        r => Err(unexpected(r)),
+    }
+}
+
+fn is_linkto(e: &Entry) -> bool {
+    e.attr.mode == LINKTO_MODE && e.meta.linkto.is_some()
+}
+
+impl Volume {
+    /// Connects to the volume's bricks (lazily) and makes sure the root directory has
+    /// a sound layout.
+    pub async fn connect(
+        spec: VolumeSpec,
+        client: &str,
+        ping_timeout: Duration,
+    ) -> anyhow::Result<Arc<Volume>> {
+        spec.validate().map_err(anyhow::Error::msg)?;
+        if spec.replica != 1 {
+            anyhow::bail!(
+                "volume {} is replicated (replica {}); this client serves distribute volumes only",
+                spec.name,
+                spec.replica
+            );
+        }
+        let subvols = spec
+            .bricks
+            .iter()
+            .map(|b| {
+                let (conn, _notes) = BrickConn::new(
+                    BrickAddr {
+                        addr: b.addr.clone(),
+                        volume_id: spec.volume_id.clone(),
+                        brick_id: b.id,
+                    },
+                    client.to_owned(),
+                    ping_timeout,
+                );
+                conn
+            })
+            .collect();
+        let v = Arc::new(Volume {
+            spec,
+            subvols,
+            located: Mutex::new(HashMap::new()),
+            layouts: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            wb: WriteBehind::default(),
+        });
+        v.dir_layout(Gfid::ROOT).await.map_err(|e| {
+            anyhow::anyhow!(
+                "volume {}: cannot read the root directory of every brick: {}",
+                v.spec.name,
+                e.describe()
+            )
+        })?;
+        Ok(v)
+    }
+
+    pub fn spec(&self) -> &VolumeSpec {
+        &self.spec
+    }
+
+    fn n(&self) -> u32 {
+        self.subvols.len() as u32
+    }
+
+    fn sv(&self, k: u32) -> &BrickConn {
+        &self.subvols[k as usize]
+    }
+
+    fn all(&self) -> Vec<u32> {
+        (0..self.n()).collect()
+    }
+
+    /// Sends one request to several subvolumes at once.
+    async fn fan_out(&self, to: &[u32], op: impl Fn(u32) -> Op) -> Vec<(u32, Res<Reply>)> {
+        let futs: Vec<_> = to
+            .iter()
+            .map(|k| {
+                let conn = self.subvols[*k as usize].clone();
+                let op = op(*k);
+                let k = *k;
+                tokio::spawn(async move { (k, conn.req(op).await) })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(futs.len());
+        for f in futs {
+            out.push(f.await.unwrap_or((u32::MAX, Err(Errno(libc::EIO)))));
+        }
+        out
+    }
+
+    /// The answers of the subvolumes that could be reached. Unreachable ones (ENOTCONN)
+    /// are left out, as long as one answered: a directory stays usable while some of
+    /// its subvolumes are down, and only names on them fail.
+    fn reachable(answers: Vec<(u32, Res<Reply>)>) -> Res<Vec<(u32, Reply)>> {
+        let mut out = Vec::new();
+        let mut down = None;
+        for (k, r) in answers {
+            match r {
+                Ok(r) => out.push((k, r)),
+                Err(Errno(libc::ENOTCONN)) => down = Some(Errno(libc::ENOTCONN)),
+                Err(e) => return Err(e),
+            }
+        }
+        match (out.is_empty(), down) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(out),
+        }
+    }
+
+    /// The layout of a directory: cached, else read from every subvolume (and repaired
+    /// if it has holes or overlaps).
+    async fn dir_layout(&self, dir: Gfid) -> Res<Layout> {
+        if let Some(l) = self.layouts.lock().expect("layouts").get(&dir) {
+            return Ok(l.clone());
+        }
+        let answers = self
+            .fan_out(&self.all(), |_| Op::Stat {
+                gfid: dir,
+                fd: None,
+            })
+            .await;
+        let total = answers.len();
+        let mut ranges = Vec::new();
+        for (k, r) in Self::reachable(answers)? {
+            let e = entry_of(r)?;
+            if !e.attr.is_dir() {
+                return Err(Errno(libc::ENOTDIR));
+            }
+            ranges.push((k, e.meta.layout));
+        }
+        let complete = ranges.len() == total;
+        let mut layout = Layout { ranges };
+        if !complete {
+            // Names hashed to a down subvolume fail with ENOTCONN; the rest works. Not
+            // cached, so the full layout is read once every subvolume is back.
+            return Ok(layout);
+        }
+        if layout.check().is_err() {
+            layout = self.fix_layout(dir).await?;
+        }
+        self.layouts
+            .lock()
+            .expect("layouts")
+            .insert(dir, layout.clone());
+        Ok(layout)
+    }
+
+    /// Writes even ranges for `dir` on every subvolume.
+    async fn fix_layout(&self, dir: Gfid) -> Res<Layout> {
+        let layout = Layout::even(&self.all(), dir, self.spec.layout_epoch, true);
+        let l2 = layout.clone();
+        for (_, r) in self
+            .fan_out(&self.all(), |k| Op::SetMeta {
+                gfid: dir,
+                set: SetMeta {
+                    layout: l2.of(k),
+                    ..Default::default()
+                },
+            })
+            .await
+        {
+            r?;
+        }
+        Ok(layout)
+    }
+
+    fn remember(&self, g: Gfid, subvol: u32) {
+        self.located.lock().expect("located").insert(g, subvol);
+    }
+
+    /// The subvolume holding a non-directory's data.
+    async fn locate(&self, g: Gfid) -> Res<u32> {
+        if let Some(k) = self.located.lock().expect("located").get(&g) {
+            return Ok(*k);
+        }
+        self.search(g).await.map(|(k, _)| k)
+    }
+
+    /// Asks every subvolume for a file by id (its data, not a link file).
+    async fn search(&self, g: Gfid) -> Res<(u32, Entry)> {
+        let mut first_err = None;
+        for (k, r) in self
+            .fan_out(&self.all(), |_| Op::Stat { gfid: g, fd: None })
+            .await
+        {
+            match r.and_then(entry_of) {
+                Ok(e) if !is_linkto(&e) => {
+                    self.remember(g, k);
+                    return Ok((k, e));
+                }
+                Ok(_) | Err(Errno(libc::ENOENT)) | Err(Errno(libc::ESTALE)) => {}
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+        }
+        Err(first_err.unwrap_or(Errno(libc::ENOENT)))
+    }
+
+    /// Attributes of a directory: the copies merged (times: the latest of any copy).
+    async fn dir_attr(&self, g: Gfid) -> Res<Attr> {
+        let mut attr: Option<Attr> = None;
+        let answers = self
+            .fan_out(&self.all(), |_| Op::Stat { gfid: g, fd: None })
+            .await;
+        for (_, r) in Self::reachable(answers)? {
+            let e = entry_of(r)?;
+            attr = Some(match attr {
+                None => e.attr,
+                Some(mut a) => {
+                    a.mtime = a.mtime.max_by_key(e.attr.mtime);
+                    a.ctime = a.ctime.max_by_key(e.attr.ctime);
+                    a.atime = a.atime.max_by_key(e.attr.atime);
+                    a
+                }
+            });
+        }
+        attr.ok_or(Errno(libc::EIO))
+    }
+
+    pub async fn lookup(&self, parent: Gfid, name: &[u8]) -> Res<Found> {
+        crate::proto::check_name(name)?;
+        let layout = self.dir_layout(parent).await?;
+        // No owner: the subvolume owning this name is down (incomplete layout).
+        let hashed = layout.hashed(name).ok_or(Errno(libc::ENOTCONN))?;
+        let op = |_| Op::Lookup {
+            parent,
+            name: name.to_vec(),
+        };
+        match self.sv(hashed).req(op(hashed)).await.and_then(entry_of) {
+            Ok(e) if e.attr.is_dir() => self.lookup_dir(parent, name, e).await,
+            Ok(e) if is_linkto(&e) => {
+                let g = e.meta.gfid.ok_or(Errno(libc::EIO))?;
+                let target = e.meta.linkto.expect("checked");
+                if target < self.n() {
+                    if let Ok(d) = self
+                        .sv(target)
+                        .req(Op::Stat { gfid: g, fd: None })
+                        .await
+                        .and_then(entry_of)
+                    {
+                        if !is_linkto(&d) {
+                            self.remember(g, target);
+                            return Ok(Found {
+                                gfid: g,
+                                attr: d.attr,
+                            });
+                        }
+                    }
+                }
+                // A stale link file: the data moved again.
+                let (_, d) = self.search(g).await?;
+                Ok(Found {
+                    gfid: g,
+                    attr: d.attr,
+                })
+            }
+            Ok(e) => self.found_file(parent, name, hashed, e).await,
+            Err(Errno(libc::ENOENT)) if layout.is_committed(self.spec.layout_epoch) => {
+                Err(Errno(libc::ENOENT))
+            }
+            Err(Errno(libc::ENOENT)) => {
+                // Not committed: the name may be on any subvolume.
+                let others: Vec<u32> = self.all().into_iter().filter(|k| *k != hashed).collect();
+                for (k, r) in self.fan_out(&others, op).await {
+                    if let Ok(e) = r.and_then(entry_of) {
+                        if e.attr.is_dir() {
+                            return self.lookup_dir(parent, name, e).await;
+                        }
+                        if !is_linkto(&e) {
+                            return self.found_file(parent, name, k, e).await;
+                        }
+                    }
+                }
+                Err(Errno(libc::ENOENT))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn found_file(&self, parent: Gfid, name: &[u8], k: u32, e: Entry) -> Res<Found> {
+        let g = match e.meta.gfid {
+            Some(g) => g,
+            // A file put on the brick directly: give it an id.
+            None => {
+                let e2 = self
+                    .sv(k)
+                    .req(Op::SetGfid {
+                        parent,
+                        name: name.to_vec(),
+                        gfid: Gfid::random(),
+                    })
+                    .await
+                    .and_then(entry_of)?;
+                e2.meta.gfid.ok_or(Errno(libc::EIO))?
+            }
+        };
+        self.remember(g, k);
+        Ok(Found {
+            gfid: g,
+            attr: e.attr,
+        })
+    }
+
+    /// A directory found on one subvolume: make sure it is on all of them, with the
+    /// same id, and that its layout is sound.
+    async fn lookup_dir(&self, parent: Gfid, name: &[u8], seen: Entry) -> Res<Found> {
+        let answers = self
+            .fan_out(&self.all(), |_| Op::Lookup {
+                parent,
+                name: name.to_vec(),
+            })
+            .await;
+        let mut gfid = seen.meta.gfid;
+        let mut missing = Vec::new();
+        let mut attr = seen.attr;
+        for (k, r) in &answers {
+            match r {
+                Ok(Reply::Entry(e)) if e.attr.is_dir() => {
+                    if gfid.is_none() {
+                        gfid = e.meta.gfid;
+                    }
+                    attr.mtime = attr.mtime.max_by_key(e.attr.mtime);
+                    attr.ctime = attr.ctime.max_by_key(e.attr.ctime);
+                }
+                Ok(Reply::Entry(_)) => return Err(Errno(libc::EIO)), // a file on one, a dir on another
+                Err(Errno(libc::ENOENT)) => missing.push(*k),
+                // Down: repaired by a later lookup once it is back.
+                Err(Errno(libc::ENOTCONN)) => {}
+                Err(e) => return Err(*e),
+                Ok(r) => return Err(unexpected(r.clone())),
+            }
+        }
+        let g = match gfid {
+            Some(g) => g,
+            None => Gfid::random(),
+        };
+        // Copies without an id (made on a brick directly) get the volume's.
+        for (k, r) in &answers {
+            if let Ok(Reply::Entry(e)) = r {
+                if e.meta.gfid.is_none() {
+                    self.sv(*k)
+                        .req(Op::SetGfid {
+                            parent,
+                            name: name.to_vec(),
+                            gfid: g,
+                        })
+                        .await?;
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let obj = NewObject {
+                mode: attr.mode,
+                rdev: 0,
+                target: None,
+                creds: Creds {
+                    uid: attr.uid,
+                    gid: attr.gid,
+                    groups: Vec::new(),
+                },
+                afr: AfrState::default(),
+                layout: None,
+                linkto: None,
+                open: None,
+                lock: false,
+            };
+            for (_, r) in self
+                .fan_out(&missing, |_| Op::Mknod {
+                    parent,
+                    name: name.to_vec(),
+                    gfid: g,
+                    obj: obj.clone(),
+                    parent_op: None,
+                    check_epoch: None,
+                })
+                .await
+            {
+                match r {
+                    Ok(_) | Err(Errno(libc::EEXIST)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.layouts.lock().expect("layouts").remove(&g);
+        }
+        self.dir_layout(g).await?;
+        Ok(Found { gfid: g, attr })
+    }
+
+    pub async fn getattr(&self, g: Gfid, is_dir: bool, fh: Option<OpenFile>) -> Res<Attr> {
+        if is_dir {
+            return self.dir_attr(g).await;
+        }
+        // Sizes and times must include writes already acknowledged.
+        self.wb.drain(g).await?;
+        if let Some(f) = fh {
+            let r = self
+                .sv(f.subvol)
+                .req(Op::Stat {
+                    gfid: g,
+                    fd: Some(f.fd),
+                })
+                .await;
+            return entry_of(r?).map(|e| e.attr);
+        }
+        let k = self.locate(g).await?;
+        match self
+            .sv(k)
+            .req(Op::Stat { gfid: g, fd: None })
+            .await
+            .and_then(entry_of)
+        {
+            Ok(e) if !is_linkto(&e) => Ok(e.attr),
+            Ok(_) | Err(Errno(libc::ENOENT)) | Err(Errno(libc::ESTALE)) => {
+                // Moved (rebalance) or gone.
+                self.located.lock().expect("located").remove(&g);
+                self.search(g).await.map(|(_, e)| e.attr)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn setattr(
+        &self,
+        g: Gfid,
+        is_dir: bool,
+        set: SetAttr,
+        fh: Option<OpenFile>,
+    ) -> Res<Attr> {
+        if is_dir {
+            let mut attr = None;
+            for (_, r) in self
+                .fan_out(&self.all(), |_| Op::Setattr {
+                    target: Target { gfid: g, fd: None },
+                    set: set.clone(),
+                    op: None,
+                })
+                .await
+            {
+                match r? {
+                    Reply::Attr(a) => attr = attr.or(Some(a)),
+                    r => return Err(unexpected(r)),
+                }
+            }
+            return attr.ok_or(Errno(libc::EIO));
+        }
+        self.wb.drain(g).await?;
+        let (k, fd) = match fh {
+            Some(f) => (f.subvol, Some(f.fd)),
+            None => (self.locate(g).await?, None),
+        };
+        match self
+            .sv(k)
+            .req(Op::Setattr {
+                target: Target { gfid: g, fd },
+                set,
+                op: None,
+            })
+            .await?
+        {
+            Reply::Attr(a) => Ok(a),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Creates a non-directory in its hashed subvolume; `open` also opens it.
+    pub async fn create(
+        &self,
+        parent: Gfid,
+        name: &[u8],
+        obj: NewObject,
+    ) -> Res<(Found, Option<OpenFile>)> {
+        crate::proto::check_name(name)?;
+        let layout = self.dir_layout(parent).await?;
+        let k = layout.hashed(name).ok_or(Errno(libc::ENOTCONN))?;
+        let g = Gfid::random();
+        let r = self
+            .sv(k)
+            .req(Op::Mknod {
+                parent,
+                name: name.to_vec(),
+                gfid: g,
+                obj,
+                parent_op: None,
+                check_epoch: None,
+            })
+            .await?;
+        match r {
+            Reply::Created { entry, fd } => {
+                self.remember(g, k);
+                let open = fd.map(|fd| OpenFile {
+                    gfid: g,
+                    subvol: k,
+                    fd,
+                });
+                Ok((
+                    Found {
+                        gfid: g,
+                        attr: entry.attr,
+                    },
+                    open,
+                ))
+            }
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn mkdir(&self, parent: Gfid, name: &[u8], mut obj: NewObject) -> Res<Found> {
+        crate::proto::check_name(name)?;
+        let layout = self.dir_layout(parent).await?;
+        let hashed = layout.hashed(name).ok_or(Errno(libc::ENOTCONN))?;
+        let g = Gfid::random();
+        let new_layout = Layout::even(&self.all(), g, self.spec.layout_epoch, true);
+        // The hashed subvolume first: it decides (EEXIST) for everyone.
+        obj.layout = new_layout.of(hashed);
+        let mk = |k: u32, obj: &NewObject| Op::Mknod {
+            parent,
+            name: name.to_vec(),
+            gfid: g,
+            obj: NewObject {
+                layout: new_layout.of(k),
+                ..obj.clone()
+            },
+            parent_op: None,
+            check_epoch: None,
+        };
+        let first = self.sv(hashed).req(mk(hashed, &obj)).await?;
+        let Reply::Created { entry, .. } = first else {
+            return Err(unexpected(first));
+        };
+        let others: Vec<u32> = self.all().into_iter().filter(|k| *k != hashed).collect();
+        for (k, r) in self.fan_out(&others, |k| mk(k, &obj)).await {
+            if let Err(e) = r {
+                // The next lookup repairs it; the directory exists for the user already.
+                tracing::warn!("mkdir on subvolume {k}: {}", e.describe());
+            }
+        }
+        self.layouts.lock().expect("layouts").insert(g, new_layout);
+        Ok(Found {
+            gfid: g,
+            attr: entry.attr,
+        })
+    }
+
+    /// Removes a non-directory name (and its link file, if any).
+    pub async fn unlink(&self, parent: Gfid, name: &[u8]) -> Res<()> {
+        let layout = self.dir_layout(parent).await?;
+        let hashed = layout.hashed(name).ok_or(Errno(libc::ENOTCONN))?;
+        let found = self.lookup(parent, name).await?;
+        if found.attr.is_dir() {
+            return Err(Errno(libc::EISDIR));
+        }
+        let data = self.locate(found.gfid).await?;
+        let op = |_| Op::Unlink {
+            parent,
+            name: name.to_vec(),
+            gfid: Some(found.gfid),
+            parent_op: None,
+        };
+        let r = self.sv(data).req(op(data)).await;
+        match r {
+            Ok(Reply::Unlinked { nlink_left: 0, .. }) => {
+                self.located.lock().expect("located").remove(&found.gfid);
+            }
+            Ok(_) => {}
+            // Data known elsewhere under another name only (a hard link through a link file).
+            Err(Errno(libc::ENOENT)) if data != hashed => {}
+            Err(e) => return Err(e),
+        }
+        if data != hashed {
+            match self.sv(hashed).req(op(hashed)).await {
+                Ok(_) | Err(Errno(libc::ENOENT)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, parent: Gfid, name: &[u8]) -> Res<()> {
+        let layout = self.dir_layout(parent).await?;
+        let hashed = layout.hashed(name).ok_or(Errno(libc::ENOTCONN))?;
+        let found = self.lookup(parent, name).await?;
+        if !found.attr.is_dir() {
+            return Err(Errno(libc::ENOTDIR));
+        }
+        self.check_empty(found.gfid).await?;
+        let op = |_| Op::Rmdir {
+            parent,
+            name: name.to_vec(),
+            gfid: Some(found.gfid),
+            parent_op: None,
+        };
+        // Others first, the hashed copy last: while it exists, lookups repair the rest.
+        let others: Vec<u32> = self.all().into_iter().filter(|k| *k != hashed).collect();
+        for (_, r) in self.fan_out(&others, op).await {
+            match r {
+                Ok(_) | Err(Errno(libc::ENOENT)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.sv(hashed).req(op(hashed)).await?;
+        self.layouts.lock().expect("layouts").remove(&found.gfid);
+        Ok(())
+    }
+
+    /// ENOTEMPTY unless directory `g` has no entry on any subvolume. Stale link files
+    /// (whose data is gone, as the directory has no other entry) are removed.
+    async fn check_empty(&self, g: Gfid) -> Res<()> {
+        let mut stale = Vec::new();
+        for k in self.all() {
+            let r = self
+                .sv(k)
+                .req(Op::Readdir {
+                    gfid: g,
+                    cookie: 0,
+                    max: MAX_STALE_LINKTO,
+                })
+                .await?;
+            let Reply::Dir { entries, eof, .. } = r else {
+                return Err(unexpected(r));
+            };
+            for e in &entries {
+                match &e.entry {
+                    Some(en) if is_linkto(en) => stale.push((k, e.name.clone())),
+                    _ => return Err(Errno(libc::ENOTEMPTY)),
+                }
+            }
+            if !eof {
+                return Err(Errno(libc::ENOTEMPTY));
+            }
+        }
+        for (k, name) in stale {
+            let r = self
+                .sv(k)
+                .req(Op::Unlink {
+                    parent: g,
+                    name,
+                    gfid: None,
+                    parent_op: None,
+                })
+                .await;
+            match r {
+                Ok(_) | Err(Errno(libc::ENOENT)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes (or replaces) a link file `parent/name` on subvolume `at` pointing at `data`.
+    async fn put_linkto(&self, parent: Gfid, name: &[u8], g: Gfid, at: u32, data: u32) -> Res<()> {
+        let obj = NewObject {
+            mode: LINKTO_MODE,
+            rdev: 0,
+            target: None,
+            creds: Creds::default(),
+            afr: AfrState::default(),
+            layout: None,
+            linkto: Some(data),
+            open: None,
+            lock: false,
+        };
+        let mk = Op::Mknod {
+            parent,
+            name: name.to_vec(),
+            gfid: g,
+            obj,
+            parent_op: None,
+            check_epoch: None,
+        };
+        match self.sv(at).req(mk.clone()).await {
+            Ok(_) => Ok(()),
+            Err(Errno(libc::EEXIST)) => {
+                self.sv(at)
+                    .req(Op::Unlink {
+                        parent,
+                        name: name.to_vec(),
+                        gfid: None,
+                        parent_op: None,
+                    })
+                    .await?;
+                self.sv(at).req(mk).await.map(drop)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn rename(
+        &self,
+        parent: Gfid,
+        name: &[u8],
+        new_parent: Gfid,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Res<()> {
+        crate::proto::check_name(new_name)?;
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            // Exchanging across subvolumes cannot be made atomic here.
+            return Err(Errno(libc::EINVAL));
+        }
+        let src = self.lookup(parent, name).await?;
+        let dst = match self.lookup(new_parent, new_name).await {
+            Ok(d) => Some(d),
+            Err(Errno(libc::ENOENT)) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(d) = &dst {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(Errno(libc::EEXIST));
+            }
+            if d.gfid == src.gfid {
+                return Ok(());
+            }
+            if d.attr.is_dir() != src.attr.is_dir() {
+                return Err(Errno(if d.attr.is_dir() {
+                    libc::EISDIR
+                } else {
+                    libc::ENOTDIR
+                }));
+            }
+        }
+        let old_hashed = self
+            .dir_layout(parent)
+            .await?
+            .hashed(name)
+            .ok_or(Errno(libc::ENOTCONN))?;
+        let new_hashed = self
+            .dir_layout(new_parent)
+            .await?
+            .hashed(new_name)
+            .ok_or(Errno(libc::ENOTCONN))?;
+        let op = |_| Op::Rename {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: new_name.to_vec(),
+            flags,
+            parent_op: None,
+            new_parent_op: None,
+        };
+        if src.attr.is_dir() {
+            if let Some(d) = &dst {
+                // Replacing a directory: it must be empty on every subvolume (each
+                // brick sees only its own share of the entries).
+                self.check_empty(d.gfid).await?;
+            }
+            // Directories are everywhere: the new name's hashed subvolume decides first.
+            self.sv(new_hashed).req(op(new_hashed)).await?;
+            let others: Vec<u32> = self
+                .all()
+                .into_iter()
+                .filter(|k| *k != new_hashed)
+                .collect();
+            for (k, r) in self.fan_out(&others, op).await {
+                if let Err(e) = r {
+                    tracing::warn!("rename of a directory on subvolume {k}: {}", e.describe());
+                }
+            }
+            return Ok(());
+        }
+        let data = self.locate(src.gfid).await?;
+        // The data keeps its place; the name moves with it.
+        self.sv(data).req(op(data)).await?;
+        if let Some(d) = &dst {
+            let d_data = self.locate(d.gfid).await.ok();
+            if let Some(dk) = d_data.filter(|dk| *dk != data) {
+                let r = self
+                    .sv(dk)
+                    .req(Op::Unlink {
+                        parent: new_parent,
+                        name: new_name.to_vec(),
+                        gfid: Some(d.gfid),
+                        parent_op: None,
+                    })
+                    .await;
+                if let Err(e) = r
+                    .map(drop)
+                    .or_else(|e| if e.0 == libc::ENOENT { Ok(()) } else { Err(e) })
+                {
+                    tracing::warn!("rename: removing the replaced file: {}", e.describe());
+                }
+            }
+        }
+        if new_hashed != data {
+            self.put_linkto(new_parent, new_name, src.gfid, new_hashed, data)
+                .await?;
+        } else if let Some(d) = &dst {
+            // The replaced name may have been a link file on the data's subvolume: the
+            // brick's rename replaced it already.
+            let _ = d;
+        }
+        if old_hashed != data
+            && !(old_hashed == new_hashed && parent == new_parent && name == new_name)
+        {
+            let r = self
+                .sv(old_hashed)
+                .req(Op::Unlink {
+                    parent,
+                    name: name.to_vec(),
+                    gfid: Some(src.gfid),
+                    parent_op: None,
+                })
+                .await;
+            match r {
+                Ok(_) | Err(Errno(libc::ENOENT)) => {}
+                Err(e) => tracing::warn!("rename: removing the old link file: {}", e.describe()),
+            }
+        }
+        Ok(())
+    }
+
+    /// A new name for a non-directory.
+    pub async fn link(&self, g: Gfid, new_parent: Gfid, new_name: &[u8]) -> Res<Found> {
+        crate::proto::check_name(new_name)?;
+        let data = self.locate(g).await?;
+        let hashed = self
+            .dir_layout(new_parent)
+            .await?
+            .hashed(new_name)
+            .ok_or(Errno(libc::ENOTCONN))?;
+        if hashed != data {
+            // The name must be free on its hashed subvolume too.
+            match self
+                .sv(hashed)
+                .req(Op::Lookup {
+                    parent: new_parent,
+                    name: new_name.to_vec(),
+                })
+                .await
+            {
+                Ok(_) => return Err(Errno(libc::EEXIST)),
+                Err(Errno(libc::ENOENT)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let e = self
+            .sv(data)
+            .req(Op::Link {
+                gfid: g,
+                parent: new_parent,
+                name: new_name.to_vec(),
+                parent_op: None,
+            })
+            .await
+            .and_then(entry_of)?;
+        if hashed != data {
+            self.put_linkto(new_parent, new_name, g, hashed, data)
+                .await?;
+        }
+        Ok(Found {
+            gfid: g,
+            attr: e.attr,
+        })
+    }
+
+    pub async fn readlink(&self, g: Gfid) -> Res<Vec<u8>> {
+        let k = self.locate(g).await?;
+        match self.sv(k).req(Op::Readlink { gfid: g }).await? {
+            Reply::Link(t) => Ok(t),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn open(&self, g: Gfid, flags: i32) -> Res<OpenFile> {
+        let k = self.locate(g).await?;
+        let r = match self.sv(k).req(Op::Open { gfid: g, flags }).await {
+            Err(Errno(libc::ENOENT)) | Err(Errno(libc::ESTALE)) => {
+                self.located.lock().expect("located").remove(&g);
+                let (k2, _) = self.search(g).await?;
+                return match self.sv(k2).req(Op::Open { gfid: g, flags }).await? {
+                    Reply::Opened { fd } => Ok(OpenFile {
+                        gfid: g,
+                        subvol: k2,
+                        fd,
+                    }),
+                    r => Err(unexpected(r)),
+                };
+            }
+            r => r?,
+        };
+        match r {
+            Reply::Opened { fd } => Ok(OpenFile {
+                gfid: g,
+                subvol: k,
+                fd,
+            }),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn read(&self, f: OpenFile, offset: u64, size: u32) -> Res<Vec<u8>> {
+        if self.wb.busy(f.gfid) {
+            self.wb.drain(f.gfid).await?;
+        }
+        let size = size.min(MAX_IO);
+        let op = Op::Read {
+            target: Target {
+                gfid: f.gfid,
+                fd: Some(f.fd),
+            },
+            offset,
+            size,
+        };
+        match self.sv(f.subvol).call(op, &[]).await? {
+            (Reply::Data { .. }, data) => Ok(data),
+            (r, _) => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn write(&self, f: OpenFile, offset: u64, data: &[u8]) -> Res<u32> {
+        if data.len() > MAX_IO as usize {
+            return Err(Errno(libc::EINVAL));
+        }
+        let op = Op::Write {
+            target: Target {
+                gfid: f.gfid,
+                fd: Some(f.fd),
+            },
+            offset,
+            op: None,
+        };
+        let conn = self.subvols[f.subvol as usize].clone();
+        let data = data.to_vec();
+        let len = data.len() as u32;
+        self.wb
+            .submit(f.gfid, offset, u64::from(len), async move {
+                match conn.call(op, &data).await? {
+                    (Reply::Written { size }, _) => Ok(size),
+                    (r, _) => Err(unexpected(r)),
+                }
+            })
+            .await?;
+        Ok(len)
+    }
+
+    /// `close(2)` of one descriptor: every write made so far is on the brick, and a
+    /// failure of one of them is reported here.
+    pub async fn flush(&self, f: OpenFile) -> Res<()> {
+        self.wb.drain(f.gfid).await
+    }
+
+    pub async fn fsync(&self, f: OpenFile, datasync: bool) -> Res<()> {
+        self.wb.drain(f.gfid).await?;
+        self.sv(f.subvol)
+            .req(Op::Fsync {
+                target: Target {
+                    gfid: f.gfid,
+                    fd: Some(f.fd),
+                },
+                datasync,
+            })
+            .await
+            .map(drop)
+    }
+
+    pub async fn fallocate(&self, f: OpenFile, mode: i32, offset: u64, length: u64) -> Res<()> {
+        self.wb.drain(f.gfid).await?;
+        self.sv(f.subvol)
+            .req(Op::Fallocate {
+                target: Target {
+                    gfid: f.gfid,
+                    fd: Some(f.fd),
+                },
+                mode,
+                offset,
+                length,
+                op: None,
+            })
+            .await
+            .map(drop)
+    }
+
+    pub async fn release(&self, f: OpenFile) -> Res<()> {
+        // The brick's descriptor stays until the file's writes are done with it.
+        let pending = self.wb.drain(f.gfid).await;
+        let closed = self
+            .sv(f.subvol)
+            .req(Op::Close { fd: f.fd })
+            .await
+            .map(drop);
+        self.wb.forget(f.gfid);
+        pending.and(closed)
+    }
+
+    /// Whether acknowledged writes of `g` may still be on their way (attributes read
+    /// meanwhile would miss them).
+    pub fn writes_pending(&self, g: Gfid) -> bool {
+        self.wb.busy(g)
+    }
+
+    pub async fn statfs(&self) -> Res<Statfs> {
+        let mut total = Statfs::default();
+        let answers = self.fan_out(&self.all(), |_| Op::Statfs).await;
+        for (_, r) in Self::reachable(answers)? {
+            let s = match r {
+                Reply::Statfs(s) => s,
+                r => return Err(unexpected(r)),
+            };
+            // Sum in bytes-per-fragment of the first brick.
+            if total.frsize == 0 {
+                total = s;
+                continue;
+            }
+            let scale =
+                |v: u64| v.saturating_mul(u64::from(s.frsize)) / u64::from(total.frsize.max(1));
+            total.blocks += scale(s.blocks);
+            total.bfree += scale(s.bfree);
+            total.bavail += scale(s.bavail);
+            total.files += s.files;
+            total.ffree += s.ffree;
+        }
+        Ok(total)
+    }
+
+    /// Where an extended-attribute call goes: every copy of a directory, the data of a file.
+    async fn xattr_targets(&self, g: Gfid, is_dir: bool) -> Res<Vec<u32>> {
+        if is_dir {
+            Ok(self.all())
+        } else {
+            Ok(vec![self.locate(g).await?])
+        }
+    }
+
+    pub async fn getxattr(&self, g: Gfid, is_dir: bool, name: &[u8]) -> Res<Vec<u8>> {
+        let k = self.xattr_targets(g, is_dir).await?[0];
+        match self
+            .sv(k)
+            .req(Op::Getxattr {
+                gfid: g,
+                name: name.to_vec(),
+            })
+            .await?
+        {
+            Reply::Xattr(v) => Ok(v),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn listxattr(&self, g: Gfid, is_dir: bool) -> Res<Vec<Vec<u8>>> {
+        let k = self.xattr_targets(g, is_dir).await?[0];
+        match self.sv(k).req(Op::Listxattr { gfid: g }).await? {
+            Reply::XattrNames(v) => Ok(v),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn setxattr(
+        &self,
+        g: Gfid,
+        is_dir: bool,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> Res<()> {
+        let to = self.xattr_targets(g, is_dir).await?;
+        for (_, r) in self
+            .fan_out(&to, |_| Op::Setxattr {
+                gfid: g,
+                name: name.to_vec(),
+                value: value.to_vec(),
+                flags,
+                op: None,
+            })
+            .await
+        {
+            r?;
+        }
+        Ok(())
+    }
+
+    pub async fn removexattr(&self, g: Gfid, is_dir: bool, name: &[u8]) -> Res<()> {
+        let to = self.xattr_targets(g, is_dir).await?;
+        for (_, r) in self
+            .fan_out(&to, |_| Op::Removexattr {
+                gfid: g,
+                name: name.to_vec(),
+                op: None,
+            })
+            .await
+        {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// A fresh directory listing.
+    pub fn listing(&self, dir: Gfid) -> Listing {
+        Listing {
+            dir,
+            id: self.next_handle.fetch_add(1, Ordering::Relaxed),
+            subvol: 0,
+            cookie: 0,
+            done: false,
+            dirs_from: None,
+        }
+    }
+
+    /// The next batch of a listing: each subvolume in turn; directories are listed from
+    /// the first subvolume only (they are on all), link files never.
+    pub async fn next_entries(&self, l: &mut Listing) -> Res<Vec<DirEntry>> {
+        while !l.done {
+            let r = match self
+                .sv(l.subvol)
+                .req(Op::Readdir {
+                    gfid: l.dir,
+                    cookie: l.cookie,
+                    max: READDIR_BATCH,
+                })
+                .await
+            {
+                Ok(r) => r,
+                // A down subvolume's names are left out (as gluster does); the rest lists.
+                Err(Errno(libc::ENOTCONN)) if self.n() > 1 => {
+                    tracing::warn!("listing without subvolume {} (not connected)", l.subvol);
+                    l.subvol += 1;
+                    l.cookie = 0;
+                    l.done = l.subvol >= self.n();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let Reply::Dir { entries, next, eof } = r else {
+                return Err(unexpected(r));
+            };
+            // Directories are on every subvolume: listed from the first that answers.
+            let first = *l.dirs_from.get_or_insert(l.subvol) == l.subvol;
+            if eof {
+                l.subvol += 1;
+                l.cookie = 0;
+                l.done = l.subvol >= self.n();
+            } else {
+                l.cookie = next;
+            }
+            let kept: Vec<DirEntry> = entries
+                .into_iter()
+                .filter(|e| match &e.entry {
+                    None => false,
+                    Some(en) => !is_linkto(en) && (first || !en.attr.is_dir()),
+                })
+                .collect();
+            if !kept.is_empty() {
+                return Ok(kept);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Where each name of a directory lives (for tests and `rebalance` reports).
+    pub async fn subvol_of(&self, g: Gfid) -> Res<u32> {
+        self.locate(g).await
+    }
+}
+
+/// Where a directory listing is.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub dir: Gfid,
+    pub id: u64,
+    subvol: u32,
+    cookie: u64,
+    done: bool,
+    dirs_from: Option<u32>,
+}
+
+trait MaxTime {
+    fn max_by_key(self, other: Self) -> Self;
+}
+
+impl MaxTime for crate::proto::Timespec {
+    fn max_by_key(self, other: Self) -> Self {
+        if (other.sec, other.nsec) > (self.sec, self.nsec) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// Creation credentials for a new object (the layout is filled in by `mkdir`).
+pub fn new_object(mode: u32, creds: Creds) -> NewObject {
+    NewObject {
+        mode,
+        rdev: 0,
+        target: None,
+        creds,
+        afr: AfrState::default(),
+        layout: None::<DirLayout>,
+        linkto: None,
+        open: None,
+        lock: false,
+    }
+}

@@ -1,0 +1,124 @@
+//! The management API's data: pool members, volume definitions, brick status. Shared by
+//! the node service, its peers, and the CLI.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A member of the trusted pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub uuid: String,
+    /// How the pool reaches it (name or address, as probed).
+    pub host: String,
+}
+
+/// A pool member as `peer status` and `pool list` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub uuid: String,
+    pub host: String,
+    /// Whether its management API answered just now.
+    pub connected: bool,
+    /// This node itself.
+    pub local: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeState {
+    Created,
+    Started,
+    Stopped,
+}
+
+impl VolumeState {
+    pub fn name(self) -> &'static str {
+        match self {
+            VolumeState::Created => "Created",
+            VolumeState::Started => "Started",
+            VolumeState::Stopped => "Stopped",
+        }
+    }
+}
+
+/// One brick of a volume definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrickDef {
+    pub id: u32,
+    /// The host as written in `volume create` (and as clients reach it).
+    pub host: String,
+    /// The uuid of the pool member that serves it.
+    pub node: String,
+    pub path: String,
+}
+
+/// A volume definition, kept on every pool member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeDef {
+    pub name: String,
+    pub id: String,
+    pub replica: u32,
+    pub bricks: Vec<BrickDef>,
+    pub state: VolumeState,
+    /// Options set with `volume set` (reported by `volume info`).
+    pub options: BTreeMap<String, String>,
+    pub layout_epoch: u64,
+    /// Bumped by every change, so a member can tell a newer definition from an older.
+    pub version: u64,
+}
+
+impl VolumeDef {
+    /// `Distribute`, `Replicate` or `Distributed-Replicate`, as gluster names them.
+    pub fn kind(&self) -> &'static str {
+        let subvols = self.bricks.len() / self.replica.max(1) as usize;
+        match (self.replica, subvols) {
+            (1, _) => "Distribute",
+            (_, 1) => "Replicate",
+            _ => "Distributed-Replicate",
+        }
+    }
+}
+
+/// `volume create`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateVolume {
+    pub name: String,
+    pub replica: u32,
+    /// `HOST:/path` each.
+    pub bricks: Vec<String>,
+    pub force: bool,
+}
+
+/// `peer probe` / `peer detach`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerRequest {
+    pub host: String,
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The state of one brick, as `volume status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrickStatus {
+    pub id: u32,
+    pub host: String,
+    pub path: String,
+    pub port: Option<u16>,
+    pub online: bool,
+    pub pid: Option<u32>,
+}
+
+/// A running brick server as its node reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalBrick {
+    pub volume: String,
+    pub id: u32,
+    pub port: u16,
+    pub pid: u32,
+}
+
+/// A simple acknowledgement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Done {
+    pub message: String,
+}

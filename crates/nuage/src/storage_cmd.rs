@@ -1,0 +1,375 @@
+//! `nuage peer …`, `nuage pool list`, `nuage volume …`, `nuage mount`, `nuage umount`:
+//! the storage commands, with gluster's words and output shapes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use nuage_core::client::ApiClient;
+use nuage_fs::client::mount as fsmount;
+use nuage_fs::mgmt::api::Force;
+use nuage_fs::mgmt::types::*;
+
+use crate::node_cmd::ApiArg;
+
+#[derive(Subcommand, Debug)]
+pub enum PeerCmd {
+    /// Add a machine to the trusted storage pool
+    Probe { host: String },
+    /// Show the other members of the pool
+    Status,
+    /// Remove a machine from the pool (refused while it holds bricks, unless `force`)
+    Detach {
+        host: String,
+        /// `force`
+        #[arg(value_parser = ["force"])]
+        force: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCmd {
+    /// List the members of the pool, this machine included
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCmd {
+    /// Create a volume: NAME [replica N] HOST:/PATH… [force]
+    Create {
+        name: String,
+        /// `[replica N] HOST:/PATH… [force]`
+        #[arg(num_args = 1.., required = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Start a volume (its brick servers start on their machines)
+    Start {
+        name: String,
+        #[arg(value_parser = ["force"])]
+        force: Option<String>,
+    },
+    /// Stop a volume (its data becomes unreachable until started again)
+    Stop {
+        name: String,
+        #[arg(value_parser = ["force"])]
+        force: Option<String>,
+    },
+    /// Delete a stopped volume (the files stay on the bricks)
+    Delete { name: String },
+    /// Show volume definitions
+    Info {
+        /// A volume name, or `all` (default)
+        name: Option<String>,
+    },
+    /// Show the brick servers of volumes
+    Status {
+        /// A volume name, or `all` (default)
+        name: Option<String>,
+        /// `detail`
+        #[arg(value_parser = ["detail"])]
+        detail: Option<String>,
+    },
+    /// List volume names
+    List,
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// HOST[:PORT]:/VOLUME — any member of the pool (PORT: its node API, default 7070)
+    pub source: String,
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground (default: serve the mount from a background process)
+    #[arg(long)]
+    pub foreground: bool,
+    /// Seconds after which an unresponsive brick gives ENOTCONN (gluster's ping-timeout)
+    #[arg(long, default_value_t = 42, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ping_timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct UmountArgs {
+    pub mountpoint: PathBuf,
+}
+
+pub async fn peer(cmd: PeerCmd, api: ApiArg) -> anyhow::Result<()> {
+    let c = api.client()?;
+    match cmd {
+        PeerCmd::Probe { host } => {
+            let d: Done = c
+                .post("/v1/storage/peers", &PeerRequest { host, force: false })
+                .await?;
+            println!("{}", d.message);
+        }
+        PeerCmd::Detach { host, force } => {
+            let d: Done = c
+                .post(
+                    "/v1/storage/peers/detach",
+                    &PeerRequest {
+                        host,
+                        force: force.is_some(),
+                    },
+                )
+                .await?;
+            println!("{}", d.message);
+        }
+        PeerCmd::Status => {
+            let pool: Vec<MemberStatus> = c.get("/v1/storage/pool").await?;
+            let others: Vec<&MemberStatus> = pool.iter().filter(|m| !m.local).collect();
+            println!("Number of Peers: {}", others.len());
+            for m in others {
+                println!();
+                println!("Hostname: {}", m.host);
+                println!("Uuid: {}", m.uuid);
+                let state = if m.connected {
+                    "Connected"
+                } else {
+                    "Disconnected"
+                };
+                println!("State: Peer in Cluster ({state})");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn pool(cmd: PoolCmd, api: ApiArg) -> anyhow::Result<()> {
+    let PoolCmd::List = cmd;
+    let pool: Vec<MemberStatus> = api.client()?.get("/v1/storage/pool").await?;
+    let mut t = crate::table::Table::new(&["UUID", "Hostname", "State"]);
+    for m in pool {
+        let state = if m.connected {
+            "Connected"
+        } else {
+            "Disconnected"
+        };
+        t.row(vec![m.uuid, m.host, state.into()]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+/// Splits gluster's `[replica N] BRICK… [force]`.
+fn create_args(name: String, mut args: Vec<String>) -> anyhow::Result<CreateVolume> {
+    let force = args.last().is_some_and(|a| a == "force");
+    if force {
+        args.pop();
+    }
+    let mut replica = 1;
+    if args.first().is_some_and(|a| a == "replica") {
+        let n = args
+            .get(1)
+            .ok_or_else(|| anyhow::anyhow!("`replica` needs a count"))?;
+        replica = n
+            .parse()
+            .map_err(|_| anyhow::anyhow!("replica count `{n}` is not a number"))?;
+        args.drain(..2);
+    }
+    if args.is_empty() {
+        bail!("volume create {name}: no bricks given (HOST:/PATH …)");
+    }
+    for b in &args {
+        nuage_fs::mgmt::check_brick_arg(b)?;
+    }
+    Ok(CreateVolume {
+        name,
+        replica,
+        bricks: args,
+        force,
+    })
+}
+
+fn print_info(v: &VolumeDef) {
+    println!();
+    println!("Volume Name: {}", v.name);
+    println!("Type: {}", v.kind());
+    println!("Volume ID: {}", v.id);
+    println!("Status: {}", v.state.name());
+    let subvols = v.bricks.len() / v.replica.max(1) as usize;
+    if v.replica > 1 {
+        println!(
+            "Number of Bricks: {} x {} = {}",
+            subvols,
+            v.replica,
+            v.bricks.len()
+        );
+    } else {
+        println!("Number of Bricks: {}", v.bricks.len());
+    }
+    println!("Transport-type: tcp");
+    println!("Bricks:");
+    for (i, b) in v.bricks.iter().enumerate() {
+        println!("Brick{}: {}:{}", i + 1, b.host, b.path);
+    }
+    if !v.options.is_empty() {
+        println!("Options Reconfigured:");
+        for (k, val) in &v.options {
+            println!("{k}: {val}");
+        }
+    }
+}
+
+async fn names(c: &ApiClient, name: Option<String>) -> anyhow::Result<Vec<VolumeDef>> {
+    Ok(match name.as_deref() {
+        None | Some("all") => {
+            let all: Vec<VolumeDef> = c.get("/v1/storage/volumes").await?;
+            if all.is_empty() {
+                bail!("No volumes present");
+            }
+            all
+        }
+        Some(n) => vec![c.get(&format!("/v1/storage/volumes/{n}")).await?],
+    })
+}
+
+pub async fn volume(cmd: VolumeCmd, api: ApiArg) -> anyhow::Result<()> {
+    let c = api.client()?;
+    match cmd {
+        VolumeCmd::Create { name, args } => {
+            let req = create_args(name, args)?;
+            let v: VolumeDef = c.post("/v1/storage/volumes", &req).await?;
+            println!(
+                "volume create: {}: success: please start the volume to access data",
+                v.name
+            );
+        }
+        VolumeCmd::Start { name, force } => {
+            let _: VolumeDef = c
+                .post(
+                    &format!("/v1/storage/volumes/{name}/start"),
+                    &Force {
+                        force: force.is_some(),
+                    },
+                )
+                .await?;
+            println!("volume start: {name}: success");
+        }
+        VolumeCmd::Stop { name, force } => {
+            let _: VolumeDef = c
+                .post(
+                    &format!("/v1/storage/volumes/{name}/stop"),
+                    &Force {
+                        force: force.is_some(),
+                    },
+                )
+                .await?;
+            println!("volume stop: {name}: success");
+        }
+        VolumeCmd::Delete { name } => {
+            let d: Done = c.delete(&format!("/v1/storage/volumes/{name}")).await?;
+            println!("{}", d.message);
+        }
+        VolumeCmd::Info { name } => {
+            for v in names(&c, name).await? {
+                print_info(&v);
+            }
+        }
+        VolumeCmd::List => {
+            let all: Vec<VolumeDef> = c.get("/v1/storage/volumes").await?;
+            if all.is_empty() {
+                println!("No volumes present in cluster");
+            }
+            for v in all {
+                println!("{}", v.name);
+            }
+        }
+        VolumeCmd::Status { name, detail } => {
+            for v in names(&c, name).await? {
+                if v.state != VolumeState::Started {
+                    println!("Volume {} is not started", v.name);
+                    continue;
+                }
+                let st: Vec<BrickStatus> = c
+                    .get(&format!("/v1/storage/volumes/{}/status", v.name))
+                    .await?;
+                println!("Status of volume: {}", v.name);
+                let mut t =
+                    crate::table::Table::new(&["Nuage process", "TCP Port", "Online", "Pid"]);
+                for b in &st {
+                    t.row(vec![
+                        format!("Brick {}:{}", b.host, b.path),
+                        b.port.map_or("N/A".into(), |p| p.to_string()),
+                        if b.online { "Y".into() } else { "N".into() },
+                        b.pid.map_or("N/A".into(), |p| p.to_string()),
+                    ]);
+                }
+                print!("{}", t.render());
+                if detail.is_some() {
+                    for b in &st {
+                        println!(
+                            "------------------------------------------------------------------------------"
+                        );
+                        println!("Brick                : Brick {}:{}", b.host, b.path);
+                        println!(
+                            "TCP Port             : {}",
+                            b.port.map_or("N/A".into(), |p| p.to_string())
+                        );
+                        println!(
+                            "Online               : {}",
+                            if b.online { "Y" } else { "N" }
+                        );
+                        println!(
+                            "Pid                  : {}",
+                            b.pid.map_or("N/A".into(), |p| p.to_string())
+                        );
+                    }
+                }
+                println!();
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
+    let src = fsmount::Source::parse(&args.source)?;
+    let ping = Duration::from_secs(args.ping_timeout);
+    if args.foreground {
+        return fsmount::run_foreground(&src, &args.mountpoint, ping).await;
+    }
+    // Fail early (and in this terminal) on a bad source or volume.
+    fsmount::fetch_spec(&src).await?;
+    let exe = std::env::current_exe()?;
+    let mp = args.mountpoint.clone();
+    tokio::task::spawn_blocking(move || fsmount::spawn_background(&exe, &args.source, &mp, ping))
+        .await??;
+    Ok(())
+}
+
+pub fn umount(args: UmountArgs) -> anyhow::Result<()> {
+    fsmount::umount(&args.mountpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_arguments_follow_gluster() {
+        let r = create_args(
+            "gv0".into(),
+            vec![
+                "replica".into(),
+                "2".into(),
+                "a:/b1".into(),
+                "b:/b2".into(),
+                "force".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(r.replica, 2);
+        assert!(r.force);
+        assert_eq!(r.bricks, vec!["a:/b1", "b:/b2"]);
+        let r = create_args("gv0".into(), vec!["a:/b1".into()]).unwrap();
+        assert_eq!((r.replica, r.force), (1, false));
+        assert!(
+            create_args(
+                "gv0".into(),
+                vec!["replica".into(), "x".into(), "a:/b".into()]
+            )
+            .is_err()
+        );
+        assert!(create_args("gv0".into(), vec!["force".into()]).is_err());
+        assert!(create_args("gv0".into(), vec!["a-b".into()]).is_err());
+    }
+}

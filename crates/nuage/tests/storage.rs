@@ -1,0 +1,213 @@
+//! Storage as a user drives it: `nuage up`, `nuage volume …`, `nuage mount`, files
+//! through the mount, `nuage umount`. Needs root and /dev/fuse (as CI has).
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::process::Output;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// Kills the node if a test fails half-way (a passing test stops it itself).
+struct Running(UpNode);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
+    }
+}
+
+fn cli(api: &str, args: &[&str]) -> Output {
+    nuage()
+        .args(args)
+        .env("NUAGE_API", api)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run nuage")
+}
+
+fn ok(api: &str, args: &[&str]) -> String {
+    let out = cli(api, args);
+    assert!(
+        out.status.success(),
+        "nuage {args:?} failed: {}",
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// The one-line error of a refused command.
+fn refused(api: &str, args: &[&str]) -> String {
+    let out = cli(api, args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "nuage {args:?} should fail: {}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("nuage: error: "), "{err}");
+    err
+}
+
+#[test]
+fn create_start_mount_use_unmount_stop_delete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut node = Running(start_up(&[
+        "--api",
+        "127.0.0.1:0",
+        "--data",
+        data.to_str().unwrap(),
+        "--name",
+        "s1",
+    ]));
+    let api = node.0.api.clone();
+    let b1 = tmp.path().join("b1");
+    let b2 = tmp.path().join("b2");
+    std::fs::create_dir(&b1).unwrap();
+    std::fs::create_dir(&b2).unwrap();
+    let brick1 = format!("localhost:{}", b1.display());
+    let brick2 = format!("localhost:{}", b2.display());
+
+    // Bad input: each a clear error that changes nothing.
+    let e = refused(&api, &["volume", "create", "gv0", &brick1, &brick2]);
+    assert!(e.contains("root partition"), "{e}");
+    let missing = format!("localhost:{}/nope", tmp.path().display());
+    let e = refused(&api, &["volume", "create", "gv0", &missing]);
+    assert!(e.contains("does not exist"), "{e}");
+    let e = refused(
+        &api,
+        &[
+            "volume",
+            "create",
+            "gv0",
+            "replica",
+            "2",
+            &brick1,
+            &brick2,
+            "localhost:/x",
+            "force",
+        ],
+    );
+    assert!(e.contains("not a multiple of replica"), "{e}");
+    let e = refused(&api, &["volume", "create", "gv0", "192.0.2.7:/b", "force"]);
+    assert!(e.contains("192.0.2.7") && e.contains("peer probe"), "{e}");
+    let e = refused(&api, &["volume", "create", "bad/name", &brick1, "force"]);
+    assert!(e.contains("may hold only"), "{e}");
+    let e = refused(&api, &["volume", "info"]);
+    assert!(e.contains("No volumes present"), "{e}");
+
+    let out = ok(
+        &api,
+        &["volume", "create", "gv0", &brick1, &brick2, "force"],
+    );
+    assert!(out.contains("volume create: gv0: success"), "{out}");
+    let e = refused(&api, &["volume", "create", "gv0", &brick1, "force"]);
+    assert!(e.contains("already exists"), "{e}");
+    let info = ok(&api, &["volume", "info", "gv0"]);
+    assert!(info.contains("Type: Distribute"), "{info}");
+    assert!(info.contains("Status: Created"), "{info}");
+    assert!(info.contains("Number of Bricks: 2"), "{info}");
+    assert!(info.contains(&format!("Brick1: {brick1}")), "{info}");
+    let e = refused(&api, &["volume", "create", "other", &brick1, "force"]);
+    assert!(e.contains("already part of a volume"), "{e}");
+
+    ok(&api, &["volume", "start", "gv0"]);
+    let status = ok(&api, &["volume", "status", "gv0"]);
+    assert_eq!(status.matches(" Y ").count(), 2, "{status}");
+    let pool = ok(&api, &["pool", "list"]);
+    assert!(
+        pool.contains("localhost") && pool.contains("Connected"),
+        "{pool}"
+    );
+
+    // Mount in the background, use it, unmount.
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let source = format!("{api}:/gv0");
+    ok(&api, &["mount", &source, mnt.to_str().unwrap()]);
+    let e = refused(&api, &["mount", &source, mnt.to_str().unwrap()]);
+    assert!(e.contains("already"), "{e}");
+    assert_ne!(
+        std::fs::metadata(&mnt).unwrap().dev(),
+        std::fs::metadata(tmp.path()).unwrap().dev()
+    );
+    for i in 0..20 {
+        std::fs::write(mnt.join(format!("f{i}")), format!("hello {i}")).unwrap();
+    }
+    let on1 = std::fs::read_dir(&b1).unwrap().count() - 1; // minus .nuage
+    let on2 = std::fs::read_dir(&b2).unwrap().count() - 1;
+    assert_eq!(on1 + on2, 20);
+    assert!(on1 >= 4 && on2 >= 4, "{on1} and {on2}");
+    assert_eq!(std::fs::read_to_string(mnt.join("f7")).unwrap(), "hello 7");
+    let df = nix::sys::statvfs::statvfs(&mnt).unwrap();
+    assert!(df.blocks() > 0);
+    ok(&api, &["umount", mnt.to_str().unwrap()]);
+    assert!(
+        std::fs::read_dir(&mnt).unwrap().next().is_none(),
+        "unmounted"
+    );
+    let e = refused(&api, &["umount", mnt.to_str().unwrap()]);
+    assert!(e.contains("not a nuage mount"), "{e}");
+
+    // A volume not started cannot be mounted; a started one cannot be deleted.
+    let e = refused(&api, &["volume", "delete", "gv0"]);
+    assert!(e.contains("stopped before deletion"), "{e}");
+    ok(&api, &["volume", "stop", "gv0"]);
+    let e = refused(&api, &["mount", &source, mnt.to_str().unwrap()]);
+    assert!(e.contains("not started"), "{e}");
+    ok(&api, &["volume", "delete", "gv0"]);
+    assert!(ok(&api, &["volume", "list"]).contains("No volumes present"));
+    // The files stay on the bricks.
+    assert_eq!(
+        std::fs::read_to_string(b1.join("f7"))
+            .or_else(|_| std::fs::read_to_string(b2.join("f7")))
+            .unwrap(),
+        "hello 7"
+    );
+
+    signal(&node.0.child, Signal::SIGTERM);
+    assert!(wait_exit(&mut node.0.child, Duration::from_secs(30)).success());
+}
+
+#[test]
+fn volumes_and_their_bricks_survive_a_node_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let b1 = tmp.path().join("b1");
+    std::fs::create_dir(&b1).unwrap();
+    let brick = format!("127.0.0.1:{}", b1.display());
+    let mut node = Running(start_up(&[
+        "--api",
+        "127.0.0.1:0",
+        "--data",
+        data.to_str().unwrap(),
+        "--name",
+        "s2",
+    ]));
+    ok(&node.0.api, &["volume", "create", "keep", &brick, "force"]);
+    ok(&node.0.api, &["volume", "start", "keep"]);
+    signal(&node.0.child, Signal::SIGTERM);
+    assert!(wait_exit(&mut node.0.child, Duration::from_secs(30)).success());
+    drop(node);
+
+    let mut node = Running(start_up(&[
+        "--api",
+        "127.0.0.1:0",
+        "--data",
+        data.to_str().unwrap(),
+        "--name",
+        "s2",
+    ]));
+    let info = ok(&node.0.api, &["volume", "info", "keep"]);
+    assert!(info.contains("Status: Started"), "{info}");
+    let status = ok(&node.0.api, &["volume", "status", "keep"]);
+    assert!(status.contains(" Y "), "{status}");
+    signal(&node.0.child, Signal::SIGTERM);
+    assert!(wait_exit(&mut node.0.child, Duration::from_secs(30)).success());
+}
