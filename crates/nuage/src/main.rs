@@ -3,8 +3,8 @@
 
 mod finger_cmd;
 mod fn_cmd;
-mod jobs_cmd;
 mod group_cmd;
+mod jobs_cmd;
 mod lab_cmd;
 mod mail_cmd;
 mod net_cmd;
