@@ -19,9 +19,9 @@ use tracing::{error, info, warn};
 
 use crate::causal::Order;
 use crate::frame::{Frame, FrameError, read_frame, write_frame};
-use crate::protocol::{self, Forward, Request};
+use crate::protocol::{self, Request};
 use crate::servers::Directory;
-use crate::store::{Accepted, DB_FILE, QueueStatus, Store, now_ms};
+use crate::store::{Accepted, DB_FILE, Outbound, QueueStatus, Store, now_ms};
 
 /// Most client and peer connections served at once; more are told to retry.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -38,6 +38,8 @@ pub const RETRY_MAX: Duration = Duration::from_secs(5);
 pub const LINGER_TIME: Duration = Duration::from_secs(2);
 /// After a framing error, how many bytes the server discards at most.
 pub const LINGER_BYTES: u64 = 4 << 20;
+/// Most copies sent to a peer before reading their answers.
+pub const FORWARD_WINDOW: usize = 32;
 /// A kept connection to a peer server unused for this long is replaced by a new one
 /// (well before the peer's [`SESSION_IDLE_TIMEOUT`] closes it).
 pub const PEER_IDLE_CLOSE: Duration = Duration::from_secs(60);
@@ -412,7 +414,9 @@ fn status_report(
 }
 
 /// Forwards the queue of `dest`, oldest first, forever: a copy leaves the queue only
-/// when the destination answered OK (it committed the copy).
+/// when the destination answered OK (it committed the copy). Up to
+/// [`FORWARD_WINDOW`] copies go out before the answers are read (the destination
+/// answers in order); acknowledged copies leave the queue together.
 async fn forwarder(shared: Arc<Shared>, dest: String, wake: Arc<Notify>, stop: CancellationToken) {
     let entry = shared
         .directory
@@ -425,16 +429,16 @@ async fn forwarder(shared: Arc<Shared>, dest: String, wake: Arc<Notify>, stop: C
     loop {
         let next = {
             let dest = dest.clone();
-            with_store(&shared, move |s| s.next_outbound(&dest)).await
+            with_store(&shared, move |s| s.outbound_batch(&dest, FORWARD_WINDOW)).await
         };
-        let out = match next {
-            Ok(Some(out)) => out,
-            Ok(None) => {
+        let mut batch = match next {
+            Ok(batch) if batch.is_empty() => {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = wake.notified() => continue,
                 }
             }
+            Ok(batch) => batch,
             Err(e) => {
                 error!("reading the queue for {dest}: {e:#}");
                 tokio::select! {
@@ -444,15 +448,17 @@ async fn forwarder(shared: Arc<Shared>, dest: String, wake: Arc<Notify>, stop: C
             }
         };
         // The artificial link delay: a copy leaves no earlier than `delay` after it was
-        // queued.
-        let due = out.queued_at_ms + delay.as_millis() as u64;
+        // queued. Wait for the oldest, then send those that are due.
+        let due = |o: &Outbound| o.queued_at_ms + delay.as_millis() as u64;
         let now = now_ms();
-        if due > now {
+        if due(&batch[0]) > now {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(due - now)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(due(&batch[0]) - now)) => {}
             }
         }
+        let now = now_ms();
+        batch.retain(|o| due(o) <= now);
         if conn
             .as_ref()
             .is_some_and(|c| c.last_used.elapsed() > PEER_IDLE_CLOSE)
@@ -460,54 +466,79 @@ async fn forwarder(shared: Arc<Shared>, dest: String, wake: Arc<Notify>, stop: C
             conn = None;
         }
         let reused = conn.is_some();
+        let mut answers = Vec::new();
         let attempt = tokio::time::timeout(
             FORWARD_TIMEOUT,
-            forward_one(&mut conn, &entry.host, entry.port, &out.forward),
+            forward_batch(&mut conn, &entry.host, entry.port, &batch, &mut answers),
         );
-        let result = tokio::select! {
+        let outcome = tokio::select! {
             _ = stop.cancelled() => return,
-            result = attempt => result.unwrap_or_else(|_| Err(anyhow!(
+            outcome = attempt => outcome.unwrap_or_else(|_| Err(anyhow!(
                 "no answer within {} s", FORWARD_TIMEOUT.as_secs()
             ))),
         };
-        match result {
-            Ok(answer) => {
-                let qid = out.qid;
-                if let Err(e) = with_store(&shared, move |s| s.outbound_done(qid)).await {
-                    error!(
-                        "removing {} from the queue for {dest}: {e:#}",
-                        out.forward.id
-                    );
-                }
-                info!("{} forwarded to {dest}: {answer}", out.forward.id);
-                backoff = RETRY_FIRST;
-            }
-            // A kept connection may have been closed by the peer (restart, idle
-            // timeout) since its last use: try once more, at once, on a new one.
-            Err(_) if reused => conn = None,
-            Err(e) => {
-                conn = None;
-                let qid = out.qid;
-                let why = format!("{e:#}");
-                let attempts = {
-                    let why = why.clone();
-                    with_store(&shared, move |s| s.outbound_failed(qid, &why)).await
-                };
-                warn!(
-                    "cannot forward {} to {dest} at {}:{} (attempt {}): {why}; it stays queued, next try in {} ms",
-                    out.forward.id,
-                    entry.host,
-                    entry.port,
-                    attempts.unwrap_or(0),
-                    backoff.as_millis()
-                );
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(RETRY_MAX);
+        // Copies acknowledged OK leave the queue, whatever happened after them.
+        let acked: Vec<i64> = batch
+            .iter()
+            .zip(&answers)
+            .filter(|(_, a)| a.is_ok())
+            .map(|(o, _)| o.qid)
+            .collect();
+        for (o, a) in batch.iter().zip(&answers) {
+            match a {
+                Ok(word) => info!("{} forwarded to {dest}: {word}", o.forward.id),
+                Err(why) => warn!("{} refused by {dest}: {why}", o.forward.id),
             }
         }
+        if !acked.is_empty() {
+            let done = acked.clone();
+            if let Err(e) = with_store(&shared, move |s| s.outbound_done_many(&done)).await {
+                error!("removing forwarded copies from the queue for {dest}: {e:#}");
+            }
+        }
+        // The first copy not acknowledged, and why.
+        let failure = batch
+            .iter()
+            .zip(answers.iter().map(Some).chain(std::iter::repeat(None)))
+            .find_map(|(o, a)| match a {
+                Some(Ok(_)) => None,
+                Some(Err(why)) => Some((o, format!("the server refused: {why}"))),
+                None => Some((
+                    o,
+                    match &outcome {
+                        Err(e) => format!("{e:#}"),
+                        Ok(()) => "no answer".to_owned(),
+                    },
+                )),
+            });
+        let Some((failed, why)) = failure else {
+            backoff = RETRY_FIRST;
+            continue;
+        };
+        conn = None;
+        // A kept connection may have been closed by the peer (restart, idle timeout)
+        // since its last use: try again at once on a new one.
+        if reused && answers.is_empty() && outcome.is_err() {
+            continue;
+        }
+        let qid = failed.qid;
+        let attempts = {
+            let why = why.clone();
+            with_store(&shared, move |s| s.outbound_failed(qid, &why)).await
+        };
+        warn!(
+            "cannot forward {} to {dest} at {}:{} (attempt {}): {why}; it stays queued, next try in {} ms",
+            failed.forward.id,
+            entry.host,
+            entry.port,
+            attempts.unwrap_or(0),
+            backoff.as_millis()
+        );
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(RETRY_MAX);
     }
 }
 
@@ -517,13 +548,16 @@ struct PeerConn {
     last_used: Instant,
 }
 
-/// One FWD over the (kept) connection to the destination; the destination's answer.
-async fn forward_one(
+/// Sends every copy of `batch` as FWD over the (kept) connection to the destination,
+/// then reads the answers in order into `answers` (`Ok(word)` for OK, `Err(why)` for
+/// ERR). An error means the connection failed; `answers` then holds those read before.
+async fn forward_batch(
     conn: &mut Option<PeerConn>,
     host: &str,
     port: u16,
-    fwd: &Forward,
-) -> anyhow::Result<String> {
+    batch: &[Outbound],
+    answers: &mut Vec<Result<String, String>>,
+) -> anyhow::Result<()> {
     if conn.is_none() {
         *conn = Some(PeerConn {
             reader: BufReader::new(nuage_coord::net::connect_tcp(host, port).await?),
@@ -532,18 +566,22 @@ async fn forward_one(
     }
     let c = conn.as_mut().expect("connected above");
     c.last_used = Instant::now();
-    write_frame(
-        c.reader.get_mut(),
-        &Request::Forward(fwd.clone()).to_frame(),
-    )
-    .await?;
-    let answer = read_frame(&mut c.reader)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
-    let info = answer.text(0, "answer").unwrap_or_default().to_owned();
-    match answer.verb.as_str() {
-        "OK" => Ok(info),
-        "ERR" => Err(anyhow!("the server refused: {info}")),
-        other => Err(anyhow!("unexpected answer {other}")),
+    let mut bytes = Vec::new();
+    for o in batch {
+        bytes.extend(Request::Forward(o.forward.clone()).to_frame().to_bytes());
     }
+    c.reader.get_mut().write_all(&bytes).await?;
+    c.reader.get_mut().flush().await?;
+    while answers.len() < batch.len() {
+        let answer = read_frame(&mut c.reader)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        let info = answer.text(0, "answer").unwrap_or_default().to_owned();
+        answers.push(match answer.verb.as_str() {
+            "OK" => Ok(info),
+            "ERR" => Err(info),
+            other => return Err(anyhow!("unexpected answer {other}")),
+        });
+    }
+    Ok(())
 }
