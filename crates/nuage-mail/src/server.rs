@@ -27,7 +27,8 @@ use crate::store::{Accepted, DB_FILE, Outbound, QueueStatus, Store, now_ms};
 pub const MAX_CONNECTIONS: usize = 256;
 /// A session with no frame for this long is closed.
 pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long one forwarding attempt (connect, send, answer) may take.
+/// How long one forwarding round (connect, send a window of copies, read their
+/// answers) may take.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// First wait before retrying a failed forward; it doubles up to [`RETRY_MAX`].
 pub const RETRY_FIRST: Duration = Duration::from_millis(200);
