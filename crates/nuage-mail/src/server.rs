@@ -57,13 +57,40 @@ pub struct ServerConfig {
     pub order: Order,
     /// Artificial latency added to the link towards a domain (`--delay-to`).
     pub delays: Vec<(String, Duration)>,
+    /// How errors name the settings: `--domain` on the command line, `[mail] domain`
+    /// in nuage.toml.
+    pub names: SettingNames,
+}
+
+/// The names of the settings a user can change, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingNames {
+    pub domain: &'static str,
+    pub port: &'static str,
+    pub delay_to: &'static str,
+}
+
+impl SettingNames {
+    /// `nuage mail serve`'s options.
+    pub const CLI: SettingNames = SettingNames {
+        domain: "--domain",
+        port: "--port",
+        delay_to: "--delay-to",
+    };
+    /// The keys of `[mail]` in nuage.toml.
+    pub const CONFIG: SettingNames = SettingNames {
+        domain: "[mail] domain",
+        port: "[mail] port",
+        delay_to: "[mail] delay_to",
+    };
 }
 
 /// A bound server, ready to [`run`](MailServer::run).
 pub struct MailServer {
     listener: TcpListener,
     shared: Arc<Shared>,
-    _data_dir: DataDir,
+    /// The data dir's lock, when this server runs alone (a node holds its own).
+    _data_dir: Option<DataDir>,
 }
 
 struct Shared {
@@ -79,11 +106,24 @@ struct Shared {
 impl MailServer {
     /// Checks the configuration, opens (and locks) the data dir and binds the port.
     pub async fn bind(config: ServerConfig) -> anyhow::Result<MailServer> {
-        let domain =
-            crate::address::parse_domain(&config.domain).map_err(|e| anyhow!("--domain: {e}"))?;
+        let data_dir = DataDir::open(&config.data_dir)?;
+        MailServer::bind_with(config, Some(data_dir)).await
+    }
+
+    /// Like [`bind`](Self::bind) for a service of `nuage up`: the node holds the lock
+    /// of its data dir, and `config.data_dir` is this service's directory inside it.
+    pub async fn bind_in_node(config: ServerConfig) -> anyhow::Result<MailServer> {
+        MailServer::bind_with(config, None).await
+    }
+
+    async fn bind_with(config: ServerConfig, lock: Option<DataDir>) -> anyhow::Result<MailServer> {
+        let names = config.names;
+        let domain = crate::address::parse_domain(&config.domain)
+            .map_err(|e| anyhow!("{}: {e}", names.domain))?;
         if config.directory.index(&domain).is_none() {
             bail!(
-                "domain `{domain}` (--domain) is not in the servers file (domains: {})",
+                "domain `{domain}` ({}) is not in the servers file (domains: {})",
+                names.domain,
                 config.directory.domain_list()
             );
         }
@@ -91,24 +131,31 @@ impl MailServer {
         for (to, delay) in &config.delays {
             if config.directory.index(to).is_none() || *to == domain {
                 bail!(
-                    "--delay-to {to}: not another domain of the servers file (domains: {})",
+                    "{} {to}: not another domain of the servers file (domains: {})",
+                    names.delay_to,
                     config.directory.domain_list()
                 );
             }
             if *delay > MAX_DELAY {
-                bail!("--delay-to {to}: at most {} ms", MAX_DELAY.as_millis());
+                bail!(
+                    "{} {to}: at most {} ms",
+                    names.delay_to,
+                    MAX_DELAY.as_millis()
+                );
             }
             delays.insert(to.clone(), *delay);
         }
-        let data_dir = DataDir::open(&config.data_dir)?;
+        let dir = lock
+            .as_ref()
+            .map_or(config.data_dir.clone(), |d| d.path().to_path_buf());
         let store = Store::open(
-            &data_dir.path().join(DB_FILE),
+            &dir.join(DB_FILE),
             config.directory.clone(),
             &domain,
             config.order,
         )?;
         let listener =
-            nuage_core::net::bind_tcp(config.listen, "the mail server", "--port").await?;
+            nuage_core::net::bind_tcp(config.listen, "the mail server", names.port).await?;
         let mine = config.directory.entry(&domain).expect("checked above");
         let port = listener.local_addr()?.port();
         if mine.port != port {
@@ -134,7 +181,7 @@ impl MailServer {
                 delays,
                 wake,
             }),
-            _data_dir: data_dir,
+            _data_dir: lock,
         })
     }
 

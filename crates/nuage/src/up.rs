@@ -28,8 +28,12 @@ pub struct UpArgs {
 
 /// The services of a node, in start order. A subsystem joins `nuage up` by adding its
 /// service here.
-fn services(_config: &Config) -> Vec<Box<dyn Service>> {
-    Vec::new()
+fn services(config: &Config) -> Vec<Box<dyn Service>> {
+    let mut services: Vec<Box<dyn Service>> = Vec::new();
+    if nuage_mail::service::wanted(config) {
+        services.push(Box::new(nuage_mail::service::MailService));
+    }
+    services
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
