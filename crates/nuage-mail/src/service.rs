@@ -103,3 +103,37 @@ impl Service for MailService {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nuage_core::config::Overrides;
+
+    fn load(text: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nuage.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path, &Overrides::default()).unwrap()
+    }
+
+    #[test]
+    fn the_table_turns_the_service_on_and_is_strict() {
+        assert!(!wanted(&load("name = \"n1\"\n")));
+        assert!(!wanted(&load("name = \"n1\"\n[mail]\ndomain = \"a\"\n")));
+        let config = load(
+            "name = \"n1\"\n[mail]\nenabled = true\ndomain = \"a\"\nservers = \"s\"\norder = \"fifo\"\ndelay_to = { n = 250 }\n",
+        );
+        assert!(wanted(&config));
+        let s: MailSection = config.section(SECTION).unwrap();
+        assert_eq!(s.order, Order::Fifo);
+        assert_eq!(s.port, DEFAULT_PORT);
+        assert_eq!(s.delay_to.get("n"), Some(&250));
+        let config = load("name = \"n1\"\n[mail]\norder = \"random\"\n");
+        assert!(wanted(&config), "a bad table is reported at start");
+        let e = config
+            .section::<MailSection>(SECTION)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mail.order"), "{e}");
+    }
+}
