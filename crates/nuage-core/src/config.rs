@@ -29,7 +29,7 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// The top-level tables subsystems own, besides the node's own keys. A subsystem adds
 /// its table here and reads it with [`Config::section`]; a table not listed here is an
 /// unknown key. Keep docs/config.md in step.
-pub const SECTIONS: &[&str] = &["functions", "jobs", "group", "storage"];
+pub const SECTIONS: &[&str] = &["functions", "jobs", "group", "storage", "mail"];
 
 /// The resolved configuration of a node: every default filled in.
 #[derive(Debug, Clone, PartialEq)]

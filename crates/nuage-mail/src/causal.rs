@@ -28,7 +28,8 @@
 use nuage_coord::clock::MatrixClock;
 
 /// How a server orders the delivery of mail from other servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Order {
     /// Causal order (matrix clocks): the default.
     #[default]

@@ -18,6 +18,7 @@ pub mod frame;
 pub mod protocol;
 pub mod server;
 pub mod servers;
+pub mod service;
 pub mod store;
 
 pub use address::Address;

@@ -19,15 +19,16 @@ use tracing::{error, info, warn};
 
 use crate::causal::Order;
 use crate::frame::{Frame, FrameError, read_frame, write_frame};
-use crate::protocol::{self, Forward, Request};
+use crate::protocol::{self, Request};
 use crate::servers::Directory;
-use crate::store::{Accepted, DB_FILE, QueueStatus, Store, now_ms};
+use crate::store::{Accepted, DB_FILE, Outbound, QueueStatus, Store, now_ms};
 
 /// Most client and peer connections served at once; more are told to retry.
 pub const MAX_CONNECTIONS: usize = 256;
 /// A session with no frame for this long is closed.
 pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long one forwarding attempt (connect, send, answer) may take.
+/// How long one forwarding round (connect, send a window of copies, read their
+/// answers) may take.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// First wait before retrying a failed forward; it doubles up to [`RETRY_MAX`].
 pub const RETRY_FIRST: Duration = Duration::from_millis(200);
@@ -38,6 +39,8 @@ pub const RETRY_MAX: Duration = Duration::from_secs(5);
 pub const LINGER_TIME: Duration = Duration::from_secs(2);
 /// After a framing error, how many bytes the server discards at most.
 pub const LINGER_BYTES: u64 = 4 << 20;
+/// Most copies sent to a peer before reading their answers.
+pub const FORWARD_WINDOW: usize = 32;
 /// A kept connection to a peer server unused for this long is replaced by a new one
 /// (well before the peer's [`SESSION_IDLE_TIMEOUT`] closes it).
 pub const PEER_IDLE_CLOSE: Duration = Duration::from_secs(60);
@@ -54,13 +57,40 @@ pub struct ServerConfig {
     pub order: Order,
     /// Artificial latency added to the link towards a domain (`--delay-to`).
     pub delays: Vec<(String, Duration)>,
+    /// How errors name the settings: `--domain` on the command line, `[mail] domain`
+    /// in nuage.toml.
+    pub names: SettingNames,
+}
+
+/// The names of the settings a user can change, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingNames {
+    pub domain: &'static str,
+    pub port: &'static str,
+    pub delay_to: &'static str,
+}
+
+impl SettingNames {
+    /// `nuage mail serve`'s options.
+    pub const CLI: SettingNames = SettingNames {
+        domain: "--domain",
+        port: "--port",
+        delay_to: "--delay-to",
+    };
+    /// The keys of `[mail]` in nuage.toml.
+    pub const CONFIG: SettingNames = SettingNames {
+        domain: "[mail] domain",
+        port: "[mail] port",
+        delay_to: "[mail] delay_to",
+    };
 }
 
 /// A bound server, ready to [`run`](MailServer::run).
 pub struct MailServer {
     listener: TcpListener,
     shared: Arc<Shared>,
-    _data_dir: DataDir,
+    /// The data dir's lock, when this server runs alone (a node holds its own).
+    _data_dir: Option<DataDir>,
 }
 
 struct Shared {
@@ -76,11 +106,24 @@ struct Shared {
 impl MailServer {
     /// Checks the configuration, opens (and locks) the data dir and binds the port.
     pub async fn bind(config: ServerConfig) -> anyhow::Result<MailServer> {
-        let domain =
-            crate::address::parse_domain(&config.domain).map_err(|e| anyhow!("--domain: {e}"))?;
+        let data_dir = DataDir::open(&config.data_dir)?;
+        MailServer::bind_with(config, Some(data_dir)).await
+    }
+
+    /// Like [`bind`](Self::bind) for a service of `nuage up`: the node holds the lock
+    /// of its data dir, and `config.data_dir` is this service's directory inside it.
+    pub async fn bind_in_node(config: ServerConfig) -> anyhow::Result<MailServer> {
+        MailServer::bind_with(config, None).await
+    }
+
+    async fn bind_with(config: ServerConfig, lock: Option<DataDir>) -> anyhow::Result<MailServer> {
+        let names = config.names;
+        let domain = crate::address::parse_domain(&config.domain)
+            .map_err(|e| anyhow!("{}: {e}", names.domain))?;
         if config.directory.index(&domain).is_none() {
             bail!(
-                "domain `{domain}` (--domain) is not in the servers file (domains: {})",
+                "domain `{domain}` ({}) is not in the servers file (domains: {})",
+                names.domain,
                 config.directory.domain_list()
             );
         }
@@ -88,24 +131,31 @@ impl MailServer {
         for (to, delay) in &config.delays {
             if config.directory.index(to).is_none() || *to == domain {
                 bail!(
-                    "--delay-to {to}: not another domain of the servers file (domains: {})",
+                    "{} {to}: not another domain of the servers file (domains: {})",
+                    names.delay_to,
                     config.directory.domain_list()
                 );
             }
             if *delay > MAX_DELAY {
-                bail!("--delay-to {to}: at most {} ms", MAX_DELAY.as_millis());
+                bail!(
+                    "{} {to}: at most {} ms",
+                    names.delay_to,
+                    MAX_DELAY.as_millis()
+                );
             }
             delays.insert(to.clone(), *delay);
         }
-        let data_dir = DataDir::open(&config.data_dir)?;
+        let dir = lock
+            .as_ref()
+            .map_or(config.data_dir.clone(), |d| d.path().to_path_buf());
         let store = Store::open(
-            &data_dir.path().join(DB_FILE),
+            &dir.join(DB_FILE),
             config.directory.clone(),
             &domain,
             config.order,
         )?;
         let listener =
-            nuage_core::net::bind_tcp(config.listen, "the mail server", "--port").await?;
+            nuage_core::net::bind_tcp(config.listen, "the mail server", names.port).await?;
         let mine = config.directory.entry(&domain).expect("checked above");
         let port = listener.local_addr()?.port();
         if mine.port != port {
@@ -131,7 +181,7 @@ impl MailServer {
                 delays,
                 wake,
             }),
-            _data_dir: data_dir,
+            _data_dir: lock,
         })
     }
 
@@ -412,7 +462,9 @@ fn status_report(
 }
 
 /// Forwards the queue of `dest`, oldest first, forever: a copy leaves the queue only
-/// when the destination answered OK (it committed the copy).
+/// when the destination answered OK (it committed the copy). Up to
+/// [`FORWARD_WINDOW`] copies go out before the answers are read (the destination
+/// answers in order); acknowledged copies leave the queue together.
 async fn forwarder(shared: Arc<Shared>, dest: String, wake: Arc<Notify>, stop: CancellationToken) {
     let entry = shared
         .directory
@@ -425,16 +477,16 @@ async fn forwarder(shared: Arc<Shared>, dest: String, wake: Arc<Notify>, stop: C
     loop {
         let next = {
             let dest = dest.clone();
-            with_store(&shared, move |s| s.next_outbound(&dest)).await
+            with_store(&shared, move |s| s.outbound_batch(&dest, FORWARD_WINDOW)).await
         };
-        let out = match next {
-            Ok(Some(out)) => out,
-            Ok(None) => {
+        let mut batch = match next {
+            Ok(batch) if batch.is_empty() => {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = wake.notified() => continue,
                 }
             }
+            Ok(batch) => batch,
             Err(e) => {
                 error!("reading the queue for {dest}: {e:#}");
                 tokio::select! {
@@ -444,15 +496,17 @@ async fn forwarder(shared: Arc<Shared>, dest: String, wake: Arc<Notify>, stop: C
             }
         };
         // The artificial link delay: a copy leaves no earlier than `delay` after it was
-        // queued.
-        let due = out.queued_at_ms + delay.as_millis() as u64;
+        // queued. Wait for the oldest, then send those that are due.
+        let due = |o: &Outbound| o.queued_at_ms + delay.as_millis() as u64;
         let now = now_ms();
-        if due > now {
+        if due(&batch[0]) > now {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(due - now)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(due(&batch[0]) - now)) => {}
             }
         }
+        let now = now_ms();
+        batch.retain(|o| due(o) <= now);
         if conn
             .as_ref()
             .is_some_and(|c| c.last_used.elapsed() > PEER_IDLE_CLOSE)
@@ -460,54 +514,79 @@ async fn forwarder(shared: Arc<Shared>, dest: String, wake: Arc<Notify>, stop: C
             conn = None;
         }
         let reused = conn.is_some();
+        let mut answers = Vec::new();
         let attempt = tokio::time::timeout(
             FORWARD_TIMEOUT,
-            forward_one(&mut conn, &entry.host, entry.port, &out.forward),
+            forward_batch(&mut conn, &entry.host, entry.port, &batch, &mut answers),
         );
-        let result = tokio::select! {
+        let outcome = tokio::select! {
             _ = stop.cancelled() => return,
-            result = attempt => result.unwrap_or_else(|_| Err(anyhow!(
+            outcome = attempt => outcome.unwrap_or_else(|_| Err(anyhow!(
                 "no answer within {} s", FORWARD_TIMEOUT.as_secs()
             ))),
         };
-        match result {
-            Ok(answer) => {
-                let qid = out.qid;
-                if let Err(e) = with_store(&shared, move |s| s.outbound_done(qid)).await {
-                    error!(
-                        "removing {} from the queue for {dest}: {e:#}",
-                        out.forward.id
-                    );
-                }
-                info!("{} forwarded to {dest}: {answer}", out.forward.id);
-                backoff = RETRY_FIRST;
-            }
-            // A kept connection may have been closed by the peer (restart, idle
-            // timeout) since its last use: try once more, at once, on a new one.
-            Err(_) if reused => conn = None,
-            Err(e) => {
-                conn = None;
-                let qid = out.qid;
-                let why = format!("{e:#}");
-                let attempts = {
-                    let why = why.clone();
-                    with_store(&shared, move |s| s.outbound_failed(qid, &why)).await
-                };
-                warn!(
-                    "cannot forward {} to {dest} at {}:{} (attempt {}): {why}; it stays queued, next try in {} ms",
-                    out.forward.id,
-                    entry.host,
-                    entry.port,
-                    attempts.unwrap_or(0),
-                    backoff.as_millis()
-                );
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(RETRY_MAX);
+        // Copies acknowledged OK leave the queue, whatever happened after them.
+        let acked: Vec<i64> = batch
+            .iter()
+            .zip(&answers)
+            .filter(|(_, a)| a.is_ok())
+            .map(|(o, _)| o.qid)
+            .collect();
+        for (o, a) in batch.iter().zip(&answers) {
+            match a {
+                Ok(word) => info!("{} forwarded to {dest}: {word}", o.forward.id),
+                Err(why) => warn!("{} refused by {dest}: {why}", o.forward.id),
             }
         }
+        if !acked.is_empty() {
+            let done = acked.clone();
+            if let Err(e) = with_store(&shared, move |s| s.outbound_done_many(&done)).await {
+                error!("removing forwarded copies from the queue for {dest}: {e:#}");
+            }
+        }
+        // The first copy not acknowledged, and why.
+        let failure = batch
+            .iter()
+            .zip(answers.iter().map(Some).chain(std::iter::repeat(None)))
+            .find_map(|(o, a)| match a {
+                Some(Ok(_)) => None,
+                Some(Err(why)) => Some((o, format!("the server refused: {why}"))),
+                None => Some((
+                    o,
+                    match &outcome {
+                        Err(e) => format!("{e:#}"),
+                        Ok(()) => "no answer".to_owned(),
+                    },
+                )),
+            });
+        let Some((failed, why)) = failure else {
+            backoff = RETRY_FIRST;
+            continue;
+        };
+        conn = None;
+        // A kept connection may have been closed by the peer (restart, idle timeout)
+        // since its last use: try again at once on a new one.
+        if reused && answers.is_empty() && outcome.is_err() {
+            continue;
+        }
+        let qid = failed.qid;
+        let attempts = {
+            let why = why.clone();
+            with_store(&shared, move |s| s.outbound_failed(qid, &why)).await
+        };
+        warn!(
+            "cannot forward {} to {dest} at {}:{} (attempt {}): {why}; it stays queued, next try in {} ms",
+            failed.forward.id,
+            entry.host,
+            entry.port,
+            attempts.unwrap_or(0),
+            backoff.as_millis()
+        );
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(RETRY_MAX);
     }
 }
 
@@ -517,13 +596,16 @@ struct PeerConn {
     last_used: Instant,
 }
 
-/// One FWD over the (kept) connection to the destination; the destination's answer.
-async fn forward_one(
+/// Sends every copy of `batch` as FWD over the (kept) connection to the destination,
+/// then reads the answers in order into `answers` (`Ok(word)` for OK, `Err(why)` for
+/// ERR). An error means the connection failed; `answers` then holds those read before.
+async fn forward_batch(
     conn: &mut Option<PeerConn>,
     host: &str,
     port: u16,
-    fwd: &Forward,
-) -> anyhow::Result<String> {
+    batch: &[Outbound],
+    answers: &mut Vec<Result<String, String>>,
+) -> anyhow::Result<()> {
     if conn.is_none() {
         *conn = Some(PeerConn {
             reader: BufReader::new(nuage_coord::net::connect_tcp(host, port).await?),
@@ -532,18 +614,22 @@ async fn forward_one(
     }
     let c = conn.as_mut().expect("connected above");
     c.last_used = Instant::now();
-    write_frame(
-        c.reader.get_mut(),
-        &Request::Forward(fwd.clone()).to_frame(),
-    )
-    .await?;
-    let answer = read_frame(&mut c.reader)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
-    let info = answer.text(0, "answer").unwrap_or_default().to_owned();
-    match answer.verb.as_str() {
-        "OK" => Ok(info),
-        "ERR" => Err(anyhow!("the server refused: {info}")),
-        other => Err(anyhow!("unexpected answer {other}")),
+    let mut bytes = Vec::new();
+    for o in batch {
+        bytes.extend(Request::Forward(o.forward.clone()).to_frame().to_bytes());
     }
+    c.reader.get_mut().write_all(&bytes).await?;
+    c.reader.get_mut().flush().await?;
+    while answers.len() < batch.len() {
+        let answer = read_frame(&mut c.reader)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        let info = answer.text(0, "answer").unwrap_or_default().to_owned();
+        answers.push(match answer.verb.as_str() {
+            "OK" => Ok(info),
+            "ERR" => Err(info),
+            other => return Err(anyhow!("unexpected answer {other}")),
+        });
+    }
+    Ok(())
 }

@@ -414,54 +414,64 @@ impl Store {
 
     /// The oldest copy queued for `dest`.
     pub fn next_outbound(&self, dest: &str) -> anyhow::Result<Option<Outbound>> {
-        let row = self
-            .conn
-            .query_row(
-                "SELECT qid, msg_id, sender, recipients, sent_at_ms, stamp, body, queued_at_ms, attempts
-                 FROM outbox WHERE dest = ?1 ORDER BY qid LIMIT 1",
-                [dest],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, Vec<u8>>(5)?,
-                        r.get::<_, String>(6)?,
-                        r.get::<_, i64>(7)?,
-                        r.get::<_, i64>(8)?,
-                    ))
+        Ok(self.outbound_batch(dest, 1)?.pop())
+    }
+
+    /// The `limit` oldest copies queued for `dest`, oldest first.
+    pub fn outbound_batch(&self, dest: &str, limit: usize) -> anyhow::Result<Vec<Outbound>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT qid, msg_id, sender, recipients, sent_at_ms, stamp, body, queued_at_ms, attempts
+             FROM outbox WHERE dest = ?1 ORDER BY qid LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![dest, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, Vec<u8>>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, i64>(7)?,
+                r.get::<_, i64>(8)?,
+            ))
+        })?;
+        let mut batch = Vec::new();
+        for row in rows {
+            let (qid, id, sender, recipients, sent_at_ms, stamp, text, queued_at_ms, attempts) =
+                row?;
+            batch.push(Outbound {
+                qid,
+                dest: dest.to_owned(),
+                queued_at_ms: queued_at_ms as u64,
+                attempts: attempts as u64,
+                forward: Forward {
+                    origin: self.domain.clone(),
+                    fingerprint: self.directory.fingerprint(),
+                    id,
+                    from: parse_stored(&sender)?,
+                    to: split(&recipients)?,
+                    sent_at_ms: sent_at_ms as u64,
+                    stamp,
+                    text,
                 },
-            )
-            .optional()?;
-        let Some((qid, id, sender, recipients, sent_at_ms, stamp, text, queued_at_ms, attempts)) =
-            row
-        else {
-            return Ok(None);
-        };
-        Ok(Some(Outbound {
-            qid,
-            dest: dest.to_owned(),
-            queued_at_ms: queued_at_ms as u64,
-            attempts: attempts as u64,
-            forward: Forward {
-                origin: self.domain.clone(),
-                fingerprint: self.directory.fingerprint(),
-                id,
-                from: parse_stored(&sender)?,
-                to: split(&recipients)?,
-                sent_at_ms: sent_at_ms as u64,
-                stamp,
-                text,
-            },
-        }))
+            });
+        }
+        Ok(batch)
     }
 
     /// The destination committed the copy: it leaves the queue.
-    pub fn outbound_done(&self, qid: i64) -> anyhow::Result<()> {
-        self.conn
-            .execute("DELETE FROM outbox WHERE qid = ?1", [qid])?;
+    pub fn outbound_done(&mut self, qid: i64) -> anyhow::Result<()> {
+        self.outbound_done_many(&[qid])
+    }
+
+    /// The destination committed these copies: they leave the queue, in one transaction.
+    pub fn outbound_done_many(&mut self, qids: &[i64]) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        for qid in qids {
+            tx.execute("DELETE FROM outbox WHERE qid = ?1", [qid])?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -672,7 +682,7 @@ mod tests {
     }
 
     /// Moves the oldest copy from `from`'s queue for `dest` into `to`.
-    fn forward(from: &Store, to: &mut Store) -> Accepted {
+    fn forward(from: &mut Store, to: &mut Store) -> Accepted {
         let out = from
             .next_outbound(to.domain())
             .unwrap()
@@ -692,13 +702,19 @@ mod tests {
         let mut w = world(Order::Causal);
         let s = send(&mut w.a, "afida@a", &["brandon@b", "nabilla@n"], "hi both");
         assert_eq!(s.queued, vec!["b", "n"]);
-        assert_eq!(forward(&w.a, &mut w.b), Accepted::Delivered { released: 0 });
+        assert_eq!(
+            forward(&mut w.a, &mut w.b),
+            Accepted::Delivered { released: 0 }
+        );
         send(&mut w.b, "brandon@b", &["afida@a", "nabilla@n"], "hi back");
         // The reply reaches n before Afida's message: held back.
-        assert_eq!(forward(&w.b, &mut w.n), Accepted::Held);
+        assert_eq!(forward(&mut w.b, &mut w.n), Accepted::Held);
         assert!(senders(&w.n, "nabilla@n").is_empty());
         assert_eq!(w.n.read(&addr("nabilla@n")).unwrap().unwrap().1, 1);
-        assert_eq!(forward(&w.a, &mut w.n), Accepted::Delivered { released: 1 });
+        assert_eq!(
+            forward(&mut w.a, &mut w.n),
+            Accepted::Delivered { released: 1 }
+        );
         assert_eq!(senders(&w.n, "nabilla@n"), ["afida@a", "brandon@b"]);
         assert_eq!(w.n.held_back().unwrap(), 0);
     }
@@ -710,9 +726,9 @@ mod tests {
         let open = |d: &str| Store::open(&path(d), directory(), d, Order::Causal).unwrap();
         let (mut a, mut b, mut n) = (open("a"), open("b"), open("n"));
         send(&mut a, "afida@a", &["brandon@b", "nabilla@n"], "hi both");
-        forward(&a, &mut b);
+        forward(&mut a, &mut b);
         send(&mut b, "brandon@b", &["nabilla@n"], "hi back");
-        assert_eq!(forward(&b, &mut n), Accepted::Held);
+        assert_eq!(forward(&mut b, &mut n), Accepted::Held);
         let out = a.next_outbound("n").unwrap().unwrap();
         a.outbound_failed(out.qid, "no route").unwrap();
         let status = a.queue_status().unwrap();
@@ -721,9 +737,9 @@ mod tests {
         assert_eq!(status[0].attempts, 1);
         assert_eq!(status[0].last_error.as_deref(), Some("no route"));
         drop((a, n));
-        let (a, mut n) = (open("a"), open("n"));
+        let (mut a, mut n) = (open("a"), open("n"));
         assert_eq!(n.held_back().unwrap(), 1);
-        assert_eq!(forward(&a, &mut n), Accepted::Delivered { released: 1 });
+        assert_eq!(forward(&mut a, &mut n), Accepted::Delivered { released: 1 });
         assert_eq!(senders(&n, "nabilla@n"), ["afida@a", "brandon@b"]);
         assert!(a.queue_status().unwrap().is_empty());
     }
@@ -733,17 +749,23 @@ mod tests {
         let mut w = world(Order::Causal);
         w.n.holdback_limit = 1;
         send(&mut w.a, "afida@a", &["brandon@b", "nabilla@n"], "one");
-        forward(&w.a, &mut w.b);
+        forward(&mut w.a, &mut w.b);
         send(&mut w.b, "brandon@b", &["nabilla@n"], "reply 1");
         send(&mut w.b, "brandon@b", &["nabilla@n"], "reply 2");
-        assert_eq!(forward(&w.b, &mut w.n), Accepted::Held);
+        assert_eq!(forward(&mut w.b, &mut w.n), Accepted::Held);
         // Full: another copy that would wait is refused (and stays queued at b)…
         let out = w.b.next_outbound("n").unwrap().unwrap();
         let err = w.n.accept(&out.forward, 1).unwrap().unwrap_err();
         assert!(err.contains("the limit is 1"), "{err}");
         // …but the copy everything waits for is taken, and releases the held one.
-        assert_eq!(forward(&w.a, &mut w.n), Accepted::Delivered { released: 1 });
-        assert_eq!(forward(&w.b, &mut w.n), Accepted::Delivered { released: 0 });
+        assert_eq!(
+            forward(&mut w.a, &mut w.n),
+            Accepted::Delivered { released: 1 }
+        );
+        assert_eq!(
+            forward(&mut w.b, &mut w.n),
+            Accepted::Delivered { released: 0 }
+        );
         assert_eq!(
             senders(&w.n, "nabilla@n"),
             ["afida@a", "brandon@b", "brandon@b"]
@@ -754,10 +776,16 @@ mod tests {
     fn the_scenario_goes_wrong_in_fifo_mode() {
         let mut w = world(Order::Fifo);
         send(&mut w.a, "afida@a", &["brandon@b", "nabilla@n"], "hi both");
-        forward(&w.a, &mut w.b);
+        forward(&mut w.a, &mut w.b);
         send(&mut w.b, "brandon@b", &["afida@a", "nabilla@n"], "hi back");
-        assert_eq!(forward(&w.b, &mut w.n), Accepted::Delivered { released: 0 });
-        assert_eq!(forward(&w.a, &mut w.n), Accepted::Delivered { released: 0 });
+        assert_eq!(
+            forward(&mut w.b, &mut w.n),
+            Accepted::Delivered { released: 0 }
+        );
+        assert_eq!(
+            forward(&mut w.a, &mut w.n),
+            Accepted::Delivered { released: 0 }
+        );
         assert_eq!(senders(&w.n, "nabilla@n"), ["brandon@b", "afida@a"]);
     }
 

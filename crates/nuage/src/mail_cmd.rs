@@ -9,7 +9,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use nuage_mail::client::{Client, Mailbox, parse_server};
 use nuage_mail::protocol::{MAX_TEXT, Submission};
-use nuage_mail::server::{MailServer, ServerConfig};
+use nuage_mail::server::{MailServer, ServerConfig, SettingNames};
 use nuage_mail::{Address, Directory, Order, address};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
@@ -151,6 +151,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir,
         order: args.order,
         delays: args.delay_to,
+        names: SettingNames::CLI,
     })
     .await?;
     println!(

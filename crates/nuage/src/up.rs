@@ -36,6 +36,9 @@ fn services(config: &Config) -> Vec<Box<dyn Service>> {
         services.push(Box::new(nuage_group::service::GroupService));
     }
     services.push(Box::new(nuage_fs::service::StorageService));
+    if nuage_mail::service::wanted(config) {
+        services.push(Box::new(nuage_mail::service::MailService));
+    }
     services
 }
 

@@ -712,3 +712,48 @@ fn lab_partitioned_link_queues_mail_and_keeps_causal_order() {
         p.stop();
     }
 }
+
+/// `[mail] enabled = true` in nuage.toml: `nuage up` runs the mail server of the node,
+/// keeps its mailboxes in the node's data dir, and stops it cleanly.
+#[test]
+fn mail_runs_as_a_service_of_nuage_up() {
+    let (tmp, ports) = setup(&["a"]);
+    let dir = tmp.path();
+    let config = dir.join("nuage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mail]\nenabled = true\ndomain = \"a\"\nservers = \"{}\"\nport = {}\nbind = \"127.0.0.1\"\norder = \"causal\"\n",
+            dir.join("servers").display(),
+            ports[0]
+        ),
+    )
+    .unwrap();
+    let data = dir.join("node");
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--api",
+        "127.0.0.1:0",
+        "--name",
+        "mailnode",
+    ];
+    // The node prints its API line once every service has started.
+    let mut node = start_up(&args);
+    send(ports[0], "afida@a", "afida@a", "kept by the node");
+    assert_eq!(mailbox(ports[0], "afida@a").len(), 1);
+    assert!(data.join("mail").join("mail.db").exists());
+    signal(&node.child, nix::sys::signal::Signal::SIGTERM);
+    let status = wait_exit(&mut node.child, Duration::from_secs(15));
+    assert!(status.success(), "nuage up exit status {status}");
+
+    // A mistake in the table is reported with its line, and the node does not start.
+    std::fs::write(&config, "[mail]\nenabled = true\ndomian = \"a\"\n").unwrap();
+    let out = run(&[&["up"], &args[..]].concat());
+    fails_with(out, "nuage.toml:3: key `mail.domian`: unknown key");
+    std::fs::write(&config, "[mail]\nenabled = true\ndomain = \"a\"\n").unwrap();
+    let out = run(&[&["up"], &args[..]].concat());
+    fails_with(out, "[mail] servers is missing");
+}
