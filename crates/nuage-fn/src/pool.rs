@@ -318,6 +318,15 @@ impl Pool {
                     self.stats.cold_starts.inc();
                 }
                 self.stats.instances.inc();
+                self.logs.push(
+                    instance.pid,
+                    "nuage",
+                    if cold {
+                        "instance started (cold start)"
+                    } else {
+                        "instance started (--min)"
+                    },
+                );
                 tracing::debug!(
                     function = %self.program.function,
                     pid = instance.pid,

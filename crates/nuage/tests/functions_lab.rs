@@ -134,6 +134,43 @@ fn round_robin_over_two_machines_with_failover_and_return() {
     }
     assert!(hosts.contains(&"n1".to_owned()) && hosts.contains(&"n2".to_owned()));
 
+    // The HTTP gateway of a machine that does not run a function passes requests on.
+    fn_ok(
+        &lab,
+        "n1",
+        &[
+            "deploy",
+            "only2",
+            "--port",
+            "8890",
+            "--on",
+            "n2",
+            "-e",
+            "TOUPPER_DELAY_MS=0",
+            "--",
+            "toupper",
+        ],
+    );
+    let api1 = format!("{}:7070", lab.addr("n1").unwrap());
+    let mut answer = String::new();
+    wait_for(
+        "n1's gateway reaches only2 on n2",
+        Duration::from_secs(15),
+        || {
+            let out = nuage()
+                .args(["fn", "--api", &api1, "invoke", "only2", "via"])
+                .output()
+                .unwrap();
+            answer = stdout(&out);
+            out.status.success()
+        },
+    );
+    assert!(
+        answer.starts_with("n2 ") && answer.ends_with(" VIA\n"),
+        "{answer}"
+    );
+    fn_ok(&lab, "n1", &["rm", "only2"]);
+
     // n2 dies: every later request still succeeds, on n1.
     lab.kill("n2").unwrap();
     for i in 0..8 {
