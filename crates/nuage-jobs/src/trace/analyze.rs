@@ -1,14 +1,17 @@
 //! Where the time of each request goes: spans of one trace (one request, across every
-//! process that took part) are put back into their tree, and each span is charged only
-//! for the time none of its descendants covers. For a client calling a server this is
-//! the classic split: the client's own time is client start → server start plus server
-//! end → client end (including the network), and so on down each tier. The time of a
-//! request is then summed per component (the `cat` of a span: client, manager, queue,
-//! worker, task, app, auth…), per request and aggregated (p50, p99), the component with
-//! the largest share is named, and the critical path of the slowest request is shown.
+//! process that took part) are put back into their tree, and each instant of the
+//! request is charged to one span, the deepest running then. For a client calling a
+//! server this is the classic split: the client's own time is client start → server
+//! start plus server end → client end (including the network), and so on down each
+//! tier. The time of a request is then summed per component (the `cat` of a span:
+//! client, manager, queue, worker, task, app, auth…), per request and aggregated (p50,
+//! p99), the component with the largest share is named, and the critical path of the
+//! slowest request is shown.
 //!
-//! Spans may outlive their parent (a job dispatched after its submit call returned):
-//! what a subtree covers is the union of its spans' intervals, whatever the nesting.
+//! Spans may outlive their parent (a job dispatched after its submit call returned) and
+//! overlap their siblings (jobs of one array queued together); no instant is charged
+//! twice. What a subtree covers (for the critical path) is the union of its spans'
+//! intervals, whatever the nesting.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
