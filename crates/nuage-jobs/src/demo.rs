@@ -106,7 +106,7 @@ pub async fn serve_auth(
     Server::builder()
         .add_service(demo_proto::auth_server::AuthServer::new(Auth { slow }))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            crate::incoming_nodelay(listener),
             shutdown.cancelled_owned(),
         )
         .await
@@ -128,7 +128,7 @@ pub async fn serve_app(
     Server::builder()
         .add_service(demo_proto::app_server::AppServer::new(app))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            crate::incoming_nodelay(listener),
             shutdown.cancelled_owned(),
         )
         .await

@@ -31,6 +31,20 @@ pub mod demo_proto {
     tonic::include_proto!("nuage.demo.v1");
 }
 
+/// The connections accepted on `listener`, with Nagle's algorithm off. tonic's own
+/// `tcp_nodelay` only applies to listeners it binds itself; without this, small
+/// messages on a stream (a task, a report's reply) wait ~40 ms for delayed ACKs.
+pub fn incoming_nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    })
+}
+
 /// Microseconds since the Unix epoch (the unit of every timestamp in the protocol).
 pub fn now_us() -> i64 {
     std::time::SystemTime::now()

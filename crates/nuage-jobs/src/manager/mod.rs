@@ -1096,7 +1096,7 @@ impl Manager {
                 m.core().close_streams();
             }
         };
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = crate::incoming_nodelay(listener);
         let result = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))

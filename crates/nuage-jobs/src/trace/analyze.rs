@@ -1,14 +1,17 @@
 //! Where the time of each request goes: spans of one trace (one request, across every
-//! process that took part) are put back into their tree, and each span is charged only
-//! for the time none of its descendants covers. For a client calling a server this is
-//! the classic split: the client's own time is client start → server start plus server
-//! end → client end (including the network), and so on down each tier. The time of a
-//! request is then summed per component (the `cat` of a span: client, manager, queue,
-//! worker, task, app, auth…), per request and aggregated (p50, p99), the component with
-//! the largest share is named, and the critical path of the slowest request is shown.
+//! process that took part) are put back into their tree, and each instant of the
+//! request is charged to one span, the deepest running then. For a client calling a
+//! server this is the classic split: the client's own time is client start → server
+//! start plus server end → client end (including the network), and so on down each
+//! tier. The time of a request is then summed per component (the `cat` of a span:
+//! client, manager, queue, worker, task, app, auth…), per request and aggregated (p50,
+//! p99), the component with the largest share is named, and the critical path of the
+//! slowest request is shown.
 //!
-//! Spans may outlive their parent (a job dispatched after its submit call returned):
-//! what a subtree covers is the union of its spans' intervals, whatever the nesting.
+//! Spans may outlive their parent (a job dispatched after its submit call returned) and
+//! overlap their siblings (jobs of one array queued together); no instant is charged
+//! twice. What a subtree covers (for the critical path) is the union of its spans'
+//! intervals, whatever the nesting.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -140,16 +143,48 @@ impl<'a> Tree<'a> {
         tree
     }
 
-    /// Time of span `i` that none of its children's subtrees covers.
-    fn own_time(&self, i: usize) -> u64 {
-        let s = self.spans[i];
-        let kids = union(
-            self.children[i]
-                .iter()
-                .flat_map(|&c| self.cover[c].iter().copied())
-                .collect(),
-        );
-        (s.end_ns - s.start_ns) - covered(&kids, s.start_ns, s.end_ns)
+    /// Each instant of the request charged to exactly one span: the deepest one
+    /// running then (the latest started among equals). For nested calls this is a
+    /// span's length minus what its children cover; overlapping siblings (many jobs of
+    /// one request in the queue at once) are never charged twice, so the own times of
+    /// a request add up to its length, less the instants no span covers.
+    fn own_times(&self) -> Vec<u64> {
+        let n = self.spans.len();
+        let mut depth = vec![0usize; n];
+        let mut seen = vec![false; n];
+        let mut stack: Vec<(usize, usize)> = self.roots.iter().map(|&r| (r, 0)).collect();
+        while let Some((i, d)) = stack.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            depth[i] = d;
+            stack.extend(self.children[i].iter().map(|&c| (c, d + 1)));
+        }
+        // (time, 0 = end / 1 = start, span): ends first at equal times.
+        let mut events: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * n);
+        for (i, s) in self.spans.iter().enumerate() {
+            events.push((s.start_ns, 1, i));
+            events.push((s.end_ns, 0, i));
+        }
+        events.sort_unstable();
+        let mut active: std::collections::BTreeSet<(usize, u64, usize)> = Default::default();
+        let mut own = vec![0u64; n];
+        let mut last = events.first().map_or(0, |e| e.0);
+        for (t, kind, i) in events {
+            if t > last {
+                if let Some(&(_, _, top)) = active.last() {
+                    own[top] += t - last;
+                }
+                last = t;
+            }
+            let key = (depth[i], self.spans[i].start_ns, i);
+            if kind == 1 {
+                active.insert(key);
+            } else {
+                active.remove(&key);
+            }
+        }
+        own
     }
 
     fn cover_end(&self, i: usize) -> u64 {
@@ -211,18 +246,13 @@ pub fn analyze(spans: &[SpanRecord]) -> Analysis {
             let start_ns = tree.spans.iter().map(|s| s.start_ns).min().unwrap_or(0);
             let end_ns = tree.spans.iter().map(|s| s.end_ns).max().unwrap_or(0);
             let mut by_component: BTreeMap<String, u64> = BTreeMap::new();
-            for i in 0..tree.spans.len() {
+            let own = tree.own_times();
+            for (i, t) in own.iter().enumerate() {
                 *by_component
                     .entry(tree.spans[i].component.clone())
-                    .or_default() += tree.own_time(i);
+                    .or_default() += t;
             }
-            let all = union(
-                tree.roots
-                    .iter()
-                    .flat_map(|&r| tree.cover[r].clone())
-                    .collect(),
-            );
-            let untraced_ns = (end_ns - start_ns) - covered(&all, start_ns, end_ns);
+            let untraced_ns = (end_ns - start_ns).saturating_sub(own.iter().sum());
             let first = tree.roots[0];
             let mut path = Vec::new();
             tree.critical_path(first, &mut path);
@@ -467,6 +497,18 @@ mod tests {
         assert_eq!(r.by_component["worker"], 70);
         let sum: u64 = r.by_component.values().sum();
         assert_eq!(sum, r.total_ns());
+    }
+
+    #[test]
+    fn overlapping_siblings_are_charged_once() {
+        let spans = vec![
+            span(1, 0, "client", 0, 100),
+            span(2, 1, "queue", 10, 60),
+            span(3, 1, "queue", 20, 80),
+        ];
+        let r = &analyze(&spans).requests[0];
+        assert_eq!(r.by_component["queue"], 70);
+        assert_eq!(r.by_component["client"], 30);
     }
 
     #[test]
