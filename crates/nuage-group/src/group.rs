@@ -497,6 +497,9 @@ impl GroupLayer {
     fn on_transitional(&mut self, trans: NodeSet) {
         // Operations held in an exchange that never completed: apply them now, before
         // the old configuration ends (every daemon that comes along holds the same ones).
+        // KNOWN BUG: this applies them in the old group view, but only the daemons of the
+        // interrupted ring have them, so virtual synchrony between group views can break
+        // (see `sim::tests::the_group_layer_under_faults`, seed 2000027).
         if let Some(x) = self.exchange.take() {
             for (origin, op) in x.held {
                 self.apply(origin, op);
