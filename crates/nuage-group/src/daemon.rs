@@ -409,7 +409,7 @@ impl Core {
                 .map(|d| SocketAddr::new(d.addr, d.port))
                 .collect(),
             ring: Ring::new(rc),
-            group: GroupLayer::new(cfg.me as NodeId, names),
+            group: GroupLayer::new(cfg.me as NodeId, names, boot),
             cfg,
             udp,
             sessions: HashMap::new(),
