@@ -338,7 +338,7 @@ impl GroupLayer {
         self.pending.len() < MAX_PENDING_OPS
     }
 
-    /// Queues a client operation for the ring. `safe` for SAFE messages.
+    /// Queues a client operation for the ring (SAFE data is broadcast as a SAFE frame).
     pub fn submit(&mut self, op: &Op) {
         let safe = matches!(op, Op::Data { frame } if frame_is_safe(frame));
         let id = OpId {
