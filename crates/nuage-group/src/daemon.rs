@@ -125,6 +125,21 @@ pub struct Daemon {
     unix: UnixListener,
     status: UnixListener,
     udp: Option<UdpSocket>,
+    core_tx: mpsc::Sender<CoreReq>,
+    core_rx: mpsc::Receiver<CoreReq>,
+}
+
+/// Asks a running daemon for its status (what `nuage group status` shows).
+#[derive(Clone)]
+pub struct StatusHandle(mpsc::Sender<CoreReq>);
+
+impl StatusHandle {
+    /// The status document, or None once the daemon has stopped.
+    pub async fn status(&self) -> Option<serde_json::Value> {
+        let (reply, rx) = oneshot::channel();
+        self.0.send(CoreReq::Status { reply }).await.ok()?;
+        rx.await.ok()
+    }
 }
 
 impl Daemon {
@@ -167,13 +182,21 @@ impl Daemon {
         } else {
             None
         };
+        let (core_tx, core_rx) = mpsc::channel::<CoreReq>(CORE_QUEUE);
         Ok(Daemon {
             cfg,
             tcp,
             unix,
             status,
             udp,
+            core_tx,
+            core_rx,
         })
+    }
+
+    /// A handle for status requests while the daemon runs.
+    pub fn status_handle(&self) -> StatusHandle {
+        StatusHandle(self.core_tx.clone())
     }
 
     /// Where clients reach this daemon.
@@ -202,9 +225,10 @@ impl Daemon {
             unix,
             status,
             udp,
+            core_tx,
+            core_rx,
         } = self;
         let cfg = Arc::new(cfg);
-        let (core_tx, core_rx) = mpsc::channel::<CoreReq>(CORE_QUEUE);
         let stop = shutdown.child_token();
         let mut tasks = tokio::task::JoinSet::new();
         for l in tcp {
@@ -385,7 +409,7 @@ impl Core {
                 .map(|d| SocketAddr::new(d.addr, d.port))
                 .collect(),
             ring: Ring::new(rc),
-            group: GroupLayer::new(cfg.me as NodeId, names),
+            group: GroupLayer::new(cfg.me as NodeId, names, boot),
             cfg,
             udp,
             sessions: HashMap::new(),

@@ -10,11 +10,15 @@
 //!
 //! | kind | content |
 //! |---|---|
-//! | JOIN (1) | client private group (32), group (32) |
-//! | LEAVE (2) | client private group (32), group (32) |
-//! | KILL (3) | client private group (32): the client disconnected |
-//! | DATA (4) | a client message: Spread header, destination groups, body (little-endian header) |
+//! | JOIN (1) | id, client private group (32), group (32) |
+//! | LEAVE (2) | id, client private group (32), group (32) |
+//! | KILL (3) | id, client private group (32): the client disconnected |
+//! | DATA (4) | id, a client message: Spread header, destination groups, body (little-endian header) |
 //! | STATE (5) | ring seq u64, ring rep u8, n u32, n × (client (32), k u16, k × group (32)) |
+//!
+//! The id (boot id u64, sequence u64) lets a daemon send an operation again — when the
+//! ring dropped it in a configuration change, or when the STATE exchange it was ordered in
+//! was interrupted — and every daemon apply it once.
 //!
 //! **Configuration changes.** On a transitional configuration, every group that has
 //! members on daemons that did not come along gets a TRANSITIONAL membership message, and
@@ -22,11 +26,12 @@
 //! its own clients and their groups. Client operations wait (locally) until the STATE of
 //! every daemon of the configuration has been delivered; any other operation delivered
 //! meanwhile (sent before the change) is held and applied right after, at every daemon
-//! alike. The group state is then rebuilt from the STATE messages, and each group whose
+//! alike (if another change interrupts the exchange, they are not applied: their senders
+//! send them again). The group state is then rebuilt from the STATE messages, and each group whose
 //! members changed gets (a TRANSITIONAL membership if it had none yet, then) a REGULAR
 //! membership caused by the network, with one vs-set per old ring its members come from.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -175,6 +180,53 @@ impl Op {
     }
 }
 
+/// A client operation's identity: the boot id of the daemon that sent it (with the
+/// daemon's index, unique per daemon incarnation) and its sequence number there. An operation may be broadcast twice
+/// (resubmitted after an interrupted STATE exchange); every daemon applies it once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpId {
+    pub boot: u64,
+    pub seq: u64,
+}
+
+const OP_ID_LEN: usize = 16;
+
+/// A ring message: the operation's kind byte, its id (all but STATE), then the rest.
+fn encode_op(id: Option<OpId>, op: &Op) -> Bytes {
+    let plain = op.encode();
+    let Some(id) = id else {
+        return plain;
+    };
+    let mut out = BytesMut::with_capacity(plain.len() + OP_ID_LEN);
+    out.put_u8(plain[0]);
+    out.put_u64_le(id.boot);
+    out.put_u64_le(id.seq);
+    out.put_slice(&plain[1..]);
+    out.freeze()
+}
+
+fn decode_op(b: &Bytes) -> Result<(Option<OpId>, Op), String> {
+    let kind = *b.first().ok_or("empty operation")?;
+    if kind == OP_STATE {
+        return Ok((None, Op::decode(b)?));
+    }
+    let head = b
+        .get(1..1 + OP_ID_LEN)
+        .ok_or("operation too short for its id")?;
+    let id = OpId {
+        boot: u64::from_le_bytes(head[..8].try_into().expect("8")),
+        seq: u64::from_le_bytes(head[8..].try_into().expect("8")),
+    };
+    let mut plain = BytesMut::with_capacity(b.len() - OP_ID_LEN);
+    plain.put_u8(kind);
+    plain.put_slice(&b[1 + OP_ID_LEN..]);
+    Ok((Some(id), Op::decode(&plain.freeze())?))
+}
+
+fn frame_is_safe(frame: &[u8]) -> bool {
+    FrameView::parse(frame).is_ok_and(|v| v.header.service_type & service::SAFE_MESS != 0)
+}
+
 /// A member of a group: a client, on a daemon. Ordered by daemon, then name, which is
 /// the order of the member list in membership messages (as in Spread).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -209,7 +261,7 @@ struct Exchange {
     old_rings: BTreeMap<NodeId, RingId>,
     states: BTreeMap<NodeId, Vec<(String, Vec<String>)>>,
     /// Operations delivered during the exchange (sent before it), applied after it.
-    held: Vec<(NodeId, Op)>,
+    held: Vec<(NodeId, OpId, Op)>,
 }
 
 /// Counters shown by `nuage group status`.
@@ -219,6 +271,8 @@ pub struct GroupStats {
     pub memberships_delivered: u64,
     pub operations_sent: u64,
     pub malformed_operations: u64,
+    pub duplicate_operations: u64,
+    pub operations_resubmitted: u64,
 }
 
 /// The group layer of one daemon.
@@ -234,13 +288,26 @@ pub struct GroupLayer {
     exchange: Option<Exchange>,
     /// STATE to send first in the new configuration.
     state_out: Option<Outgoing>,
-    pending: VecDeque<Outgoing>,
+    /// This daemon incarnation's id in operation ids, and the next sequence number.
+    boot: u64,
+    next_seq: u64,
+    /// Client operations waiting for the ring, with their sequence numbers.
+    pending: VecDeque<(u64, Outgoing)>,
+    /// Operations the ring took and has not delivered back yet: the ring drops them if the
+    /// configuration changes first, and they are sent again.
+    inflight: VecDeque<(u64, Outgoing)>,
+    /// Own operations delivered in an interrupted exchange, to send again.
+    resubmit: Vec<(u64, Outgoing)>,
+    /// Highest sequence number applied, per sending daemon and boot id.
+    applied: HashMap<(NodeId, u64), u64>,
     outbox: Vec<Delivery>,
     stats: GroupStats,
 }
 
 impl GroupLayer {
-    pub fn new(me: NodeId, daemon_names: Vec<String>) -> GroupLayer {
+    /// `boot` must differ between incarnations of every daemon (the daemon uses its
+    /// start time in milliseconds, as for its ring ids).
+    pub fn new(me: NodeId, daemon_names: Vec<String>, boot: u64) -> GroupLayer {
         assert!((me as usize) < daemon_names.len());
         GroupLayer {
             me,
@@ -251,7 +318,12 @@ impl GroupLayer {
             view_counter: 0,
             exchange: None,
             state_out: None,
+            boot,
+            next_seq: 1,
             pending: VecDeque::new(),
+            inflight: VecDeque::new(),
+            resubmit: Vec::new(),
+            applied: HashMap::new(),
             outbox: Vec::new(),
             stats: GroupStats::default(),
         }
@@ -266,18 +338,21 @@ impl GroupLayer {
         self.pending.len() < MAX_PENDING_OPS
     }
 
-    /// Queues a client operation for the ring. `safe` for SAFE messages.
+    /// Queues a client operation for the ring (SAFE data is broadcast as a SAFE frame).
     pub fn submit(&mut self, op: &Op) {
-        let safe = match op {
-            Op::Data { frame } => FrameView::parse(frame)
-                .map(|v| v.header.service_type & service::SAFE_MESS != 0)
-                .unwrap_or(false),
-            _ => false,
+        let safe = matches!(op, Op::Data { frame } if frame_is_safe(frame));
+        let id = OpId {
+            boot: self.boot,
+            seq: self.next_seq,
         };
-        self.pending.push_back(Outgoing {
-            data: op.encode(),
-            safe,
-        });
+        self.next_seq += 1;
+        self.pending.push_back((
+            id.seq,
+            Outgoing {
+                data: encode_op(Some(id), op),
+                safe,
+            },
+        ));
     }
 
     /// Messages for local clients produced since the last call.
@@ -372,6 +447,17 @@ impl GroupLayer {
         }
         self.stats.memberships_delivered += out.len() as u64;
         self.outbox.extend(out);
+    }
+
+    /// Applies an operation unless this daemon already did (a resubmitted copy).
+    fn apply_once(&mut self, origin: NodeId, id: OpId, op: Op) {
+        let last = self.applied.entry((origin, id.boot)).or_insert(0);
+        if id.seq <= *last {
+            self.stats.duplicate_operations += 1;
+            return;
+        }
+        *last = id.seq;
+        self.apply(origin, op);
     }
 
     fn apply(&mut self, origin: NodeId, op: Op) {
@@ -495,11 +581,22 @@ impl GroupLayer {
     }
 
     fn on_transitional(&mut self, trans: NodeSet) {
-        // Operations held in an exchange that never completed: apply them now, before
-        // the old configuration ends (every daemon that comes along holds the same ones).
+        // An exchange that never completed: its configuration was never installed for
+        // the clients, so the operations ordered in it are not applied here (a daemon
+        // outside it would never see them). This daemon's own go again in the next
+        // configuration; a daemon that did complete the exchange skips the copies.
         if let Some(x) = self.exchange.take() {
-            for (origin, op) in x.held {
-                self.apply(origin, op);
+            for (origin, id, op) in x.held {
+                if origin == self.me && id.boot == self.boot {
+                    let safe = matches!(&op, Op::Data { frame } if frame_is_safe(frame));
+                    self.resubmit.push((
+                        id.seq,
+                        Outgoing {
+                            data: encode_op(Some(id), &op),
+                            safe,
+                        },
+                    ));
+                }
             }
         }
         self.transitional_sent.clear();
@@ -524,6 +621,15 @@ impl GroupLayer {
     }
 
     fn on_regular(&mut self, ring: RingId, members: NodeSet, old_rings: Vec<(NodeId, RingId)>) {
+        // What the ring dropped, and own operations of an interrupted exchange, go first
+        // in the new configuration, in their original order.
+        let mut again: Vec<(u64, Outgoing)> = self.resubmit.drain(..).collect();
+        again.extend(self.inflight.drain(..));
+        again.sort_by_key(|(seq, _)| *seq);
+        self.stats.operations_resubmitted += again.len() as u64;
+        for item in again.into_iter().rev() {
+            self.pending.push_front(item);
+        }
         self.ring = ring;
         self.view_counter = 0;
         let mine: Vec<(String, Vec<String>)> = {
@@ -633,26 +739,32 @@ impl GroupLayer {
             self.announce(&name, service::CAUSED_BY_NETWORK, &sets);
         }
         self.transitional_sent.clear();
-        for (origin, op) in x.held {
-            self.apply(origin, op);
+        for (origin, id, op) in x.held {
+            self.apply_once(origin, id, op);
         }
     }
 
     fn on_message(&mut self, origin: NodeId, data: Bytes) {
-        let op = match Op::decode(&data) {
-            Ok(op) => op,
+        let (id, op) = match decode_op(&data) {
+            Ok(x) => x,
             Err(e) => {
                 self.stats.malformed_operations += 1;
                 tracing::warn!("ignoring a malformed operation from daemon {origin}: {e}");
                 return;
             }
         };
-        match op {
-            Op::State { ring, clients } => self.on_state(origin, ring, clients),
-            op => match &mut self.exchange {
-                Some(x) => x.held.push((origin, op)),
-                None => self.apply(origin, op),
-            },
+        match (id, op) {
+            (_, Op::State { ring, clients }) => self.on_state(origin, ring, clients),
+            (Some(id), op) => {
+                if origin == self.me && id.boot == self.boot {
+                    self.inflight.retain(|(seq, _)| *seq != id.seq);
+                }
+                match &mut self.exchange {
+                    Some(x) => x.held.push((origin, id, op)),
+                    None => self.apply_once(origin, id, op),
+                }
+            }
+            (None, _) => self.stats.malformed_operations += 1,
         }
     }
 }
@@ -670,7 +782,8 @@ impl Upper for GroupLayer {
         if self.exchange.is_some() {
             return None;
         }
-        let m = self.pending.pop_front()?;
+        let (seq, m) = self.pending.pop_front()?;
+        self.inflight.push_back((seq, m.clone()));
         self.stats.operations_sent += 1;
         Some(m)
     }
@@ -694,7 +807,11 @@ mod tests {
     use crate::wire::{MembershipBody, hint_for};
 
     fn layer(me: NodeId) -> GroupLayer {
-        GroupLayer::new(me, vec!["d0".into(), "d1".into(), "d2".into()])
+        GroupLayer::new(
+            me,
+            vec!["d0".into(), "d1".into(), "d2".into()],
+            100 + u64::from(me),
+        )
     }
 
     fn ring(seq: u64, rep: NodeId) -> RingId {

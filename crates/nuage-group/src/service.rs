@@ -6,6 +6,7 @@ use std::net::{IpAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use anyhow::Context;
+use nuage_core::api::ApiError;
 use nuage_core::config::Config;
 use nuage_core::service::{BoxFuture, Service, ServiceContext, Started};
 use serde::Deserialize;
@@ -122,10 +123,23 @@ impl Service for GroupService {
             )?;
             let daemon = Daemon::bind(cfg).await?;
             let endpoints = daemon.endpoints();
+            let handle = daemon.status_handle();
+            let routes = axum::Router::new().route(
+                "/v1/group/status",
+                axum::routing::get(move || {
+                    let handle = handle.clone();
+                    async move {
+                        match handle.status().await {
+                            Some(v) => Ok(axum::Json(v)),
+                            None => Err(ApiError::unavailable("the group daemon has stopped")),
+                        }
+                    }
+                }),
+            );
             let task = tokio::spawn(daemon.run(ctx.shutdown.clone()));
             Ok(Started {
                 endpoints,
-                routes: None,
+                routes: Some(routes),
                 task,
             })
         })

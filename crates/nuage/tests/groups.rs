@@ -837,6 +837,12 @@ fn nuage_up_runs_a_group_daemon_when_the_config_asks() {
     mb.multicast(Service::Safe, &["g"], 0, b"via nuage up")
         .unwrap();
     assert_eq!(&next_message(&mb).data[..], b"via nuage up");
+    let (code, body) = common::http_get(&node.api, "/v1/group/status");
+    assert_eq!(code, 200, "{body}");
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(st["daemon"], "solo");
+    assert_eq!(st["groups"][0]["group"], "g");
+    assert_eq!(st["groups"][0]["members"][0], "#u#solo");
     common::signal(&node.child, nix::sys::signal::Signal::SIGTERM);
     assert_eq!(
         common::wait_exit(&mut node.child, Duration::from_secs(15)).code(),

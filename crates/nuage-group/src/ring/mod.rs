@@ -136,6 +136,11 @@ pub enum Event {
 }
 
 /// The layer above the ring (the group layer).
+///
+/// Contract: every message the ring takes with `next_message` is either delivered back
+/// to this daemon (in the ring's order) before the next [`Event::Regular`], or dropped
+/// because the configuration changed before it was wholly broadcast; the upper layer
+/// sends the dropped ones again (they were delivered nowhere).
 pub trait Upper {
     /// Whether `next_message` would return something.
     fn has_pending(&self) -> bool;
@@ -1015,11 +1020,9 @@ impl Ring {
         self.held = None;
         self.retransmit = None;
         self.last_tseq = 0;
-        if let Some(p) = &mut self.outgoing {
-            // Fragments already sent belong to the old ring, where they will be dropped
-            // as incomplete; the message goes again, whole, in the next ring.
-            p.offset = 0;
-        }
+        // A message not wholly broadcast is dropped (its fragments in the old ring are
+        // discarded as incomplete); the upper layer sends it again (see [`Upper`]).
+        self.outgoing = None;
         self.state = State::Gather(Gather {
             proc_set: proc_set.with(me).minus(fail_set.without(me)),
             fail_set: fail_set.without(me),
