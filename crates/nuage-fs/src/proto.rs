@@ -423,9 +423,11 @@ pub enum Reply {
         entry: Entry,
         fd: Option<u64>,
     },
+    /// `linkto`: the name was a link file pointing at that subvolume.
     Unlinked {
         gfid: Option<Gfid>,
         nlink_left: u32,
+        linkto: Option<u32>,
     },
     Renamed {
         replaced: Option<Gfid>,

@@ -378,8 +378,13 @@ impl Brick {
                     gfid,
                     parent_op,
                 } => {
-                    let (gfid, nlink_left) = s.unlink(&parent, &name, gfid, &parent_op)?;
-                    Reply::Unlinked { gfid, nlink_left }
+                    let (gfid, nlink_left, linkto) =
+                        s.unlink_entry(&parent, &name, gfid, &parent_op)?;
+                    Reply::Unlinked {
+                        gfid,
+                        nlink_left,
+                        linkto,
+                    }
                 }
                 Op::Rmdir {
                     parent,
@@ -391,6 +396,7 @@ impl Brick {
                     Reply::Unlinked {
                         gfid,
                         nlink_left: 0,
+                        linkto: None,
                     }
                 }
                 Op::Rename {

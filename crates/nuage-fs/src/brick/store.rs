@@ -789,6 +789,18 @@ impl Store {
         expect: Option<Gfid>,
         parent_op: &Option<AfrDelta>,
     ) -> SysResult<(Option<Gfid>, u32)> {
+        self.unlink_entry(parent, name, expect, parent_op)
+            .map(|(g, left, _)| (g, left))
+    }
+
+    /// Like `unlink`, also saying where the data is when the name was a link file.
+    pub fn unlink_entry(
+        &self,
+        parent: &Gfid,
+        name: &[u8],
+        expect: Option<Gfid>,
+        parent_op: &Option<AfrDelta>,
+    ) -> SysResult<(Option<Gfid>, u32, Option<u32>)> {
         check_name(name)?;
         if *parent == Gfid::ROOT && name == HIDDEN_DIR.as_bytes() {
             return Err(Errno(libc::EPERM));
@@ -805,16 +817,24 @@ impl Store {
         if expect.is_some() && g.is_some() && expect != g {
             return Err(Errno(libc::ESTALE));
         }
+        let linkto = if st.st_mode == LINKTO_MODE {
+            sys::getxattr(XTarget::Path(&p), &self.names.linkto)?
+                .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
+                .map(u32::from_be_bytes)
+        } else {
+            None
+        };
         self.parent_op(parent, &pfd, parent_op)?;
         sys::unlinkat(pfd.as_raw_fd(), &cname, 0)?;
-        let left = match g {
-            Some(g) => {
+        let left = match (g, linkto) {
+            // A link file has no handle: the data's names are elsewhere.
+            (Some(_), Some(_)) | (None, _) => 0,
+            (Some(g), None) => {
                 let _s = self.stripe(&g);
                 self.drop_handle_if_orphan(&g)?
             }
-            None => 0,
         };
-        Ok((g, left))
+        Ok((g, left, linkto))
     }
 
     pub fn rmdir(

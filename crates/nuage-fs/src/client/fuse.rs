@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, Config, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -233,6 +233,8 @@ impl Filesystem for NuageFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_background(64);
+        // Listings carry attributes: `ls -l` needs no lookup per name.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
         Ok(())
     }
 
@@ -724,6 +726,90 @@ impl Filesystem for NuageFs {
                     OsStr::from_bytes(&e.name),
                 ) {
                     return reply.ok();
+                }
+                st.buffer.remove(0);
+            }
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let state = match self.handles.lock().expect("handles").get(&fh.0) {
+            Some(Handle_::Dir(s)) => s.clone(),
+            _ => return reply.error(fuser::Errno::EBADF),
+        };
+        let (v, nodes) = (self.volume.clone(), self.nodes.clone());
+        self.spawn(async move {
+            let mut st = state.lock().await;
+            let oldest = st.buffer.first().map_or(st.fetched + 1, |(o, _)| *o);
+            if offset < 2 || offset + 1 < oldest {
+                st.listing = v.listing(st.listing.dir);
+                st.buffer.clear();
+                st.fetched = 2;
+            }
+            let dir_g = st.listing.dir;
+            // "." and "..": the kernel takes no reference for them.
+            let dot = match v.getattr(dir_g, true, None).await {
+                Ok(a) => file_attr(dir_g, &a),
+                Err(e) => return reply.error(errno(e)),
+            };
+            if offset < 1 && reply.add(ino, 1, ".", &ATTR_TTL, &dot, Generation(0)) {
+                return reply.ok();
+            }
+            if offset < 2 && reply.add(ino, 2, "..", &ATTR_TTL, &dot, Generation(0)) {
+                return reply.ok();
+            }
+            st.buffer.retain(|(o, _)| *o > offset);
+            loop {
+                if st.buffer.is_empty() {
+                    let DirState { listing, .. } = &mut *st;
+                    let batch = match v.next_entries(listing).await {
+                        Ok(b) => b,
+                        Err(e) => return reply.error(errno(e)),
+                    };
+                    if batch.is_empty() {
+                        return reply.ok();
+                    }
+                    for e in batch {
+                        st.fetched += 1;
+                        let o = st.fetched;
+                        if o > offset {
+                            st.buffer.push((o, e));
+                        }
+                    }
+                    continue;
+                }
+                let (o, e) = st.buffer.first().expect("not empty").clone();
+                let en = e
+                    .entry
+                    .as_ref()
+                    .expect("listings keep entries with attributes");
+                // A name without an id (put on a brick directly), or a file whose
+                // acknowledged writes are still on their way: ask properly.
+                let found = match en.meta.gfid {
+                    Some(g) if en.attr.is_dir() || !v.writes_pending(g) => Ok((g, en.attr)),
+                    _ => v.lookup(dir_g, &e.name).await.map(|f| (f.gfid, f.attr)),
+                };
+                // An error: gone since it was listed, so left out.
+                if let Ok((g, attr)) = found {
+                    let fa = file_attr(g, &attr);
+                    if reply.add(
+                        fa.ino,
+                        o,
+                        OsStr::from_bytes(&e.name),
+                        &ATTR_TTL,
+                        &fa,
+                        Generation(0),
+                    ) {
+                        return reply.ok();
+                    }
+                    Self::remember(&nodes, g, &attr);
                 }
                 st.buffer.remove(0);
             }

@@ -618,37 +618,58 @@ impl Volume {
     }
 
     /// Removes a non-directory name (and its link file, if any).
+    /// Removes a non-directory name: one request to its hashed subvolume in the common
+    /// case; when that name was a link file, the data's name goes too.
     pub async fn unlink(&self, parent: Gfid, name: &[u8]) -> Res<()> {
+        crate::proto::check_name(name)?;
         let layout = self.dir_layout(parent).await?;
         let hashed = layout.hashed(name).ok_or(Errno(libc::ENOTCONN))?;
-        let found = self.lookup(parent, name).await?;
-        if found.attr.is_dir() {
-            return Err(Errno(libc::EISDIR));
-        }
-        let data = self.locate(found.gfid).await?;
-        let op = |_| Op::Unlink {
+        let op = |gfid| Op::Unlink {
             parent,
             name: name.to_vec(),
-            gfid: Some(found.gfid),
+            gfid,
             parent_op: None,
         };
-        let r = self.sv(data).req(op(data)).await;
-        match r {
-            Ok(Reply::Unlinked { nlink_left: 0, .. }) => {
-                self.located.lock().expect("located").remove(&found.gfid);
+        match self.sv(hashed).req(op(None)).await {
+            Ok(Reply::Unlinked {
+                gfid: Some(g),
+                linkto: Some(data),
+                ..
+            }) if data != hashed && data < self.n() => {
+                match self.sv(data).req(op(Some(g))).await {
+                    Ok(Reply::Unlinked { nlink_left: 0, .. }) => {
+                        self.located.lock().expect("located").remove(&g);
+                        Ok(())
+                    }
+                    Ok(_) | Err(Errno(libc::ENOENT)) => Ok(()),
+                    Err(e) => {
+                        // Keep the name reachable: the data could not be removed.
+                        let _ = self.put_linkto(parent, name, g, hashed, data).await;
+                        Err(e)
+                    }
+                }
             }
-            Ok(_) => {}
-            // Data known elsewhere under another name only (a hard link through a link file).
-            Err(Errno(libc::ENOENT)) if data != hashed => {}
-            Err(e) => return Err(e),
-        }
-        if data != hashed {
-            match self.sv(hashed).req(op(hashed)).await {
-                Ok(_) | Err(Errno(libc::ENOENT)) => {}
-                Err(e) => return Err(e),
+            Ok(Reply::Unlinked {
+                gfid: Some(g),
+                nlink_left: 0,
+                ..
+            }) => {
+                self.located.lock().expect("located").remove(&g);
+                Ok(())
             }
+            Ok(Reply::Unlinked { .. }) => Ok(()),
+            Ok(r) => Err(unexpected(r)),
+            Err(Errno(libc::ENOENT)) if !layout.is_committed(self.spec.layout_epoch) => {
+                // Not committed: the name may be on another subvolume.
+                let found = self.lookup(parent, name).await?;
+                if found.attr.is_dir() {
+                    return Err(Errno(libc::EISDIR));
+                }
+                let data = self.locate(found.gfid).await?;
+                self.sv(data).req(op(Some(found.gfid))).await.map(drop)
+            }
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     pub async fn rmdir(&self, parent: Gfid, name: &[u8]) -> Res<()> {
@@ -1197,6 +1218,7 @@ impl Volume {
             let Reply::Dir { entries, next, eof } = r else {
                 return Err(unexpected(r));
             };
+            let from = l.subvol;
             // Directories are on every subvolume: listed from the first that answers.
             let first = *l.dirs_from.get_or_insert(l.subvol) == l.subvol;
             if eof {
@@ -1205,6 +1227,13 @@ impl Volume {
                 l.done = l.subvol >= self.n();
             } else {
                 l.cookie = next;
+            }
+            for e in &entries {
+                if let Some(en) = &e.entry {
+                    if let (Some(g), false) = (en.meta.gfid, en.attr.is_dir() || is_linkto(en)) {
+                        self.remember(g, from);
+                    }
+                }
             }
             let kept: Vec<DirEntry> = entries
                 .into_iter()
