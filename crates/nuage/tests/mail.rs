@@ -103,6 +103,17 @@ fn fails_with(out: std::process::Output, needle: &str) {
     assert!(err.contains(needle), "expected `{needle}` in: {err}");
 }
 
+/// `nuage up` failing: other services may have logged their start before the error, so
+/// the error must be the last line, and the only error line.
+fn up_fails_with(out: std::process::Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", stdout(&out));
+    let err = stderr(&out);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("nuage: error: "), "{err}");
+    assert!(last.contains(needle), "expected `{needle}` in: {err}");
+    assert_eq!(err.matches("nuage: error: ").count(), 1, "{err}");
+}
+
 fn send(port: u16, from: &str, to: &str, text: &str) -> String {
     let server = format!("127.0.0.1:{port}");
     ok(run(&[
@@ -752,8 +763,8 @@ fn mail_runs_as_a_service_of_nuage_up() {
     // A mistake in the table is reported with its line, and the node does not start.
     std::fs::write(&config, "[mail]\nenabled = true\ndomian = \"a\"\n").unwrap();
     let out = run(&[&["up"], &args[..]].concat());
-    fails_with(out, "nuage.toml:3: key `mail.domian`: unknown key");
+    up_fails_with(out, "nuage.toml:3: key `mail.domian`: unknown key");
     std::fs::write(&config, "[mail]\nenabled = true\ndomain = \"a\"\n").unwrap();
     let out = run(&[&["up"], &args[..]].concat());
-    fails_with(out, "[mail] servers is missing");
+    up_fails_with(out, "[mail] servers is missing");
 }
