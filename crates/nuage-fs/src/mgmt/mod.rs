@@ -70,9 +70,7 @@ pub fn parse_brick(s: &str) -> Result<(String, String), String> {
         .rsplit_once(":/")
         .map(|(h, p)| (h.to_owned(), format!("/{p}")))
         .ok_or_else(|| format!("brick `{s}` is not HOST:/PATH"))?;
-    if host.is_empty() || host.contains('/') {
-        return Err(format!("brick `{s}` has no host"));
-    }
+    valid_host(&host).map_err(|e| format!("brick `{s}`: {e}"))?;
     let p = Path::new(&path);
     if !p.is_absolute()
         || p.components()
@@ -85,6 +83,21 @@ pub fn parse_brick(s: &str) -> Result<(String, String), String> {
     let trimmed = path.trim_end_matches('/');
     let path = if trimmed.is_empty() { "/" } else { trimmed };
     Ok((host, path.to_owned()))
+}
+
+/// A pool member's host: a DNS name or an IPv4 address (letters, digits, `.`, `-`),
+/// at most 253 characters, so it can only ever name a host in a URL.
+fn valid_host(host: &str) -> Result<(), String> {
+    if host.is_empty()
+        || host.len() > 253
+        || host.starts_with('-')
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    {
+        return Err(format!("`{host}` is not a host name or IPv4 address"));
+    }
+    Ok(())
 }
 
 fn valid_volume_name(name: &str) -> Result<(), String> {
@@ -275,9 +288,7 @@ impl Mgmt {
 
     pub async fn probe(&self, host: &str) -> Result<Done, ApiError> {
         let _op = self.op_lock.lock().await;
-        if host.is_empty() || host.len() > 253 {
-            return Err(bad("peer probe needs a host name or address"));
-        }
+        valid_host(host).map_err(|e| bad(format!("peer probe: failed: {e}")))?;
         if is_local_host(host, &self.me) {
             return Ok(Done {
                 message: format!("peer probe: success. Probe on localhost not needed ({host})"),
@@ -953,6 +964,12 @@ mod tests {
         assert!(parse_brick("h1/data").is_err());
         assert!(parse_brick(":/data").is_err());
         assert!(parse_brick("h:/a/../b").is_err());
+        assert!(parse_brick("h@evil:/b").is_err());
+        assert!(valid_host("node-1.example").is_ok());
+        assert!(valid_host("10.0.0.1").is_ok());
+        assert!(valid_host("a/b").is_err());
+        assert!(valid_host("-x").is_err());
+        assert!(valid_host("").is_err());
     }
 
     #[test]
