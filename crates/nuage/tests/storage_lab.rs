@@ -201,4 +201,10 @@ fn a_distributed_volume_over_two_machines_mounted_on_a_third() {
         started.elapsed()
     );
     ok(&lab, "n3", &["umount", m]);
+
+    // A lost member can be forced out of the pool.
+    let out = ok(&lab, "n1", &["peer", "detach", &ip2, "force"]);
+    assert!(out.contains("peer detach: success"), "{out}");
+    let status = ok(&lab, "n1", &["peer", "status"]);
+    assert!(status.contains("Number of Peers: 0"), "{status}");
 }
