@@ -58,6 +58,7 @@ fn start(n: u32) -> Cluster {
         replica: 1,
         bricks: specs,
         layout_epoch: 1,
+        ping_timeout: None,
     };
     Cluster {
         rt,

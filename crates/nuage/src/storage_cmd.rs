@@ -72,6 +72,14 @@ pub enum VolumeCmd {
     },
     /// List volume names
     List,
+    /// Set a volume option (see `volume get NAME all`)
+    Set {
+        name: String,
+        option: String,
+        value: String,
+    },
+    /// Show a volume option, or `all` of them with their values
+    Get { name: String, option: String },
 }
 
 #[derive(Args, Debug)]
@@ -82,9 +90,10 @@ pub struct MountArgs {
     /// Stay in the foreground (default: serve the mount from a background process)
     #[arg(long)]
     pub foreground: bool,
-    /// Seconds after which an unresponsive brick gives ENOTCONN (gluster's ping-timeout)
-    #[arg(long, default_value_t = 42, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub ping_timeout: u64,
+    /// Seconds after which an unresponsive brick gives ENOTCONN (default: the volume's
+    /// network.ping-timeout, 42 unless set)
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ping_timeout: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -264,6 +273,38 @@ pub async fn volume(cmd: VolumeCmd, api: ApiArg) -> anyhow::Result<()> {
                 print_info(&v);
             }
         }
+        VolumeCmd::Set {
+            name,
+            option,
+            value,
+        } => {
+            let d: Done = c
+                .post(
+                    &format!("/v1/storage/volumes/{name}/options"),
+                    &nuage_fs::mgmt::api::SetOption { option, value },
+                )
+                .await?;
+            println!("{}", d.message);
+        }
+        VolumeCmd::Get { name, option } => {
+            if option.is_empty()
+                || !option
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+            {
+                bail!("volume get: `{option}` is not an option name");
+            }
+            let opts: Vec<(String, String)> = c
+                .get(&format!(
+                    "/v1/storage/volumes/{name}/options?option={option}"
+                ))
+                .await?;
+            let mut t = crate::table::Table::new(&["Option", "Value"]);
+            for (k, v) in opts {
+                t.row(vec![k, v]);
+            }
+            print!("{}", t.render());
+        }
         VolumeCmd::List => {
             let all: Vec<VolumeDef> = c.get("/v1/storage/volumes").await?;
             if all.is_empty() {
@@ -323,7 +364,7 @@ pub async fn volume(cmd: VolumeCmd, api: ApiArg) -> anyhow::Result<()> {
 
 pub async fn mount(args: MountArgs) -> anyhow::Result<()> {
     let src = fsmount::Source::parse(&args.source)?;
-    let ping = Duration::from_secs(args.ping_timeout);
+    let ping = args.ping_timeout.map(Duration::from_secs);
     if args.foreground {
         return fsmount::run_foreground(&src, &args.mountpoint, ping).await;
     }

@@ -117,6 +117,24 @@ fn create_start_mount_use_unmount_stop_delete() {
     let e = refused(&api, &["volume", "create", "other", &brick1, "force"]);
     assert!(e.contains("already part of a volume"), "{e}");
 
+    // Options: only ones that take effect; bad names and values refused.
+    let get = ok(&api, &["volume", "get", "gv0", "all"]);
+    assert!(
+        get.contains("network.ping-timeout") && get.contains("42"),
+        "{get}"
+    );
+    let e = refused(&api, &["volume", "set", "gv0", "no.such-option", "1"]);
+    assert!(e.contains("does not exist"), "{e}");
+    let e = refused(&api, &["volume", "set", "gv0", "network.ping-timeout", "0"]);
+    assert!(e.contains("1 to 3600"), "{e}");
+    ok(
+        &api,
+        &["volume", "set", "gv0", "network.ping-timeout", "10"],
+    );
+    let get = ok(&api, &["volume", "get", "gv0", "network.ping-timeout"]);
+    assert!(get.contains(" 10"), "{get}");
+    assert!(ok(&api, &["volume", "info", "gv0"]).contains("network.ping-timeout: 10"));
+
     ok(&api, &["volume", "start", "gv0"]);
     let status = ok(&api, &["volume", "status", "gv0"]);
     assert_eq!(status.matches(" Y ").count(), 2, "{status}");

@@ -124,6 +124,54 @@ fn a_distributed_volume_over_two_machines_mounted_on_a_third() {
     assert_eq!(on1 + on2, 20);
     assert!(on1 >= 4 && on2 >= 4, "{on1} / {on2}");
 
+    // A partition between the client and n2: n2's files give ENOTCONN after the ping
+    // timeout (5 s here), never a hang; n1's stay readable; after the partition heals,
+    // the client reconnects by itself.
+    let on_n2: Vec<String> = std::fs::read_dir(&b2)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != ".nuage")
+        .collect();
+    let on_n1: Vec<String> = std::fs::read_dir(&b1)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != ".nuage")
+        .collect();
+    let mut lab = lab;
+    lab.partition(&[vec!["n1", "n3"], vec!["n2"]]).unwrap();
+    let started = Instant::now();
+    let e = std::fs::read_to_string(mnt.join(&on_n2[0])).unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(nix::errno::Errno::ENOTCONN as i32),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        std::fs::read_to_string(mnt.join(&on_n1[0]))
+            .unwrap()
+            .starts_with("data ")
+    );
+    lab.heal().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match std::fs::read_to_string(mnt.join(&on_n2[0])) {
+            Ok(s) => {
+                assert!(s.starts_with("data "));
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(e.raw_os_error(), Some(nix::errno::Errno::ENOTCONN as i32));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("n2 not back after the partition healed: {e}"),
+        }
+    }
+
     // n2 goes away: its files give ENOTCONN (not a hang), n1's stay readable.
     lab.kill("n2").unwrap();
     let started = Instant::now();
@@ -153,4 +201,10 @@ fn a_distributed_volume_over_two_machines_mounted_on_a_third() {
         started.elapsed()
     );
     ok(&lab, "n3", &["umount", m]);
+
+    // A lost member can be forced out of the pool.
+    let out = ok(&lab, "n1", &["peer", "detach", &ip2, "force"]);
+    assert!(out.contains("peer detach: success"), "{out}");
+    let status = ok(&lab, "n1", &["peer", "status"]);
+    assert!(status.contains("Number of Peers: 0"), "{status}");
 }

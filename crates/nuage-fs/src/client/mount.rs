@@ -68,10 +68,14 @@ pub async fn fetch_spec(src: &Source) -> anyhow::Result<VolumeSpec> {
 pub async fn run_foreground(
     src: &Source,
     mountpoint: &Path,
-    ping_timeout: Duration,
+    ping_timeout: Option<Duration>,
 ) -> anyhow::Result<()> {
     check_mountpoint(mountpoint)?;
     let spec = fetch_spec(src).await?;
+    // The mount's own option, else the volume's `network.ping-timeout`, else 42 s.
+    let ping_timeout = ping_timeout
+        .or(spec.ping_timeout.map(Duration::from_secs))
+        .unwrap_or(crate::client::conn::DEFAULT_PING_TIMEOUT);
     let client = format!("{}-{}", hostname(), std::process::id());
     let volume = Volume::connect(spec, &client, ping_timeout).await?;
     let rt = tokio::runtime::Handle::current();
@@ -141,7 +145,7 @@ pub fn spawn_background(
     exe: &Path,
     src: &str,
     mountpoint: &Path,
-    ping_timeout: Duration,
+    ping_timeout: Option<Duration>,
 ) -> anyhow::Result<PathBuf> {
     check_mountpoint(mountpoint)?;
     std::fs::create_dir_all(LOG_DIR).with_context(|| format!("creating {LOG_DIR}"))?;
@@ -153,11 +157,11 @@ pub fn spawn_background(
         .with_context(|| format!("opening {}", log.display()))?;
     let start_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("mount")
-        .arg("--foreground")
-        .arg("--ping-timeout")
-        .arg(ping_timeout.as_secs().to_string())
-        .arg(src)
+    cmd.arg("mount").arg("--foreground");
+    if let Some(t) = ping_timeout {
+        cmd.arg("--ping-timeout").arg(t.as_secs().to_string());
+    }
+    cmd.arg(src)
         .arg(mountpoint)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

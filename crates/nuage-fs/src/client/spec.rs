@@ -28,6 +28,9 @@ pub struct VolumeSpec {
     pub bricks: Vec<BrickSpec>,
     /// Raised by every change of the set of subvolumes (add-brick, remove-brick).
     pub layout_epoch: u64,
+    /// `network.ping-timeout` of the volume, seconds (None: the default, 42).
+    #[serde(default)]
+    pub ping_timeout: Option<u64>,
 }
 
 impl VolumeSpec {
@@ -83,6 +86,7 @@ mod tests {
                 })
                 .collect(),
             layout_epoch: 1,
+            ping_timeout: None,
         }
     }
 

@@ -41,6 +41,19 @@ pub struct Name {
     pub name: String,
 }
 
+/// `volume set`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetOption {
+    pub option: String,
+    pub value: String,
+}
+
+/// `volume get`: `?option=NAME|all`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OptionQuery {
+    pub option: String,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Force {
     #[serde(default)]
@@ -58,6 +71,10 @@ pub fn router(m: Arc<Mgmt>) -> Router {
         .route("/v1/storage/volumes/{name}/stop", post(stop))
         .route("/v1/storage/volumes/{name}/status", get(status))
         .route("/v1/storage/volumes/{name}/spec", get(spec))
+        .route(
+            "/v1/storage/volumes/{name}/options",
+            get(get_options).post(set_option),
+        )
         .route("/v1/storage/internal/whoami", get(whoami))
         .route("/v1/storage/internal/join", post(join))
         .route("/v1/storage/internal/peer", post(peer_change))
@@ -163,4 +180,20 @@ async fn check_brick(State(m): State<Arc<Mgmt>>, ApiJson(c): ApiJson<CheckBrick>
 
 async fn bricks(State(m): State<Arc<Mgmt>>) -> Res<Vec<LocalBrick>> {
     Ok(Json(m.local_bricks().await))
+}
+
+async fn set_option(
+    State(m): State<Arc<Mgmt>>,
+    Path(name): Path<String>,
+    ApiJson(o): ApiJson<SetOption>,
+) -> Res<Done> {
+    m.set_option(&name, &o.option, &o.value).await.map(Json)
+}
+
+async fn get_options(
+    State(m): State<Arc<Mgmt>>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<OptionQuery>,
+) -> Res<Vec<(String, String)>> {
+    m.get_options(&name, &q.option).map(Json)
 }

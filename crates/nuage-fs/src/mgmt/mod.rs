@@ -70,9 +70,7 @@ pub fn parse_brick(s: &str) -> Result<(String, String), String> {
         .rsplit_once(":/")
         .map(|(h, p)| (h.to_owned(), format!("/{p}")))
         .ok_or_else(|| format!("brick `{s}` is not HOST:/PATH"))?;
-    if host.is_empty() || host.contains('/') {
-        return Err(format!("brick `{s}` has no host"));
-    }
+    valid_host(&host).map_err(|e| format!("brick `{s}`: {e}"))?;
     let p = Path::new(&path);
     if !p.is_absolute()
         || p.components()
@@ -85,6 +83,21 @@ pub fn parse_brick(s: &str) -> Result<(String, String), String> {
     let trimmed = path.trim_end_matches('/');
     let path = if trimmed.is_empty() { "/" } else { trimmed };
     Ok((host, path.to_owned()))
+}
+
+/// A pool member's host: a DNS name or an IPv4 address (letters, digits, `.`, `-`),
+/// at most 253 characters, so it can only ever name a host in a URL.
+fn valid_host(host: &str) -> Result<(), String> {
+    if host.is_empty()
+        || host.len() > 253
+        || host.starts_with('-')
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    {
+        return Err(format!("`{host}` is not a host name or IPv4 address"));
+    }
+    Ok(())
 }
 
 fn valid_volume_name(name: &str) -> Result<(), String> {
@@ -275,9 +288,7 @@ impl Mgmt {
 
     pub async fn probe(&self, host: &str) -> Result<Done, ApiError> {
         let _op = self.op_lock.lock().await;
-        if host.is_empty() || host.len() > 253 {
-            return Err(bad("peer probe needs a host name or address"));
-        }
+        valid_host(host).map_err(|e| bad(format!("peer probe: failed: {e}")))?;
         if is_local_host(host, &self.me) {
             return Ok(Done {
                 message: format!("peer probe: success. Probe on localhost not needed ({host})"),
@@ -846,9 +857,90 @@ impl Mgmt {
             replica: v.replica,
             bricks,
             layout_epoch: v.layout_epoch,
+            ping_timeout: v
+                .options
+                .get(PING_TIMEOUT_OPTION)
+                .and_then(|t| t.parse().ok()),
         })
     }
+
+    /// `volume set NAME OPTION VALUE`.
+    pub async fn set_option(
+        &self,
+        name: &str,
+        option: &str,
+        value: &str,
+    ) -> Result<Done, ApiError> {
+        let _op = self.op_lock.lock().await;
+        let mut v = self.volume(name)?;
+        let known = VOLUME_OPTIONS
+            .iter()
+            .find(|o| o.name == option)
+            .ok_or_else(|| {
+                bad(format!(
+                    "volume set: failed: option : {option} does not exist"
+                ))
+            })?;
+        (known.check)(value).map_err(|e| bad(format!("volume set: failed: {option}: {e}")))?;
+        v.options.insert(option.to_owned(), value.to_owned());
+        v.version += 1;
+        self.publish(&v).await?;
+        Ok(Done {
+            message: "volume set: success".into(),
+        })
+    }
+
+    /// `volume get NAME OPTION|all`: (option, value) pairs, defaults included.
+    pub fn get_options(&self, name: &str, option: &str) -> Result<Vec<(String, String)>, ApiError> {
+        let v = self.volume(name)?;
+        let value = |o: &VolumeOption| {
+            v.options
+                .get(o.name)
+                .cloned()
+                .unwrap_or_else(|| o.default.to_owned())
+        };
+        if option == "all" {
+            return Ok(VOLUME_OPTIONS
+                .iter()
+                .map(|o| (o.name.to_owned(), value(o)))
+                .collect());
+        }
+        let o = VOLUME_OPTIONS
+            .iter()
+            .find(|o| o.name == option)
+            .ok_or_else(|| {
+                bad(format!(
+                    "volume get option: failed: Did you mean {}?",
+                    VOLUME_OPTIONS[0].name
+                ))
+            })?;
+        Ok(vec![(o.name.to_owned(), value(o))])
+    }
 }
+
+/// The option a mount reads for its ping timeout.
+pub const PING_TIMEOUT_OPTION: &str = "network.ping-timeout";
+/// Largest ping timeout (seconds).
+pub const MAX_PING_TIMEOUT: u64 = 3600;
+
+/// An option `volume set` accepts: only options that take effect are listed.
+pub struct VolumeOption {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub check: fn(&str) -> Result<(), String>,
+}
+
+/// The options of a volume, with their defaults.
+pub const VOLUME_OPTIONS: &[VolumeOption] = &[VolumeOption {
+    name: PING_TIMEOUT_OPTION,
+    default: "42",
+    check: |v| match v.parse::<u64>() {
+        Ok(n) if (1..=MAX_PING_TIMEOUT).contains(&n) => Ok(()),
+        _ => Err(format!(
+            "must be whole seconds from 1 to {MAX_PING_TIMEOUT}"
+        )),
+    },
+}];
 
 /// Errors when a brick string cannot be used (shared with the CLI for early checks).
 pub fn check_brick_arg(s: &str) -> anyhow::Result<()> {
@@ -872,6 +964,12 @@ mod tests {
         assert!(parse_brick("h1/data").is_err());
         assert!(parse_brick(":/data").is_err());
         assert!(parse_brick("h:/a/../b").is_err());
+        assert!(parse_brick("h@evil:/b").is_err());
+        assert!(valid_host("node-1.example").is_ok());
+        assert!(valid_host("10.0.0.1").is_ok());
+        assert!(valid_host("a/b").is_err());
+        assert!(valid_host("-x").is_err());
+        assert!(valid_host("").is_err());
     }
 
     #[test]
