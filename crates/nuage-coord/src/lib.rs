@@ -5,5 +5,8 @@
 //! Each module has one job; see ARCHITECTURE.md for the map.
 
 pub mod clock;
+pub mod election;
 pub mod finger;
+pub mod frame;
 pub mod net;
+pub mod rng;
