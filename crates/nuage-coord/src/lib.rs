@@ -8,5 +8,6 @@ pub mod clock;
 pub mod election;
 pub mod finger;
 pub mod frame;
+pub mod mutex;
 pub mod net;
 pub mod rng;

@@ -3,6 +3,7 @@
 
 mod finger_cmd;
 mod lab_cmd;
+mod mutex_cmd;
 mod net_cmd;
 mod node_cmd;
 mod table;
@@ -46,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         cmd: net_cmd::NetCmd,
     },
+    /// Central mutual exclusion: a lock server, and a client that runs a command holding it
+    Mutex {
+        #[command(subcommand)]
+        cmd: mutex_cmd::MutexCmd,
+    },
 }
 
 /// Environment variable setting the log level (error, warn, info, debug, trace).
@@ -65,6 +71,7 @@ fn main() {
                     Command::Node { cmd, api } => node_cmd::run(cmd, api).await,
                     Command::Net { cmd } => net_cmd::run(cmd).await,
                     Command::Finger(args) => finger_cmd::run(args).await,
+                    Command::Mutex { cmd } => mutex_cmd::run(cmd).await,
                     Command::Lab(_) => unreachable!("handled above"),
                 }
             })
