@@ -8,6 +8,8 @@ pub mod clock;
 pub mod election;
 pub mod finger;
 pub mod frame;
+pub mod launch;
 pub mod mutex;
 pub mod net;
+pub mod ring;
 pub mod rng;

@@ -3,9 +3,11 @@
 
 mod finger_cmd;
 mod lab_cmd;
+mod launch_cmd;
 mod mutex_cmd;
 mod net_cmd;
 mod node_cmd;
+mod ring_cmd;
 mod table;
 mod up;
 
@@ -52,6 +54,13 @@ enum Command {
         #[command(subcommand)]
         cmd: mutex_cmd::MutexCmd,
     },
+    /// Launch processes on the hosts of a file, build a ring, circulate a pid message
+    Ring(ring_cmd::RingArgs),
+    /// Chang-Roberts election and numbering over a ring of launched processes
+    Election(ring_cmd::ElectionArgs),
+    /// A process started by a launcher (daemonizes, reports in); not for direct use
+    #[command(hide = true)]
+    Agent(launch_cmd::AgentArgs),
 }
 
 /// Environment variable setting the log level (error, warn, info, debug, trace).
@@ -59,11 +68,13 @@ const LOG_ENV: &str = "NUAGE_LOG";
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Up(_)));
+    init_logging(matches!(cli.command, Command::Up(_) | Command::Agent(_)));
     let result = match cli.command {
         // The lab runs without an async runtime: `lab exec` must still be single-threaded
         // when it enters a machine's namespaces and replaces itself with the command.
         Command::Lab(args) => lab_cmd::run(args),
+        // The agent forks to daemonize, which must happen before any thread exists.
+        Command::Agent(args) => launch_cmd::agent(args),
         command => runtime().and_then(|rt| {
             rt.block_on(async {
                 match command {
@@ -72,7 +83,9 @@ fn main() {
                     Command::Net { cmd } => net_cmd::run(cmd).await,
                     Command::Finger(args) => finger_cmd::run(args).await,
                     Command::Mutex { cmd } => mutex_cmd::run(cmd).await,
-                    Command::Lab(_) => unreachable!("handled above"),
+                    Command::Ring(args) => ring_cmd::ring(args).await,
+                    Command::Election(args) => ring_cmd::election(args).await,
+                    Command::Lab(_) | Command::Agent(_) => unreachable!("handled above"),
                 }
             })
         }),

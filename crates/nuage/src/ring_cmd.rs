@@ -1,0 +1,142 @@
+//! `nuage ring` and `nuage election`: a ring of launched processes, the pid message, and
+//! Chang-Roberts election with numbering (library: nuage_coord::ring).
+
+use anyhow::bail;
+use clap::{Args, ValueEnum};
+use nuage_coord::election::Kind;
+use nuage_coord::launch::Bootstrap;
+use nuage_coord::ring::drive;
+
+use crate::launch_cmd::{self, LaunchArgs};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BootstrapArg {
+    /// Each process knows its predecessor; the last address travels back to the first
+    Chain,
+    /// Every process is given the first one's address and joins there
+    First,
+}
+
+impl From<BootstrapArg> for Bootstrap {
+    fn from(b: BootstrapArg) -> Self {
+        match b {
+            BootstrapArg::Chain => Bootstrap::Chain,
+            BootstrapArg::First => Bootstrap::First,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RingArgs {
+    #[command(flatten)]
+    launch: LaunchArgs,
+    /// How the ring is built
+    #[arg(long, value_enum, default_value_t = BootstrapArg::Chain)]
+    bootstrap: BootstrapArg,
+}
+
+#[derive(Args, Debug)]
+pub struct ElectionArgs {
+    #[command(flatten)]
+    launch: LaunchArgs,
+    /// How the ring is built
+    #[arg(long, value_enum, default_value_t = BootstrapArg::Chain)]
+    bootstrap: BootstrapArg,
+    /// This many processes, chosen at random, start the election
+    #[arg(long, value_name = "K", conflicts_with = "initiator_ids")]
+    initiators: Option<usize>,
+    /// These processes start it: their numbers (0-based, in hosts-file order)
+    #[arg(long, value_name = "A,B,…", value_delimiter = ',')]
+    initiator_ids: Vec<u32>,
+}
+
+pub async fn ring(args: RingArgs) -> anyhow::Result<()> {
+    let mut launched = launch_cmd::launch(&args.launch).await?;
+    let pids = drive::circulate(&mut launched, args.bootstrap.into()).await?;
+    let how = match args.bootstrap {
+        BootstrapArg::Chain => "chain",
+        BootstrapArg::First => "first",
+    };
+    println!("ring built ({how} bootstrap); the pid message came back to process 0:");
+    let mut path: Vec<String> = pids.iter().map(|(h, p)| format!("{h}[{p}]")).collect();
+    if let Some(first) = path.first().cloned() {
+        path.push(first);
+    }
+    println!("{}", path.join(" -> "));
+    Ok(())
+}
+
+pub async fn election(args: ElectionArgs) -> anyhow::Result<()> {
+    let mut launched = launch_cmd::launch(&args.launch).await?;
+    let n = launched.members.len();
+    let initiators: Vec<u32> = if !args.initiator_ids.is_empty() {
+        if let Some(bad) = args.initiator_ids.iter().find(|i| **i as usize >= n) {
+            launched.stop_all().await;
+            bail!(
+                "--initiator-ids: there is no process {bad} (processes are 0..{})",
+                n - 1
+            );
+        }
+        args.initiator_ids.clone()
+    } else {
+        let k = args.initiators.unwrap_or(1);
+        if k == 0 || k > n {
+            launched.stop_all().await;
+            bail!("--initiators must be between 1 and the number of processes ({n})");
+        }
+        let mut all: Vec<u32> = (0..n as u32).collect();
+        nuage_coord::rng::SplitMix64::from_entropy().shuffle(&mut all);
+        all.truncate(k);
+        all.sort_unstable();
+        all
+    };
+    // Each process's id is its pid, as in the classic lab; pids repeat only across hosts.
+    let ids: Vec<u64> = launched.members.iter().map(|m| u64::from(m.pid)).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
+        launched.stop_all().await;
+        bail!("two processes have the same pid (on different hosts); run again");
+    }
+    let result = drive::elect(&mut launched, args.bootstrap.into(), &ids, &initiators).await?;
+    println!("initiators: {initiators:?}");
+    println!("messages sent:");
+    for (m, r) in launched.members.iter().zip(&result.reports) {
+        let sent: Vec<String> = r.sent.iter().map(ToString::to_string).collect();
+        println!("  process {} (id {}): {}", m.index, r.id, sent.join(" "));
+    }
+    let leader = result.leader();
+    let leader_index = result
+        .reports
+        .iter()
+        .position(|r| r.id == leader.id)
+        .unwrap_or(0);
+    println!(
+        "leader: id {} (process {} on {}); N = {}",
+        leader.id,
+        leader_index,
+        launched.members[leader_index].host,
+        leader.size.unwrap_or(0)
+    );
+    let mut t = crate::table::Table::new(&["PROCESS", "HOST", "ID", "RANK", "SENT"]);
+    for (m, r) in launched.members.iter().zip(&result.reports) {
+        t.row(vec![
+            m.index.to_string(),
+            m.host.clone(),
+            r.id.to_string(),
+            r.rank.to_string(),
+            r.sent.len().to_string(),
+        ]);
+    }
+    print!("{}", t.render());
+    let count = |k| result.counts.get(&k).copied().unwrap_or(0);
+    println!(
+        "messages: {} (election {}, elected {}, token {}); election time {} ms",
+        result.total(),
+        count(Kind::Election),
+        count(Kind::Elected),
+        count(Kind::Token),
+        result.elapsed.as_millis()
+    );
+    Ok(())
+}

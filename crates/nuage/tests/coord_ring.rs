@@ -1,0 +1,292 @@
+//! `nuage ring` and `nuage election` with the real binary: processes launched locally and
+//! in lab machines (as root; CI runs as root), rings built both ways, elections checked.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use common::*;
+
+/// The launch table: (process, host, pid).
+fn launched(out: &str) -> Vec<(u32, String, u32)> {
+    out.lines()
+        .skip_while(|l| !l.starts_with("PROCESS  HOST"))
+        .skip(1)
+        .take_while(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (
+                w[0].parse().unwrap(),
+                w[1].to_owned(),
+                w[2].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn hosts_file(dir: &Path, hosts: &[&str]) -> String {
+    let path = dir.join("hosts");
+    let text = format!("# test hosts\n\n{}\n", hosts.join("\n"));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// Checks `nuage ring` output: the pid message visited every launched process once, in
+/// ring order, and came back to process 0.
+fn check_ring(out: &str, n: usize) -> Vec<(String, u32)> {
+    let procs = launched(out);
+    assert_eq!(procs.len(), n, "{out}");
+    let path_line = out
+        .lines()
+        .skip_while(|l| !l.starts_with("ring built"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no pid message: {out}"));
+    let hops: Vec<(String, u32)> = path_line
+        .split(" -> ")
+        .map(|h| {
+            let (host, pid) = h.trim_end_matches(']').split_once('[').unwrap();
+            (host.to_owned(), pid.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(hops.len(), n + 1, "{path_line}");
+    assert_eq!(hops[0], hops[n], "the message comes back to its origin");
+    assert_eq!(hops[0].1, procs[0].2, "process 0 is the origin");
+    let visited: BTreeSet<u32> = hops[..n].iter().map(|h| h.1).collect();
+    let expected: BTreeSet<u32> = procs.iter().map(|p| p.2).collect();
+    assert_eq!(visited, expected, "every process once");
+    hops
+}
+
+/// Checks `nuage election` output: the leader is the largest id (pid), N is right, ranks
+/// are 0..N-1 without gap or repeat, and the message count adds up.
+fn check_election(out: &str, n: usize) {
+    let procs = launched(out);
+    assert_eq!(procs.len(), n, "{out}");
+    let max = procs.iter().map(|p| p.2).max().unwrap();
+    assert!(
+        out.contains(&format!("leader: id {max} ")) && out.contains(&format!("; N = {n}\n")),
+        "{out}"
+    );
+    let table: Vec<Vec<&str>> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("PROCESS  HOST  ID"))
+        .skip(1)
+        .take(n)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let mut ranks: Vec<u32> = table.iter().map(|r| r[3].parse().unwrap()).collect();
+    ranks.sort_unstable();
+    assert_eq!(ranks, (0..n as u32).collect::<Vec<_>>(), "{out}");
+    let sent: usize = table.iter().map(|r| r[4].parse::<usize>().unwrap()).sum();
+    let total_line = out.lines().find(|l| l.starts_with("messages: ")).unwrap();
+    assert!(
+        total_line.starts_with(&format!("messages: {sent} (")),
+        "{total_line}"
+    );
+    assert!(
+        total_line.contains(&format!("elected {n}, token {n})")),
+        "{total_line}"
+    );
+}
+
+#[test]
+fn local_rings_both_bootstraps() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hosts_file(dir.path(), &["a", "b", "c", "a", "b"]);
+    for bootstrap in ["chain", "first"] {
+        let logs = dir.path().join(bootstrap);
+        let out = ok(run(&[
+            "ring",
+            "--hosts",
+            &hosts,
+            "--bootstrap",
+            bootstrap,
+            "--log-dir",
+            logs.to_str().unwrap(),
+        ]));
+        check_ring(&out, 5);
+        // Each process logged to its own file.
+        assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 5);
+    }
+}
+
+#[test]
+fn local_elections_with_several_initiator_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hosts_file(dir.path(), &["h"; 8]);
+    for (k, initiators) in [
+        vec!["--initiator-ids", "0,3,5"],
+        vec!["--initiators", "8"],
+        vec!["--initiators", "1"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let logs = dir.path().join(format!("e{k}"));
+        let mut args = vec![
+            "election",
+            "--hosts",
+            &hosts,
+            "--log-dir",
+            logs.to_str().unwrap(),
+        ];
+        args.extend(initiators);
+        if k == 1 {
+            args.extend(["--bootstrap", "first"]);
+        }
+        check_election(&ok(run(&args)), 8);
+    }
+}
+
+#[test]
+fn bad_hosts_files_and_options_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "n1\n\nn2 n3\n").unwrap();
+    let out = run(&["ring", "--hosts", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!("nuage: error: {}:3:", bad.display())),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+    let out = run(&["ring", "--hosts", "/nonexistent/hosts"]);
+    assert!(stderr(&out).contains("cannot read the hosts file"));
+    let one = hosts_file(dir.path(), &["solo"]);
+    let out = run(&[
+        "ring",
+        "--hosts",
+        &one,
+        "--log-dir",
+        dir.path().join("l").to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&out).contains("at least 2 processes"),
+        "{}",
+        stderr(&out)
+    );
+    let three = hosts_file(dir.path(), &["a", "b", "c"]);
+    let out = run(&[
+        "election",
+        "--hosts",
+        &three,
+        "--initiator-ids",
+        "7",
+        "--log-dir",
+        dir.path().join("m").to_str().unwrap(),
+    ]);
+    assert!(stderr(&out).contains("no process 7"), "{}", stderr(&out));
+    let out = run(&["ring", "--hosts", &three, "--via", "ssh"]);
+    assert!(stderr(&out).contains("--advertise"), "{}", stderr(&out));
+}
+
+#[test]
+fn unreachable_ssh_host_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // `-p1` would be an ssh option: refused as a host name before anything runs.
+    let hosts = hosts_file(dir.path(), &["n1", "-p1"]);
+    let out = run(&[
+        "ring",
+        "--hosts",
+        &hosts,
+        "--via",
+        "ssh",
+        "--advertise",
+        "127.0.0.1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(":4: `-p1` is not a host name"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing answers ssh on this machine's loopback in the test (or it refuses our
+    // BatchMode login): the error names the line and the host, in one line.
+    let hosts = hosts_file(dir.path(), &["127.0.0.1", "127.0.0.1"]);
+    let out = run(&[
+        "ring",
+        "--hosts",
+        &hosts,
+        "--via",
+        "ssh",
+        "--advertise",
+        "127.0.0.1",
+        "--log-dir",
+        dir.path().join("l").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(
+            "nuage: error: line 3: cannot start a process on 127.0.0.1: exit status: 255"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+}
+
+#[test]
+fn lab_rings_and_election_across_machines() {
+    let name = format!("rg-{}", std::process::id());
+    let lab = nuage_lab::Lab::create(&name, 4).expect("create lab (needs root)");
+    let dir = tempfile::tempdir().unwrap();
+    // Repeated lines: two processes on n1 and n2.
+    let machines = ["n1", "n2", "n3", "n4", "n1", "n2"];
+    let hosts = hosts_file(dir.path(), &machines);
+    for bootstrap in ["chain", "first"] {
+        let logs = dir.path().join(bootstrap);
+        let out = ok(run(&[
+            "ring",
+            "--hosts",
+            &hosts,
+            "--via",
+            "lab",
+            "--lab",
+            &name,
+            "--bootstrap",
+            bootstrap,
+            "--log-dir",
+            logs.to_str().unwrap(),
+        ]));
+        let hops = check_ring(&out, 6);
+        // Each process reports the hostname of the machine its line named.
+        let procs = launched(&out);
+        for (host, pid) in &hops[..6] {
+            let p = procs.iter().find(|p| p.2 == *pid).unwrap();
+            assert_eq!(&p.1, host, "{out}");
+        }
+    }
+    let logs = dir.path().join("election");
+    let out = ok(run(&[
+        "election",
+        "--hosts",
+        &hosts,
+        "--via",
+        "lab",
+        "--lab",
+        &name,
+        "--initiators",
+        "3",
+        "--log-dir",
+        logs.to_str().unwrap(),
+    ]));
+    check_election(&out, 6);
+    // A machine the lab does not have is an error naming the line.
+    let bad = hosts_file(dir.path(), &["n1", "n9"]);
+    let out = run(&["ring", "--hosts", &bad, "--via", "lab", "--lab", &name]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(":4:"), "{}", stderr(&out));
+    lab.down().unwrap();
+}
