@@ -48,7 +48,27 @@ pub struct ElectionArgs {
     /// These processes start it: their numbers (0-based, in hosts-file order)
     #[arg(long, value_name = "A,B,…", value_delimiter = ',')]
     initiator_ids: Vec<u32>,
+    /// Each process's id: its pid (as in the classic lab; pids grow in launch order, so
+    /// ids decrease along a chain-built ring: Chang-Roberts' worst case), or random
+    /// distinct numbers (a random order along the ring)
+    #[arg(long, value_enum, default_value_t = IdsArg::Pid)]
+    ids: IdsArg,
+    /// Seed for the random choices (initiators, random ids); printed, so a run's choices
+    /// can be replayed
+    #[arg(long)]
+    seed: Option<u64>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IdsArg {
+    /// The process's pid
+    Pid,
+    /// Distinct random numbers below 1 000 000
+    Random,
+}
+
+/// Random ids are below this, so they stay readable.
+const RANDOM_ID_BOUND: u64 = 1_000_000;
 
 pub async fn ring(args: RingArgs) -> anyhow::Result<()> {
     let mut launched = launch_cmd::launch(&args.launch).await?;
@@ -69,6 +89,10 @@ pub async fn ring(args: RingArgs) -> anyhow::Result<()> {
 pub async fn election(args: ElectionArgs) -> anyhow::Result<()> {
     let mut launched = launch_cmd::launch(&args.launch).await?;
     let n = launched.members.len();
+    let seed = args
+        .seed
+        .unwrap_or_else(|| nuage_coord::rng::SplitMix64::from_entropy().next_u64());
+    let mut rng = nuage_coord::rng::SplitMix64::new(seed);
     let initiators: Vec<u32> = if !args.initiator_ids.is_empty() {
         if let Some(bad) = args.initiator_ids.iter().find(|i| **i as usize >= n) {
             launched.stop_all().await;
@@ -85,13 +109,25 @@ pub async fn election(args: ElectionArgs) -> anyhow::Result<()> {
             bail!("--initiators must be between 1 and the number of processes ({n})");
         }
         let mut all: Vec<u32> = (0..n as u32).collect();
-        nuage_coord::rng::SplitMix64::from_entropy().shuffle(&mut all);
+        rng.shuffle(&mut all);
         all.truncate(k);
         all.sort_unstable();
         all
     };
-    // Each process's id is its pid, as in the classic lab; pids repeat only across hosts.
-    let ids: Vec<u64> = launched.members.iter().map(|m| u64::from(m.pid)).collect();
+    let ids: Vec<u64> = match args.ids {
+        // Pids repeat only across hosts (checked below).
+        IdsArg::Pid => launched.members.iter().map(|m| u64::from(m.pid)).collect(),
+        IdsArg::Random => {
+            let mut pool: Vec<u64> = Vec::with_capacity(n);
+            while pool.len() < n {
+                let id = 1 + rng.next_u64() % (RANDOM_ID_BOUND - 1);
+                if !pool.contains(&id) {
+                    pool.push(id);
+                }
+            }
+            pool
+        }
+    };
     let mut sorted = ids.clone();
     sorted.sort_unstable();
     if sorted.windows(2).any(|w| w[0] == w[1]) {
@@ -99,7 +135,7 @@ pub async fn election(args: ElectionArgs) -> anyhow::Result<()> {
         bail!("two processes have the same pid (on different hosts); run again");
     }
     let result = drive::elect(&mut launched, args.bootstrap.into(), &ids, &initiators).await?;
-    println!("initiators: {initiators:?}");
+    println!("seed: {seed}; initiators: {initiators:?}");
     println!("messages sent:");
     for (m, r) in launched.members.iter().zip(&result.reports) {
         let sent: Vec<String> = r.sent.iter().map(ToString::to_string).collect();

@@ -73,7 +73,14 @@ fn check_ring(out: &str, n: usize) -> Vec<(String, u32)> {
 fn check_election(out: &str, n: usize) {
     let procs = launched(out);
     assert_eq!(procs.len(), n, "{out}");
-    let max = procs.iter().map(|p| p.2).max().unwrap();
+    let ids: Vec<u64> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("PROCESS  HOST  ID"))
+        .skip(1)
+        .take(n)
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+        .collect();
+    let max = ids.iter().max().unwrap();
     assert!(
         out.contains(&format!("leader: id {max} ")) && out.contains(&format!("; N = {n}\n")),
         "{out}"
@@ -128,7 +135,8 @@ fn local_elections_with_several_initiator_sets() {
     for (k, initiators) in [
         vec!["--initiator-ids", "0,3,5"],
         vec!["--initiators", "8"],
-        vec!["--initiators", "1"],
+        vec!["--initiators", "1", "--ids", "random", "--seed", "7"],
+        vec!["--initiators", "8", "--ids", "random"],
     ]
     .into_iter()
     .enumerate()
@@ -283,6 +291,10 @@ fn lab_rings_and_election_across_machines() {
         logs.to_str().unwrap(),
     ]));
     check_election(&out, 6);
+    // With pids as ids, the leader is the process with the largest pid.
+    let procs = launched(&out);
+    let max_pid = procs.iter().map(|p| p.2).max().unwrap();
+    assert!(out.contains(&format!("leader: id {max_pid} ")), "{out}");
     // A machine the lab does not have is an error naming the line.
     let bad = hosts_file(dir.path(), &["n1", "n9"]);
     let out = run(&["ring", "--hosts", &bad, "--via", "lab", "--lab", &name]);
