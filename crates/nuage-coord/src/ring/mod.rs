@@ -202,3 +202,6 @@ async fn elect(
         sent,
     })
 }
+
+#[cfg(test)]
+mod tests;
