@@ -2,7 +2,7 @@
 //! Chang-Roberts election with numbering (library: nuage_coord::ring).
 
 use anyhow::bail;
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use nuage_coord::election::Kind;
 use nuage_coord::launch::Bootstrap;
 use nuage_coord::ring::drive;
@@ -27,12 +27,39 @@ impl From<BootstrapArg> for Bootstrap {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct RingArgs {
+    #[command(subcommand)]
+    cmd: Option<RingCmd>,
+    #[command(flatten)]
+    launch: Option<LaunchArgs>,
+    /// How the ring is built
+    #[arg(long, value_enum, default_value_t = BootstrapArg::Chain)]
+    bootstrap: BootstrapArg,
+}
+
+#[derive(Subcommand, Debug)]
+enum RingCmd {
+    /// Token-ring mutual exclusion: each process appends records to a shared file
+    Mutex(RingMutexArgs),
+}
+
+#[derive(Args, Debug)]
+struct RingMutexArgs {
     #[command(flatten)]
     launch: LaunchArgs,
     /// How the ring is built
     #[arg(long, value_enum, default_value_t = BootstrapArg::Chain)]
     bootstrap: BootstrapArg,
+    /// The shared file (on a file system every process sees)
+    #[arg(long, value_name = "FILE")]
+    file: std::path::PathBuf,
+    /// Records each process appends, one per token visit
+    #[arg(long, value_name = "N")]
+    records: u32,
+    /// Lines per record (each line its own append)
+    #[arg(long, value_name = "L", default_value_t = 5)]
+    lines: u32,
 }
 
 #[derive(Args, Debug)]
@@ -71,7 +98,13 @@ pub enum IdsArg {
 const RANDOM_ID_BOUND: u64 = 1_000_000;
 
 pub async fn ring(args: RingArgs) -> anyhow::Result<()> {
-    let mut launched = launch_cmd::launch(&args.launch).await?;
+    if let Some(RingCmd::Mutex(m)) = args.cmd {
+        return ring_mutex(m).await;
+    }
+    let Some(launch) = args.launch else {
+        bail!("`nuage ring` needs --hosts FILE");
+    };
+    let mut launched = launch_cmd::launch(&launch).await?;
     let pids = drive::circulate(&mut launched, args.bootstrap.into()).await?;
     let how = match args.bootstrap {
         BootstrapArg::Chain => "chain",
@@ -173,6 +206,43 @@ pub async fn election(args: ElectionArgs) -> anyhow::Result<()> {
         count(Kind::Elected),
         count(Kind::Token),
         result.elapsed.as_millis()
+    );
+    Ok(())
+}
+
+async fn ring_mutex(args: RingMutexArgs) -> anyhow::Result<()> {
+    use nuage_coord::ring::token::{MAX_LINES, MAX_RECORDS};
+    if args.records > MAX_RECORDS || args.lines == 0 || args.lines > MAX_LINES {
+        bail!("--records must be at most {MAX_RECORDS} and --lines 1..={MAX_LINES}");
+    }
+    // Processes open the file by this path, wherever they run.
+    let file = std::path::absolute(&args.file)?;
+    let mut launched = launch_cmd::launch(&args.launch).await?;
+    let start = std::time::Instant::now();
+    let done = drive::token_mutex(
+        &mut launched,
+        args.bootstrap.into(),
+        &file,
+        args.records,
+        args.lines,
+    )
+    .await?;
+    let mut t = crate::table::Table::new(&["PROCESS", "HOST", "RECORDS", "TOKEN VISITS"]);
+    for (m, (records, visits)) in launched.members.iter().zip(&done) {
+        t.row(vec![
+            m.index.to_string(),
+            m.host.clone(),
+            records.to_string(),
+            visits.to_string(),
+        ]);
+    }
+    print!("{}", t.render());
+    let hops: u64 = done.iter().map(|d| d.1).sum();
+    println!(
+        "{} records appended to {} in {} ms; the token made {hops} hops",
+        done.iter().map(|d| u64::from(d.0)).sum::<u64>(),
+        file.display(),
+        start.elapsed().as_millis()
     );
     Ok(())
 }

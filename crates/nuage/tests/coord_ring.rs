@@ -302,3 +302,83 @@ fn lab_rings_and_election_across_machines() {
     assert!(stderr(&out).contains(":4:"), "{}", stderr(&out));
     lab.down().unwrap();
 }
+
+/// Checks a token-ring shared file: `n` processes × `records` records of `lines` lines,
+/// each record whole (never interleaved), each record once.
+fn check_shared_file(path: &Path, n: usize, records: usize, lines: usize) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let all: Vec<&str> = text.lines().collect();
+    assert_eq!(all.len(), n * records * lines);
+    let mut seen = BTreeSet::new();
+    for record in all.chunks(lines) {
+        let head: Vec<&str> = record[0].split(' ').collect();
+        for (l, line) in record.iter().enumerate() {
+            let expected = format!("{} {} {} {} {}", head[0], head[1], head[2], head[3], l + 1);
+            assert_eq!(*line, expected, "interleaved record: {record:?}");
+        }
+        assert!(seen.insert((head[2].to_owned(), head[3].to_owned())));
+    }
+    assert_eq!(seen.len(), n * records);
+}
+
+#[test]
+fn local_token_ring_mutex() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hosts_file(dir.path(), &["a", "b", "c", "d"]);
+    let shared = dir.path().join("shared.txt");
+    let out = ok(run(&[
+        "ring",
+        "mutex",
+        "--hosts",
+        &hosts,
+        "--file",
+        shared.to_str().unwrap(),
+        "--records",
+        "20",
+        "--lines",
+        "3",
+        "--bootstrap",
+        "first",
+        "--log-dir",
+        dir.path().join("l").to_str().unwrap(),
+    ]));
+    check_shared_file(&shared, 4, 20, 3);
+    assert!(out.contains("80 records appended"), "{out}");
+}
+
+/// The shared-file test of central mutual exclusion, with the token ring: five machines,
+/// 50 five-line records each, nothing interleaved.
+#[test]
+fn lab_token_ring_mutex_five_machines() {
+    let name = format!("tk-{}", std::process::id());
+    let lab = nuage_lab::Lab::create(&name, 5).expect("create lab (needs root)");
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hosts_file(dir.path(), &["n1", "n2", "n3", "n4", "n5"]);
+    let shared = dir.path().join("shared.txt");
+    let out = ok(run(&[
+        "ring",
+        "mutex",
+        "--hosts",
+        &hosts,
+        "--via",
+        "lab",
+        "--lab",
+        &name,
+        "--file",
+        shared.to_str().unwrap(),
+        "--records",
+        "50",
+        "--log-dir",
+        dir.path().join("l").to_str().unwrap(),
+    ]));
+    check_shared_file(&shared, 5, 50, 5);
+    // Every line names the machine of its writer.
+    let text = std::fs::read_to_string(&shared).unwrap();
+    for line in text.lines() {
+        let w: Vec<&str> = line.split(' ').collect();
+        let index: usize = w[2].parse().unwrap();
+        assert_eq!(w[0], format!("n{}", index + 1), "{line}");
+    }
+    assert!(out.contains("250 records appended"), "{out}");
+    lab.down().unwrap();
+}

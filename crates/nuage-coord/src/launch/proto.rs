@@ -24,6 +24,9 @@ pub enum ToLauncher {
     Circulated { pids: Vec<(String, u32)> },
     /// This process's end of the election.
     Elected(ElectionReport),
+    /// Token-ring mutual exclusion is over for everyone: this process wrote `records`
+    /// records and saw the token `visits` times.
+    TokenDone { records: u32, visits: u64 },
     /// The process gives up (the error says why); it exits after sending this.
     Failed { error: String },
 }
@@ -54,13 +57,20 @@ pub enum Bootstrap {
 }
 
 /// What to run once the ring is up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// Process 0 sends a message around; each appends its pid.
     Circulate,
     /// Chang-Roberts with this process's id; `initiator` starts it.
     Election { id: election::Id, initiator: bool },
+    /// Token-ring mutual exclusion: append `records` records of `lines` lines each to
+    /// `file`, one record per token visit.
+    TokenMutex {
+        file: std::path::PathBuf,
+        records: u32,
+        lines: u32,
+    },
 }
 
 /// The launcher's orders.

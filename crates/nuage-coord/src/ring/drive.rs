@@ -166,3 +166,38 @@ fn check(reports: &[ElectionReport]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Builds the ring and runs token-ring mutual exclusion: each process appends `records`
+/// records of `lines` lines to `file`. Returns (records written, token visits) per process.
+pub async fn token_mutex(
+    launched: &mut Launched,
+    bootstrap: Bootstrap,
+    file: &std::path::Path,
+    records: u32,
+    lines: u32,
+) -> anyhow::Result<Vec<(u32, u64)>> {
+    let n = launched.members.len();
+    let result = async {
+        build(launched, bootstrap, |_| Algorithm::TokenMutex {
+            file: file.to_path_buf(),
+            records,
+            lines,
+        })
+        .await?;
+        let mut done: Vec<Option<(u32, u64)>> = vec![None; n];
+        let mut left = n;
+        while left > 0 {
+            match launched.hear(RUN_TIMEOUT + Duration::from_secs(5)).await? {
+                (i, ToLauncher::TokenDone { records, visits }) if done[i as usize].is_none() => {
+                    done[i as usize] = Some((records, visits));
+                    left -= 1;
+                }
+                (i, other) => bail!("process {i} said {other:?} during token-ring mutex"),
+            }
+        }
+        Ok(done.into_iter().map(Option::unwrap).collect())
+    }
+    .await;
+    launched.stop_all().await;
+    result
+}

@@ -11,6 +11,7 @@
 
 mod build;
 pub mod drive;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -45,6 +46,9 @@ pub enum Link {
     Pids { pids: Vec<(String, u32)> },
     /// A message of the election.
     Election(election::Message),
+    /// The token of token-ring mutual exclusion; `finished` counts the processes that
+    /// have written all their records.
+    Token { finished: u32 },
 }
 
 /// What one process is asked to do.
@@ -104,11 +108,16 @@ pub async fn run_member(
         Ok(Ok(Some(ToProcess::Stop))) | Ok(Ok(None)) => return Ok(()),
         other => bail!("expected `go` from the launcher, got {other:?}"),
     }
-    let report = match task.algorithm {
+    let report = match &task.algorithm {
         Algorithm::Circulate => circulate(&task, &mut links).await?,
         Algorithm::Election { id, initiator } => {
-            ToLauncher::Elected(elect(&task, id, initiator, &mut links).await?)
+            ToLauncher::Elected(elect(&task, *id, *initiator, &mut links).await?)
         }
+        Algorithm::TokenMutex {
+            file,
+            records,
+            lines,
+        } => token::run(&task, file, *records, *lines, &mut links).await?,
     };
     if let Some(report) = report_if_any(report) {
         write_frame(to_launcher, &report).await?;
