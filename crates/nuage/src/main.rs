@@ -4,6 +4,7 @@
 mod finger_cmd;
 mod lab_cmd;
 mod launch_cmd;
+mod launch_run_cmd;
 mod mutex_cmd;
 mod net_cmd;
 mod node_cmd;
@@ -54,6 +55,8 @@ enum Command {
         #[command(subcommand)]
         cmd: mutex_cmd::MutexCmd,
     },
+    /// Run a program once per line of a hosts file (locally, in lab machines, over ssh)
+    Launch(launch_run_cmd::LaunchRunArgs),
     /// Launch processes on the hosts of a file, build a ring, circulate a pid message
     Ring(ring_cmd::RingArgs),
     /// Chang-Roberts election and numbering over a ring of launched processes
@@ -83,6 +86,7 @@ fn main() {
                     Command::Net { cmd } => net_cmd::run(cmd).await,
                     Command::Finger(args) => finger_cmd::run(args).await,
                     Command::Mutex { cmd } => mutex_cmd::run(cmd).await,
+                    Command::Launch(args) => launch_run_cmd::run(args).await,
                     Command::Ring(args) => ring_cmd::ring(args).await,
                     Command::Election(args) => ring_cmd::election(args).await,
                     Command::Lab(_) | Command::Agent(_) => unreachable!("handled above"),

@@ -12,6 +12,7 @@
 //! to report in; at most [`hosts::MAX_PROCESSES`] processes.
 
 pub mod agent;
+pub mod exec;
 pub mod hosts;
 pub mod proto;
 
@@ -94,6 +95,15 @@ impl Launched {
             ),
             Some(msg) => Ok((index, msg)),
         }
+    }
+
+    /// The next thing a process said, or `None` for a process whose connection ended;
+    /// for callers that expect some processes to end.
+    pub async fn hear_raw(&mut self, limit: Duration) -> anyhow::Result<Heard> {
+        tokio::time::timeout(limit, self.heard.recv())
+            .await
+            .map_err(|_| anyhow!("no news from the processes within {}s", limit.as_secs()))?
+            .ok_or_else(|| anyhow!("every process is gone"))
     }
 
     /// Tells every process to stop (those already gone are skipped).

@@ -29,6 +29,15 @@ pub enum ToLauncher {
     TokenDone { records: u32, visits: u64 },
     /// The process gives up (the error says why); it exits after sending this.
     Failed { error: String },
+    /// (exec) The program runs, with this pid.
+    Running { pid: u32 },
+    /// (exec) The program ended: its exit code, or the signal that ended it; `stopped`
+    /// when the launcher asked for it.
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+        stopped: bool,
+    },
 }
 
 /// What one process knows at the end of an election.
@@ -84,6 +93,14 @@ pub enum ToProcess {
         bootstrap: Bootstrap,
         contact: Option<SocketAddr>,
         algorithm: Algorithm,
+    },
+    /// Run `program args…` (no shell), output to this process's log; `n` processes in
+    /// all (given to the program as `NUAGE_LAUNCH_SIZE`, its number as
+    /// `NUAGE_LAUNCH_INDEX`).
+    Exec {
+        n: u32,
+        program: String,
+        args: Vec<String>,
     },
     /// Every process is ready: run the algorithm.
     Go,
