@@ -36,6 +36,10 @@ pub struct LaunchArgs {
     /// The nuage program on the remote hosts, with --via ssh
     #[arg(long, value_name = "PATH", default_value = "nuage")]
     remote_nuage: String,
+    /// An ssh client configuration file (ssh -F), with --via ssh: identity, known hosts,
+    /// port, user…
+    #[arg(long, value_name = "FILE")]
+    ssh_config: Option<PathBuf>,
     /// Directory for the processes' logs (default: a new /tmp/nuage-launch-PID)
     #[arg(long, value_name = "DIR")]
     log_dir: Option<PathBuf>,
@@ -86,10 +90,14 @@ pub async fn launch(args: &LaunchArgs) -> anyhow::Result<Launched> {
                 bail!("--via ssh needs --advertise IP: the address remote hosts reach this one on");
             };
             let remote = args.remote_nuage.clone();
+            let ssh_config = args.ssh_config.clone();
             (
                 advertise,
                 Box::new(move |host: &str, a: &[String]| {
                     let mut c = std::process::Command::new("ssh");
+                    if let Some(f) = &ssh_config {
+                        c.arg("-F").arg(f);
+                    }
                     // ssh joins its arguments into one remote shell line: quote each.
                     let line: Vec<String> = std::iter::once(&remote)
                         .chain(a)

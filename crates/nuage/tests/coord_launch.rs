@@ -167,3 +167,118 @@ fn lab_programs_run_in_the_machines_their_lines_name() {
     }
     lab.down().unwrap();
 }
+
+/// `--via ssh` through the real OpenSSH: sshd (Debian's openssh-server) runs in each lab
+/// machine with keys generated for this test; the launcher goes through the ssh client.
+#[test]
+fn lab_launch_and_ring_through_real_sshd() {
+    let name = format!("ss-{}", std::process::id());
+    let lab = nuage_lab::Lab::create(&name, 3).expect("create lab (needs root)");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keygen = |file: &str| {
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join(file))
+            .output()
+            .expect("ssh-keygen (openssh-client)");
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    keygen("host_key");
+    keygen("id");
+    std::fs::copy(d.join("id.pub"), d.join("authorized_keys")).unwrap();
+    // sshd's privilege separation directory (the package's service creates it).
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let sshd_config = d.join("sshd_config");
+    std::fs::write(
+        &sshd_config,
+        format!(
+            "Port 22\nListenAddress 0.0.0.0\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\n\
+             StrictModes no\nPidFile none\n",
+            d.join("host_key").display(),
+            d.join("authorized_keys").display()
+        ),
+    )
+    .unwrap();
+    let ssh_config = d.join("ssh_config");
+    std::fs::write(
+        &ssh_config,
+        format!(
+            "Host *\n  User root\n  IdentityFile {}\n  IdentitiesOnly yes\n  \
+             StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n",
+            d.join("id").display()
+        ),
+    )
+    .unwrap();
+    let mut sshds = Vec::new();
+    for m in ["n1", "n2", "n3"] {
+        let mut cmd = lab.command(m, "/usr/sbin/sshd").unwrap();
+        cmd.arg("-D").arg("-e").arg("-f").arg(&sshd_config);
+        cmd.stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        sshds.push(cmd.spawn().expect("sshd (openssh-server)"));
+    }
+    let addrs: Vec<String> = ["n1", "n2", "n3", "n2"]
+        .iter()
+        .map(|m| lab.addr(m).unwrap().to_string())
+        .collect();
+    let hosts = hosts_file(d, &addrs.iter().map(String::as_str).collect::<Vec<_>>());
+    let nuage_bin = env!("CARGO_BIN_EXE_nuage");
+    let advertise = lab.host_addr().to_string();
+    let ssh_args = |logs: &str| {
+        vec![
+            "--hosts".to_owned(),
+            hosts.clone(),
+            "--via".into(),
+            "ssh".into(),
+            "--ssh-config".into(),
+            ssh_config.display().to_string(),
+            "--advertise".into(),
+            advertise.clone(),
+            "--remote-nuage".into(),
+            nuage_bin.into(),
+            "--log-dir".into(),
+            d.join(logs).display().to_string(),
+        ]
+    };
+    // sshd needs a moment to listen: retry the first launch for a few seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let mut args = vec!["launch".to_owned()];
+        args.extend(ssh_args("launch"));
+        args.extend(["--".into(), "hostname".into()]);
+        let out = nuage().args(&args).output().unwrap();
+        if out.status.success() || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    for (i, m) in ["n1", "n2", "n3", "n2"].iter().enumerate() {
+        let log = std::fs::read_to_string(d.join("launch").join(format!("{i}-{}.log", addrs[i])))
+            .unwrap();
+        assert!(log.lines().any(|l| l == *m), "{log}");
+    }
+    // A ring and an election over ssh-launched processes.
+    let mut args = vec!["ring".to_owned()];
+    args.extend(ssh_args("ring"));
+    let out = nuage().args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("the pid message came back"),
+        "{}",
+        stdout(&out)
+    );
+    let mut args = vec!["election".to_owned()];
+    args.extend(ssh_args("election"));
+    args.extend(["--initiators".into(), "4".into()]);
+    let out = nuage().args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("; N = 4\n"), "{}", stdout(&out));
+    for mut s in sshds {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    lab.down().unwrap();
+}
