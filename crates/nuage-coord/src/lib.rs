@@ -5,6 +5,7 @@
 //! Each module has one job; see ARCHITECTURE.md for the map.
 
 pub mod clock;
+pub mod detector;
 pub mod election;
 pub mod finger;
 pub mod frame;

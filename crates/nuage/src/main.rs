@@ -1,6 +1,7 @@
 //! The `nuage` command: a thin layer that parses arguments, calls the library crates and
 //! prints. Every user mistake ends as one line on stderr and a non-zero status.
 
+mod fd_cmd;
 mod finger_cmd;
 mod lab_cmd;
 mod launch_cmd;
@@ -61,6 +62,8 @@ enum Command {
     Ring(ring_cmd::RingArgs),
     /// Chang-Roberts election and numbering over a ring of launched processes
     Election(ring_cmd::ElectionArgs),
+    /// A failure detector: two detectors watch half the processes each, with heartbeats
+    Fd(fd_cmd::FdArgs),
     /// A process started by a launcher (daemonizes, reports in); not for direct use
     #[command(hide = true)]
     Agent(launch_cmd::AgentArgs),
@@ -87,6 +90,7 @@ fn main() {
                     Command::Finger(args) => finger_cmd::run(args).await,
                     Command::Mutex { cmd } => mutex_cmd::run(cmd).await,
                     Command::Launch(args) => launch_run_cmd::run(args).await,
+                    Command::Fd(args) => fd_cmd::run(args).await,
                     Command::Ring(args) => ring_cmd::ring(args).await,
                     Command::Election(args) => ring_cmd::election(args).await,
                     Command::Lab(_) | Command::Agent(_) => unreachable!("handled above"),

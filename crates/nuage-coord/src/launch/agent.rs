@@ -49,6 +49,22 @@ pub async fn run(launcher: SocketAddr, index: u32) -> anyhow::Result<()> {
     let outcome = match order {
         None | Some(ToProcess::Stop) => return Ok(()),
         Some(ToProcess::Go) => bail!("`go` before any task"),
+        Some(ToProcess::Detect {
+            members,
+            period_ms,
+            threshold,
+        }) => {
+            crate::detector::run_member(
+                index,
+                members,
+                std::time::Duration::from_millis(period_ms),
+                threshold,
+                listener,
+                &mut from_launcher,
+                &mut write,
+            )
+            .await
+        }
         Some(ToProcess::Exec { n, program, args }) => {
             drop(listener);
             super::exec::run_program(index, n, &program, &args, &mut from_launcher, &mut write)

@@ -29,6 +29,8 @@ pub enum ToLauncher {
     TokenDone { records: u32, visits: u64 },
     /// The process gives up (the error says why); it exits after sending this.
     Failed { error: String },
+    /// (detector) A detector's lists changed.
+    Lists { alive: Vec<u32>, dead: Vec<u32> },
     /// (exec) The program runs, with this pid.
     Running { pid: u32 },
     /// (exec) The program ended: its exit code, or the signal that ended it; `stopped`
@@ -101,6 +103,12 @@ pub enum ToProcess {
         n: u32,
         program: String,
         args: Vec<String>,
+    },
+    /// Run the failure detector: `members[i]` is process i's address.
+    Detect {
+        members: Vec<SocketAddr>,
+        period_ms: u64,
+        threshold: u64,
     },
     /// Every process is ready: run the algorithm.
     Go,
