@@ -14,3 +14,4 @@ pub mod mutex;
 pub mod net;
 pub mod ring;
 pub mod rng;
+pub mod snapshot;

@@ -10,6 +10,7 @@ mod mutex_cmd;
 mod net_cmd;
 mod node_cmd;
 mod ring_cmd;
+mod snapshot_cmd;
 mod table;
 mod up;
 
@@ -64,6 +65,8 @@ enum Command {
     Election(ring_cmd::ElectionArgs),
     /// A failure detector: two detectors watch half the processes each, with heartbeats
     Fd(fd_cmd::FdArgs),
+    /// Chandy-Lamport snapshots of processes moving units between them (total conserved)
+    Snapshot(snapshot_cmd::SnapshotArgs),
     /// A process started by a launcher (daemonizes, reports in); not for direct use
     #[command(hide = true)]
     Agent(launch_cmd::AgentArgs),
@@ -91,6 +94,7 @@ fn main() {
                     Command::Mutex { cmd } => mutex_cmd::run(cmd).await,
                     Command::Launch(args) => launch_run_cmd::run(args).await,
                     Command::Fd(args) => fd_cmd::run(args).await,
+                    Command::Snapshot(args) => snapshot_cmd::run(args).await,
                     Command::Ring(args) => ring_cmd::ring(args).await,
                     Command::Election(args) => ring_cmd::election(args).await,
                     Command::Lab(_) | Command::Agent(_) => unreachable!("handled above"),

@@ -65,6 +65,22 @@ pub async fn run(launcher: SocketAddr, index: u32) -> anyhow::Result<()> {
             )
             .await
         }
+        Some(ToProcess::Snapshots {
+            members,
+            mode,
+            max_delay_us,
+            dir,
+        }) => {
+            let setup = crate::snapshot::run::Setup {
+                index,
+                members,
+                mode,
+                max_delay: std::time::Duration::from_micros(max_delay_us),
+                dir,
+            };
+            crate::snapshot::run_member(setup, listener, &mut from_launcher, &mut write).await
+        }
+        Some(ToProcess::SnapshotStart { .. }) => bail!("snapshot start before the setup"),
         Some(ToProcess::Exec { n, program, args }) => {
             drop(listener);
             super::exec::run_program(index, n, &program, &args, &mut from_launcher, &mut write)

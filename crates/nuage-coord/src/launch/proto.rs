@@ -29,6 +29,13 @@ pub enum ToLauncher {
     TokenDone { records: u32, visits: u64 },
     /// The process gives up (the error says why); it exits after sending this.
     Failed { error: String },
+    /// (snapshot) This process's part of `snapshot`: units held when it recorded its
+    /// state, and units in flight on its incoming channels.
+    Recorded {
+        snapshot: u64,
+        units: u64,
+        in_flight: u64,
+    },
     /// (detector) A detector's lists changed.
     Lists { alive: Vec<u32>, dead: Vec<u32> },
     /// (exec) The program runs, with this pid.
@@ -110,6 +117,15 @@ pub enum ToProcess {
         period_ms: u64,
         threshold: u64,
     },
+    /// Connect to every other process for snapshots (then report ready).
+    Snapshots {
+        members: Vec<SocketAddr>,
+        mode: crate::snapshot::Mode,
+        max_delay_us: u64,
+        dir: std::path::PathBuf,
+    },
+    /// Initiate snapshot number `snapshot`.
+    SnapshotStart { snapshot: u64 },
     /// Every process is ready: run the algorithm.
     Go,
     /// Stop and exit.
