@@ -276,6 +276,44 @@ fn lab_launch_and_ring_through_real_sshd() {
     let out = nuage().args(&args).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("; N = 4\n"), "{}", stdout(&out));
+    // An unreachable host: sshd stops on n3. The launch fails naming the line, and the
+    // processes already started on n1 and n2 do not stay: they find no launcher and exit.
+    let _ = sshds[2].kill();
+    let _ = sshds[2].wait();
+    let hosts = hosts_file(
+        d,
+        &addrs[..3].iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let mut args = vec!["launch".to_owned()];
+    args.extend(ssh_args("unreachable"));
+    args[2] = hosts;
+    args.extend(["--".into(), "sleep".into(), "300".into()]);
+    let out = nuage().args(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!(
+            "nuage: error: line 4: cannot start a process on {}",
+            addrs[2]
+        )),
+        "{err}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    for m in ["n1", "n2"] {
+        while lab
+            .processes(m)
+            .unwrap()
+            .iter()
+            .any(|p| p.command.starts_with("nuage") || p.command == "sleep")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{m}: {:?}",
+                lab.processes(m)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     for mut s in sshds {
         let _ = s.kill();
         let _ = s.wait();

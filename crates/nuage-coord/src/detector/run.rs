@@ -79,6 +79,8 @@ pub async fn run_member(
 async fn respond(listener: TcpListener, reports: mpsc::Sender<(u32, Vec<u32>)>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors or similar: do not spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let _ = stream.set_nodelay(true);

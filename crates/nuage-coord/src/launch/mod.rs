@@ -280,6 +280,8 @@ struct Hello {
 async fn accept_hellos(listener: TcpListener, tx: mpsc::Sender<Hello>) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
+            // Out of descriptors or similar: do not spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let _ = stream.set_nodelay(true);
