@@ -219,28 +219,30 @@ async fn ring_mutex(args: RingMutexArgs) -> anyhow::Result<()> {
     let file = std::path::absolute(&args.file)?;
     let mut launched = launch_cmd::launch(&args.launch).await?;
     let start = std::time::Instant::now();
-    let done = drive::token_mutex(
+    let ends = drive::token_mutex(
         &mut launched,
         args.bootstrap.into(),
         &file,
         args.records,
         args.lines,
+        |note| println!("{note}"),
     )
     .await?;
     let mut t = crate::table::Table::new(&["PROCESS", "HOST", "RECORDS", "TOKEN VISITS"]);
-    for (m, (records, visits)) in launched.members.iter().zip(&done) {
-        t.row(vec![
-            m.index.to_string(),
-            m.host.clone(),
-            records.to_string(),
-            visits.to_string(),
-        ]);
+    let mut total = 0u64;
+    for (m, end) in launched.members.iter().zip(&ends) {
+        let (records, visits) = match end {
+            drive::TokenEnd::Done { records, visits } => {
+                total += u64::from(*records);
+                (records.to_string(), visits.to_string())
+            }
+            drive::TokenEnd::Died => ("died".to_owned(), "-".to_owned()),
+        };
+        t.row(vec![m.index.to_string(), m.host.clone(), records, visits]);
     }
     print!("{}", t.render());
-    let hops: u64 = done.iter().map(|d| d.1).sum();
     println!(
-        "{} records appended to {} in {} ms; the token made {hops} hops",
-        done.iter().map(|d| u64::from(d.0)).sum::<u64>(),
+        "{total} records appended to {} by the live processes in {} ms",
         file.display(),
         start.elapsed().as_millis()
     );

@@ -382,3 +382,167 @@ fn lab_token_ring_mutex_five_machines() {
     assert!(out.contains("250 records appended"), "{out}");
     lab.down().unwrap();
 }
+
+/// The token holder dies: process 2 is paused until the token is stuck with it, then
+/// killed. Its successor repairs the ring, probes, and regenerates the token exactly
+/// once; every live process writes all its records; no record is interleaved (only the
+/// dead process's last record may be cut short).
+#[test]
+fn lost_token_is_regenerated_exactly_once() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hosts_file(dir.path(), &["a", "b", "c", "d", "e"]);
+    let shared = dir.path().join("shared.txt");
+    let mut child = nuage()
+        .args(["ring", "mutex", "--hosts", &hosts, "--file"])
+        .arg(&shared)
+        .args(["--records", "300", "--lines", "3", "--log-dir"])
+        .arg(dir.path().join("l"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut pids = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.len() == 5 && w[0].chars().all(|c| c.is_ascii_digit()) {
+            pids.push(w[2].parse::<i32>().unwrap());
+            if pids.len() == 5 {
+                break;
+            }
+        }
+    }
+    // Let the token go round a while, then pause process 2 until the token is stuck with
+    // it (the file stops growing), then kill it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&shared).map_or(0, |m| m.len()) < 2_000 {
+        assert!(Instant::now() < deadline, "the ring never started writing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    kill(Pid::from_raw(pids[2]), Signal::SIGSTOP).unwrap();
+    let mut last = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let len = std::fs::metadata(&shared).unwrap().len();
+        if len == last {
+            break;
+        }
+        last = len;
+    }
+    kill(Pid::from_raw(pids[2]), Signal::SIGKILL).unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = common::wait_exit(&mut child, Duration::from_secs(60));
+    let out = rest.join("\n");
+    assert!(status.success(), "{out}");
+    assert_eq!(out.matches("regenerated").count(), 1, "{out}");
+    assert!(out.contains(": predecessor 2 died"), "{out}");
+    assert!(out.contains("2        c     died"), "{out}");
+    // The file: consecutive lines grouped by (process, record); each group whole, except
+    // possibly the dead process's last; each record once; every live process complete.
+    let text = std::fs::read_to_string(&shared).unwrap();
+    let mut groups: Vec<(String, String, usize)> = Vec::new();
+    for line in text.lines() {
+        let w: Vec<&str> = line.split(' ').collect();
+        let key = (w[2].to_owned(), w[3].to_owned());
+        let l: usize = w[4].parse().unwrap();
+        match groups.last_mut() {
+            Some(g) if (g.0.as_str(), g.1.as_str()) == (key.0.as_str(), key.1.as_str()) => {
+                assert_eq!(l, g.2 + 1, "{line}");
+                g.2 = l;
+            }
+            _ => {
+                assert_eq!(l, 1, "a record starts in the middle: {line}");
+                groups.push((key.0, key.1, l));
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (i, (p, r, l)) in groups.iter().enumerate() {
+        assert!(seen.insert((p.clone(), r.clone())), "record {p}/{r} twice");
+        if *l != 3 {
+            assert_eq!(p, "2", "only the dead process may leave a cut record");
+            assert!(
+                groups[i + 1..].iter().all(|g| g.0 != "2"),
+                "the cut record is its last"
+            );
+        }
+    }
+    for p in ["0", "1", "3", "4"] {
+        assert_eq!(
+            groups.iter().filter(|g| g.0 == p).count(),
+            300,
+            "process {p}"
+        );
+    }
+}
+
+/// A process killed at an arbitrary moment (the token may or may not be with it): the
+/// ring is repaired, the probe decides, at most one token is regenerated, and every live
+/// process writes all its records.
+#[test]
+fn a_process_killed_at_any_moment_leaves_the_others_finishing() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hosts_file(dir.path(), &["a", "b", "c", "d"]);
+    let shared = dir.path().join("shared.txt");
+    let mut child = nuage()
+        .args([
+            "ring",
+            "mutex",
+            "--hosts",
+            &hosts,
+            "--bootstrap",
+            "first",
+            "--file",
+        ])
+        .arg(&shared)
+        .args(["--records", "300", "--lines", "2", "--log-dir"])
+        .arg(dir.path().join("l"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut pids = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.len() == 5 && w[0].chars().all(|c| c.is_ascii_digit()) {
+            pids.push(w[2].parse::<i32>().unwrap());
+            if pids.len() == 4 {
+                break;
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&shared).map_or(0, |m| m.len()) < 1_000 {
+        assert!(Instant::now() < deadline, "the ring never started writing");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[1]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = common::wait_exit(&mut child, Duration::from_secs(60));
+    let out = rest.join("\n");
+    assert!(status.success(), "{out}");
+    assert!(out.contains(": predecessor 1 died"), "{out}");
+    assert!(out.contains("probe back"), "{out}");
+    assert!(out.matches("regenerated").count() <= 1, "{out}");
+    let text = std::fs::read_to_string(&shared).unwrap();
+    for p in ["0", "2", "3"] {
+        let n = text
+            .lines()
+            .filter(|l| l.split(' ').nth(2) == Some(p))
+            .count();
+        assert_eq!(n, 600, "process {p}: {out}");
+    }
+}

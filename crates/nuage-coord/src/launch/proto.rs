@@ -24,9 +24,11 @@ pub enum ToLauncher {
     Circulated { pids: Vec<(String, u32)> },
     /// This process's end of the election.
     Elected(ElectionReport),
-    /// Token-ring mutual exclusion is over for everyone: this process wrote `records`
-    /// records and saw the token `visits` times.
+    /// (token ring) This process has written all its `records` records, having seen the
+    /// token `visits` times; it keeps passing the token until told to stop.
     TokenDone { records: u32, visits: u64 },
+    /// (token ring) Something worth telling: a repaired ring, a regenerated token.
+    TokenNote { text: String },
     /// The process gives up (the error says why); it exits after sending this.
     Failed { error: String },
     /// (snapshot) This process's part of `snapshot`: units held when it recorded its

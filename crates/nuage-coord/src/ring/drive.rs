@@ -167,15 +167,27 @@ fn check(reports: &[ElectionReport]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How one process ended a token-ring run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenEnd {
+    /// It wrote all its records, having seen the token this many times by then.
+    Done { records: u32, visits: u64 },
+    /// It died (or was killed) before writing all its records.
+    Died,
+}
+
 /// Builds the ring and runs token-ring mutual exclusion: each process appends `records`
-/// records of `lines` lines to `file`. Returns (records written, token visits) per process.
+/// records of `lines` lines to `file`. Processes that die are tolerated (the ring is
+/// repaired, a lost token regenerated); `on_note` sees what the processes report about
+/// that. Ends when every live process has written all its records.
 pub async fn token_mutex(
     launched: &mut Launched,
     bootstrap: Bootstrap,
     file: &std::path::Path,
     records: u32,
     lines: u32,
-) -> anyhow::Result<Vec<(u32, u64)>> {
+    mut on_note: impl FnMut(&str),
+) -> anyhow::Result<Vec<TokenEnd>> {
     let n = launched.members.len();
     let result = async {
         build(launched, bootstrap, |_| Algorithm::TokenMutex {
@@ -184,18 +196,36 @@ pub async fn token_mutex(
             lines,
         })
         .await?;
-        let mut done: Vec<Option<(u32, u64)>> = vec![None; n];
-        let mut left = n;
-        while left > 0 {
-            match launched.hear(RUN_TIMEOUT + Duration::from_secs(5)).await? {
-                (i, ToLauncher::TokenDone { records, visits }) if done[i as usize].is_none() => {
-                    done[i as usize] = Some((records, visits));
-                    left -= 1;
+        let mut ends: Vec<Option<TokenEnd>> = vec![None; n];
+        while ends.iter().any(Option::is_none) {
+            match launched
+                .hear_raw(RUN_TIMEOUT + Duration::from_secs(5))
+                .await?
+            {
+                (i, Some(ToLauncher::TokenDone { records, visits })) => {
+                    ends[i as usize] = Some(TokenEnd::Done { records, visits });
                 }
-                (i, other) => bail!("process {i} said {other:?} during token-ring mutex"),
+                (_, Some(ToLauncher::TokenNote { text })) => on_note(&text),
+                (i, Some(ToLauncher::Failed { error })) => {
+                    bail!("process {i} failed: {error}")
+                }
+                (i, None) => {
+                    if ends[i as usize].is_none() {
+                        let m = &launched.members[i as usize];
+                        on_note(&format!(
+                            "process {i} on {} (pid {}) died before writing all its records",
+                            m.host, m.pid
+                        ));
+                        ends[i as usize] = Some(TokenEnd::Died);
+                    }
+                }
+                (i, Some(other)) => bail!("process {i} said {other:?} during token-ring mutex"),
             }
         }
-        Ok(done.into_iter().map(Option::unwrap).collect())
+        if ends.iter().all(|e| *e == Some(TokenEnd::Died)) {
+            bail!("every process died");
+        }
+        Ok(ends.into_iter().map(Option::unwrap).collect())
     }
     .await;
     launched.stop_all().await;

@@ -46,9 +46,18 @@ pub enum Link {
     Pids { pids: Vec<(String, u32)> },
     /// A message of the election.
     Election(election::Message),
-    /// The token of token-ring mutual exclusion; `finished` counts the processes that
-    /// have written all their records.
-    Token { finished: u32 },
+    /// The token of token-ring mutual exclusion, of generation `generation` (a regenerated
+    /// token has a higher one; older ones are dropped on sight).
+    Token { generation: u64 },
+    /// (token ring) Ring order being gathered: (process, address) from process 0 on.
+    Members { ring: Vec<(u32, SocketAddr)> },
+    /// (token ring) The whole ring order, sent once around.
+    RingOrder { ring: Vec<(u32, SocketAddr)> },
+    /// (token ring) Sent by a process whose predecessor died to the live process before
+    /// it: "send to me from now on".
+    Adopt { index: u32 },
+    /// (token ring) Does a token still exist? Sent once around by `origin`.
+    Probe { origin: u32 },
 }
 
 /// What one process is asked to do.
@@ -100,7 +109,6 @@ pub async fn run_member(
         bail!("a ring needs at least 2 processes");
     }
     let mut links = build::build(&task, &listener).await?;
-    drop(listener);
     tracing::info!("process {}: ring links up", task.index);
     write_frame(to_launcher, &ToLauncher::Ready).await?;
     match tokio::time::timeout(LINK_TIMEOUT, from_launcher.read()).await {
@@ -108,16 +116,29 @@ pub async fn run_member(
         Ok(Ok(Some(ToProcess::Stop))) | Ok(Ok(None)) => return Ok(()),
         other => bail!("expected `go` from the launcher, got {other:?}"),
     }
+    if let Algorithm::TokenMutex {
+        file,
+        records,
+        lines,
+    } = &task.algorithm
+    {
+        // The token ring keeps its listener: a repaired ring links through it.
+        let (file, records, lines) = (file.clone(), *records, *lines);
+        let run = token::Run {
+            task: &task,
+            file: &file,
+            records,
+            lines,
+        };
+        return run.run(links, listener, from_launcher, to_launcher).await;
+    }
+    drop(listener);
     let report = match &task.algorithm {
         Algorithm::Circulate => circulate(&task, &mut links).await?,
         Algorithm::Election { id, initiator } => {
             ToLauncher::Elected(elect(&task, *id, *initiator, &mut links).await?)
         }
-        Algorithm::TokenMutex {
-            file,
-            records,
-            lines,
-        } => token::run(&task, file, *records, *lines, &mut links).await?,
+        Algorithm::TokenMutex { .. } => unreachable!("handled above"),
     };
     if let Some(report) = report_if_any(report) {
         write_frame(to_launcher, &report).await?;
