@@ -99,7 +99,9 @@ fn pause_resume_and_a_dead_detector_in_the_lab() {
     let launch = Duration::from_secs(30);
     // The launch table gives each process's pid.
     let mut pids = Vec::new();
-    lines.wait(launch, |l| l.starts_with("PROCESS  HOST"));
+    lines.wait(launch, |l| {
+        header(l, &["PROCESS", "HOST", "PID", "ADDRESS", "LOG"])
+    });
     for _ in 0..10 {
         let row = lines.wait(launch, |_| true);
         pids.push(

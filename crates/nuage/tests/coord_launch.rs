@@ -17,7 +17,7 @@ fn hosts_file(dir: &Path, hosts: &[&str]) -> String {
 /// (process, host, agent pid) from the launch table.
 fn agents(out: &str) -> Vec<(u32, String, u32)> {
     out.lines()
-        .skip_while(|l| !l.starts_with("PROCESS  HOST  PID    ADDRESS"))
+        .skip_while(|l| !header(l, &["PROCESS", "HOST", "PID", "ADDRESS", "LOG"]))
         .skip(1)
         .take_while(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()))
         .map(|l| {
@@ -103,7 +103,7 @@ fn timeout_stops_every_program_and_agent() {
     );
     let program_pids: Vec<u32> = text
         .lines()
-        .skip_while(|l| !l.starts_with("PROCESS  HOST  PID    RESULT"))
+        .skip_while(|l| !header(l, &["PROCESS", "HOST", "PID", "RESULT", "LOG"]))
         .skip(1)
         .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
         .collect();

@@ -11,7 +11,7 @@ use common::*;
 /// The launch table: (process, host, pid).
 fn launched(out: &str) -> Vec<(u32, String, u32)> {
     out.lines()
-        .skip_while(|l| !l.starts_with("PROCESS  HOST"))
+        .skip_while(|l| !header(l, &["PROCESS", "HOST", "PID", "ADDRESS", "LOG"]))
         .skip(1)
         .take_while(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()))
         .map(|l| {
@@ -75,7 +75,7 @@ fn check_election(out: &str, n: usize) {
     assert_eq!(procs.len(), n, "{out}");
     let ids: Vec<u64> = out
         .lines()
-        .skip_while(|l| !l.starts_with("PROCESS  HOST  ID"))
+        .skip_while(|l| !header(l, &["PROCESS", "HOST", "ID", "RANK", "SENT"]))
         .skip(1)
         .take(n)
         .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
@@ -87,7 +87,7 @@ fn check_election(out: &str, n: usize) {
     );
     let table: Vec<Vec<&str>> = out
         .lines()
-        .skip_while(|l| !l.starts_with("PROCESS  HOST  ID"))
+        .skip_while(|l| !header(l, &["PROCESS", "HOST", "ID", "RANK", "SENT"]))
         .skip(1)
         .take(n)
         .map(|l| l.split_whitespace().collect())
