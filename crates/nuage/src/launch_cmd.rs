@@ -156,6 +156,11 @@ pub struct AgentArgs {
 /// Daemonizes (fork; the parent exits 0 once the child runs; the child starts a session
 /// and logs to its file), then runs the agent. Must run before any thread exists.
 pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    // On a remote host the launcher's log directory may not exist yet.
+    if let Some(dir) = args.log.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the log directory {}", dir.display()))?;
+    }
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
