@@ -5,5 +5,13 @@
 //! Each module has one job; see ARCHITECTURE.md for the map.
 
 pub mod clock;
+pub mod detector;
+pub mod election;
 pub mod finger;
+pub mod frame;
+pub mod launch;
+pub mod mutex;
 pub mod net;
+pub mod ring;
+pub mod rng;
+pub mod snapshot;

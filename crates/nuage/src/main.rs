@@ -1,14 +1,20 @@
 //! The `nuage` command: a thin layer that parses arguments, calls the library crates and
 //! prints. Every user mistake ends as one line on stderr and a non-zero status.
 
+mod fd_cmd;
 mod finger_cmd;
 mod fn_cmd;
 mod group_cmd;
 mod jobs_cmd;
 mod lab_cmd;
+mod launch_cmd;
+mod launch_run_cmd;
 mod mail_cmd;
+mod mutex_cmd;
 mod net_cmd;
 mod node_cmd;
+mod ring_cmd;
+mod snapshot_cmd;
 mod storage_cmd;
 mod table;
 mod trace_cmd;
@@ -95,6 +101,24 @@ enum Command {
     Mount(storage_cmd::MountArgs),
     /// Storage: unmount a mounted volume
     Umount(storage_cmd::UmountArgs),
+    /// Central mutual exclusion: a lock server, and a client that runs a command holding it
+    Mutex {
+        #[command(subcommand)]
+        cmd: mutex_cmd::MutexCmd,
+    },
+    /// Run a program once per line of a hosts file (locally, in lab machines, over ssh)
+    Launch(launch_run_cmd::LaunchRunArgs),
+    /// Launch processes on the hosts of a file, build a ring, circulate a pid message
+    Ring(ring_cmd::RingArgs),
+    /// Chang-Roberts election and numbering over a ring of launched processes
+    Election(ring_cmd::ElectionArgs),
+    /// A failure detector: two detectors watch half the processes each, with heartbeats
+    Fd(fd_cmd::FdArgs),
+    /// Chandy-Lamport snapshots of processes moving units between them (total conserved)
+    Snapshot(snapshot_cmd::SnapshotArgs),
+    /// A process started by a launcher (daemonizes, reports in); not for direct use
+    #[command(hide = true)]
+    Agent(launch_cmd::AgentArgs),
 }
 
 /// Environment variable setting the log level (error, warn, info, debug, trace).
@@ -109,6 +133,7 @@ fn main() {
         } => true,
         Command::Jobs(args) => args.is_daemon(),
         Command::Group(g) => g.daemon_logs(),
+        Command::Agent(_) => true,
         _ => false,
     };
     init_logging(daemon);
@@ -117,6 +142,8 @@ fn main() {
         // when it enters a machine's namespaces and replaces itself with the command.
         Command::Lab(args) => lab_cmd::run(args),
         Command::Trace(args) => trace_cmd::run(args),
+        // The agent forks to daemonize, which must happen before any thread exists.
+        Command::Agent(args) => launch_cmd::agent(args),
         command => runtime().and_then(|rt| {
             rt.block_on(async {
                 match command {
@@ -133,7 +160,15 @@ fn main() {
                     Command::Volume { cmd, api } => storage_cmd::volume(cmd, api).await,
                     Command::Mount(args) => storage_cmd::mount(args).await,
                     Command::Umount(args) => storage_cmd::umount(args),
-                    Command::Lab(_) | Command::Trace(_) => unreachable!("handled above"),
+                    Command::Mutex { cmd } => mutex_cmd::run(cmd).await,
+                    Command::Launch(args) => launch_run_cmd::run(args).await,
+                    Command::Fd(args) => fd_cmd::run(args).await,
+                    Command::Snapshot(args) => snapshot_cmd::run(args).await,
+                    Command::Ring(args) => ring_cmd::ring(args).await,
+                    Command::Election(args) => ring_cmd::election(args).await,
+                    Command::Lab(_) | Command::Trace(_) | Command::Agent(_) => {
+                        unreachable!("handled above")
+                    }
                 }
             })
         }),

@@ -133,3 +133,8 @@ fn dechunk(mut body: &str) -> String {
 pub fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
+
+/// Is `line` the header row of a table with these column names (whatever the padding)?
+pub fn header(line: &str, columns: &[&str]) -> bool {
+    line.split_whitespace().eq(columns.iter().copied())
+}

@@ -1,0 +1,548 @@
+//! `nuage ring` and `nuage election` with the real binary: processes launched locally and
+//! in lab machines (as root; CI runs as root), rings built both ways, elections checked.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use common::*;
+
+/// The launch table: (process, host, pid).
+fn launched(out: &str) -> Vec<(u32, String, u32)> {
+    out.lines()
+        .skip_while(|l| !header(l, &["PROCESS", "HOST", "PID", "ADDRESS", "LOG"]))
+        .skip(1)
+        .take_while(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (
+                w[0].parse().unwrap(),
+                w[1].to_owned(),
+                w[2].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn hosts_file(dir: &Path, hosts: &[&str]) -> String {
+    let path = dir.join("hosts");
+    let text = format!("# test hosts\n\n{}\n", hosts.join("\n"));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// Checks `nuage ring` output: the pid message visited every launched process once, in
+/// ring order, and came back to process 0.
+fn check_ring(out: &str, n: usize) -> Vec<(String, u32)> {
+    let procs = launched(out);
+    assert_eq!(procs.len(), n, "{out}");
+    let path_line = out
+        .lines()
+        .skip_while(|l| !l.starts_with("ring built"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no pid message: {out}"));
+    let hops: Vec<(String, u32)> = path_line
+        .split(" -> ")
+        .map(|h| {
+            let (host, pid) = h.trim_end_matches(']').split_once('[').unwrap();
+            (host.to_owned(), pid.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(hops.len(), n + 1, "{path_line}");
+    assert_eq!(hops[0], hops[n], "the message comes back to its origin");
+    assert_eq!(hops[0].1, procs[0].2, "process 0 is the origin");
+    let visited: BTreeSet<u32> = hops[..n].iter().map(|h| h.1).collect();
+    let expected: BTreeSet<u32> = procs.iter().map(|p| p.2).collect();
+    assert_eq!(visited, expected, "every process once");
+    hops
+}
+
+/// Checks `nuage election` output: the leader is the largest id (pid), N is right, ranks
+/// are 0..N-1 without gap or repeat, and the message count adds up.
+fn check_election(out: &str, n: usize) {
+    let procs = launched(out);
+    assert_eq!(procs.len(), n, "{out}");
+    let ids: Vec<u64> = out
+        .lines()
+        .skip_while(|l| !header(l, &["PROCESS", "HOST", "ID", "RANK", "SENT"]))
+        .skip(1)
+        .take(n)
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+        .collect();
+    let max = ids.iter().max().unwrap();
+    assert!(
+        out.contains(&format!("leader: id {max} ")) && out.contains(&format!("; N = {n}\n")),
+        "{out}"
+    );
+    let table: Vec<Vec<&str>> = out
+        .lines()
+        .skip_while(|l| !header(l, &["PROCESS", "HOST", "ID", "RANK", "SENT"]))
+        .skip(1)
+        .take(n)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let mut ranks: Vec<u32> = table.iter().map(|r| r[3].parse().unwrap()).collect();
+    ranks.sort_unstable();
+    assert_eq!(ranks, (0..n as u32).collect::<Vec<_>>(), "{out}");
+    let sent: usize = table.iter().map(|r| r[4].parse::<usize>().unwrap()).sum();
+    let total_line = out.lines().find(|l| l.starts_with("messages: ")).unwrap();
+    assert!(
+        total_line.starts_with(&format!("messages: {sent} (")),
+        "{total_line}"
+    );
+    assert!(
+        total_line.contains(&format!("elected {n}, token {n})")),
+        "{total_line}"
+    );
+}
+
+#[test]
+fn local_rings_both_bootstraps() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hosts_file(dir.path(), &["a", "b", "c", "a", "b"]);
+    for bootstrap in ["chain", "first"] {
+        let logs = dir.path().join(bootstrap);
+        let out = ok(run(&[
+            "ring",
+            "--hosts",
+            &hosts,
+            "--bootstrap",
+            bootstrap,
+            "--log-dir",
+            logs.to_str().unwrap(),
+        ]));
+        check_ring(&out, 5);
+        // Each process logged to its own file.
+        assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 5);
+    }
+}
+
+#[test]
+fn local_elections_with_several_initiator_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hosts_file(dir.path(), &["h"; 8]);
+    for (k, initiators) in [
+        vec!["--initiator-ids", "0,3,5"],
+        vec!["--initiators", "8"],
+        vec!["--initiators", "1", "--ids", "random", "--seed", "7"],
+        vec!["--initiators", "8", "--ids", "random"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let logs = dir.path().join(format!("e{k}"));
+        let mut args = vec![
+            "election",
+            "--hosts",
+            &hosts,
+            "--log-dir",
+            logs.to_str().unwrap(),
+        ];
+        args.extend(initiators);
+        if k == 1 {
+            args.extend(["--bootstrap", "first"]);
+        }
+        check_election(&ok(run(&args)), 8);
+    }
+}
+
+#[test]
+fn bad_hosts_files_and_options_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "n1\n\nn2 n3\n").unwrap();
+    let out = run(&["ring", "--hosts", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!("nuage: error: {}:3:", bad.display())),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+    let out = run(&["ring", "--hosts", "/nonexistent/hosts"]);
+    assert!(stderr(&out).contains("cannot read the hosts file"));
+    let one = hosts_file(dir.path(), &["solo"]);
+    let out = run(&[
+        "ring",
+        "--hosts",
+        &one,
+        "--log-dir",
+        dir.path().join("l").to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&out).contains("at least 2 processes"),
+        "{}",
+        stderr(&out)
+    );
+    let three = hosts_file(dir.path(), &["a", "b", "c"]);
+    let out = run(&[
+        "election",
+        "--hosts",
+        &three,
+        "--initiator-ids",
+        "7",
+        "--log-dir",
+        dir.path().join("m").to_str().unwrap(),
+    ]);
+    assert!(stderr(&out).contains("no process 7"), "{}", stderr(&out));
+    let out = run(&["ring", "--hosts", &three, "--via", "ssh"]);
+    assert!(stderr(&out).contains("--advertise"), "{}", stderr(&out));
+}
+
+#[test]
+fn unreachable_ssh_host_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // `-p1` would be an ssh option: refused as a host name before anything runs.
+    let hosts = hosts_file(dir.path(), &["n1", "-p1"]);
+    let out = run(&[
+        "ring",
+        "--hosts",
+        &hosts,
+        "--via",
+        "ssh",
+        "--advertise",
+        "127.0.0.1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(":4: `-p1` is not a host name"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing answers ssh on this machine's loopback in the test (or it refuses our
+    // BatchMode login): the error names the line and the host, in one line.
+    let hosts = hosts_file(dir.path(), &["127.0.0.1", "127.0.0.1"]);
+    let out = run(&[
+        "ring",
+        "--hosts",
+        &hosts,
+        "--via",
+        "ssh",
+        "--advertise",
+        "127.0.0.1",
+        "--log-dir",
+        dir.path().join("l").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(
+            "nuage: error: line 3: cannot start a process on 127.0.0.1: exit status: 255"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+}
+
+#[test]
+fn lab_rings_and_election_across_machines() {
+    let name = format!("rg-{}", std::process::id());
+    let lab = nuage_lab::Lab::create(&name, 4).expect("create lab (needs root)");
+    let dir = tempfile::tempdir().unwrap();
+    // Repeated lines: two processes on n1 and n2.
+    let machines = ["n1", "n2", "n3", "n4", "n1", "n2"];
+    let hosts = hosts_file(dir.path(), &machines);
+    for bootstrap in ["chain", "first"] {
+        let logs = dir.path().join(bootstrap);
+        let out = ok(run(&[
+            "ring",
+            "--hosts",
+            &hosts,
+            "--via",
+            "lab",
+            "--lab",
+            &name,
+            "--bootstrap",
+            bootstrap,
+            "--log-dir",
+            logs.to_str().unwrap(),
+        ]));
+        let hops = check_ring(&out, 6);
+        // Each process reports the hostname of the machine its line named.
+        let procs = launched(&out);
+        for (host, pid) in &hops[..6] {
+            let p = procs.iter().find(|p| p.2 == *pid).unwrap();
+            assert_eq!(&p.1, host, "{out}");
+        }
+    }
+    let logs = dir.path().join("election");
+    let out = ok(run(&[
+        "election",
+        "--hosts",
+        &hosts,
+        "--via",
+        "lab",
+        "--lab",
+        &name,
+        "--initiators",
+        "3",
+        "--log-dir",
+        logs.to_str().unwrap(),
+    ]));
+    check_election(&out, 6);
+    // With pids as ids, the leader is the process with the largest pid.
+    let procs = launched(&out);
+    let max_pid = procs.iter().map(|p| p.2).max().unwrap();
+    assert!(out.contains(&format!("leader: id {max_pid} ")), "{out}");
+    // A machine the lab does not have is an error naming the line.
+    let bad = hosts_file(dir.path(), &["n1", "n9"]);
+    let out = run(&["ring", "--hosts", &bad, "--via", "lab", "--lab", &name]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(":4:"), "{}", stderr(&out));
+    lab.down().unwrap();
+}
+
+/// Checks a token-ring shared file: `n` processes × `records` records of `lines` lines,
+/// each record whole (never interleaved), each record once.
+fn check_shared_file(path: &Path, n: usize, records: usize, lines: usize) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let all: Vec<&str> = text.lines().collect();
+    assert_eq!(all.len(), n * records * lines);
+    let mut seen = BTreeSet::new();
+    for record in all.chunks(lines) {
+        let head: Vec<&str> = record[0].split(' ').collect();
+        for (l, line) in record.iter().enumerate() {
+            let expected = format!("{} {} {} {} {}", head[0], head[1], head[2], head[3], l + 1);
+            assert_eq!(*line, expected, "interleaved record: {record:?}");
+        }
+        assert!(seen.insert((head[2].to_owned(), head[3].to_owned())));
+    }
+    assert_eq!(seen.len(), n * records);
+}
+
+#[test]
+fn local_token_ring_mutex() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hosts_file(dir.path(), &["a", "b", "c", "d"]);
+    let shared = dir.path().join("shared.txt");
+    let out = ok(run(&[
+        "ring",
+        "mutex",
+        "--hosts",
+        &hosts,
+        "--file",
+        shared.to_str().unwrap(),
+        "--records",
+        "20",
+        "--lines",
+        "3",
+        "--bootstrap",
+        "first",
+        "--log-dir",
+        dir.path().join("l").to_str().unwrap(),
+    ]));
+    check_shared_file(&shared, 4, 20, 3);
+    assert!(out.contains("80 records appended"), "{out}");
+}
+
+/// The shared-file test of central mutual exclusion, with the token ring: five machines,
+/// 50 five-line records each, nothing interleaved.
+#[test]
+fn lab_token_ring_mutex_five_machines() {
+    let name = format!("tk-{}", std::process::id());
+    let lab = nuage_lab::Lab::create(&name, 5).expect("create lab (needs root)");
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hosts_file(dir.path(), &["n1", "n2", "n3", "n4", "n5"]);
+    let shared = dir.path().join("shared.txt");
+    let out = ok(run(&[
+        "ring",
+        "mutex",
+        "--hosts",
+        &hosts,
+        "--via",
+        "lab",
+        "--lab",
+        &name,
+        "--file",
+        shared.to_str().unwrap(),
+        "--records",
+        "50",
+        "--log-dir",
+        dir.path().join("l").to_str().unwrap(),
+    ]));
+    check_shared_file(&shared, 5, 50, 5);
+    // Every line names the machine of its writer.
+    let text = std::fs::read_to_string(&shared).unwrap();
+    for line in text.lines() {
+        let w: Vec<&str> = line.split(' ').collect();
+        let index: usize = w[2].parse().unwrap();
+        assert_eq!(w[0], format!("n{}", index + 1), "{line}");
+    }
+    assert!(out.contains("250 records appended"), "{out}");
+    lab.down().unwrap();
+}
+
+/// The token holder dies: process 2 is paused until the token is stuck with it, then
+/// killed. Its successor repairs the ring, probes, and regenerates the token exactly
+/// once; every live process writes all its records; no record is interleaved (only the
+/// dead process's last record may be cut short).
+#[test]
+fn lost_token_is_regenerated_exactly_once() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hosts_file(dir.path(), &["a", "b", "c", "d", "e"]);
+    let shared = dir.path().join("shared.txt");
+    let mut child = nuage()
+        .args(["ring", "mutex", "--hosts", &hosts, "--file"])
+        .arg(&shared)
+        .args(["--records", "300", "--lines", "3", "--log-dir"])
+        .arg(dir.path().join("l"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut pids = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.len() == 5 && w[0].chars().all(|c| c.is_ascii_digit()) {
+            pids.push(w[2].parse::<i32>().unwrap());
+            if pids.len() == 5 {
+                break;
+            }
+        }
+    }
+    // Let the token go round a while, then pause process 2 until the token is stuck with
+    // it (the file stops growing), then kill it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&shared).map_or(0, |m| m.len()) < 2_000 {
+        assert!(Instant::now() < deadline, "the ring never started writing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    kill(Pid::from_raw(pids[2]), Signal::SIGSTOP).unwrap();
+    let mut last = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let len = std::fs::metadata(&shared).unwrap().len();
+        if len == last {
+            break;
+        }
+        last = len;
+    }
+    kill(Pid::from_raw(pids[2]), Signal::SIGKILL).unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = common::wait_exit(&mut child, Duration::from_secs(60));
+    let out = rest.join("\n");
+    assert!(status.success(), "{out}");
+    assert_eq!(out.matches("regenerated").count(), 1, "{out}");
+    assert!(out.contains(": predecessor 2 died"), "{out}");
+    assert!(out.contains("2        c     died"), "{out}");
+    // The file: consecutive lines grouped by (process, record); each group whole, except
+    // possibly the dead process's last; each record once; every live process complete.
+    let text = std::fs::read_to_string(&shared).unwrap();
+    let mut groups: Vec<(String, String, usize)> = Vec::new();
+    for line in text.lines() {
+        let w: Vec<&str> = line.split(' ').collect();
+        let key = (w[2].to_owned(), w[3].to_owned());
+        let l: usize = w[4].parse().unwrap();
+        match groups.last_mut() {
+            Some(g) if (g.0.as_str(), g.1.as_str()) == (key.0.as_str(), key.1.as_str()) => {
+                assert_eq!(l, g.2 + 1, "{line}");
+                g.2 = l;
+            }
+            _ => {
+                assert_eq!(l, 1, "a record starts in the middle: {line}");
+                groups.push((key.0, key.1, l));
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (i, (p, r, l)) in groups.iter().enumerate() {
+        assert!(seen.insert((p.clone(), r.clone())), "record {p}/{r} twice");
+        if *l != 3 {
+            assert_eq!(p, "2", "only the dead process may leave a cut record");
+            assert!(
+                groups[i + 1..].iter().all(|g| g.0 != "2"),
+                "the cut record is its last"
+            );
+        }
+    }
+    for p in ["0", "1", "3", "4"] {
+        assert_eq!(
+            groups.iter().filter(|g| g.0 == p).count(),
+            300,
+            "process {p}"
+        );
+    }
+}
+
+/// A process killed at an arbitrary moment (the token may or may not be with it): the
+/// ring is repaired, the probe decides, at most one token is regenerated, and every live
+/// process writes all its records.
+#[test]
+fn a_process_killed_at_any_moment_leaves_the_others_finishing() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hosts_file(dir.path(), &["a", "b", "c", "d"]);
+    let shared = dir.path().join("shared.txt");
+    let mut child = nuage()
+        .args([
+            "ring",
+            "mutex",
+            "--hosts",
+            &hosts,
+            "--bootstrap",
+            "first",
+            "--file",
+        ])
+        .arg(&shared)
+        .args(["--records", "300", "--lines", "2", "--log-dir"])
+        .arg(dir.path().join("l"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut pids = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.len() == 5 && w[0].chars().all(|c| c.is_ascii_digit()) {
+            pids.push(w[2].parse::<i32>().unwrap());
+            if pids.len() == 4 {
+                break;
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&shared).map_or(0, |m| m.len()) < 1_000 {
+        assert!(Instant::now() < deadline, "the ring never started writing");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[1]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = common::wait_exit(&mut child, Duration::from_secs(60));
+    let out = rest.join("\n");
+    assert!(status.success(), "{out}");
+    assert!(out.contains(": predecessor 1 died"), "{out}");
+    assert!(out.contains("probe back"), "{out}");
+    assert!(out.matches("regenerated").count() <= 1, "{out}");
+    let text = std::fs::read_to_string(&shared).unwrap();
+    for p in ["0", "2", "3"] {
+        let n = text
+            .lines()
+            .filter(|l| l.split(' ').nth(2) == Some(p))
+            .count();
+        assert_eq!(n, 600, "process {p}: {out}");
+    }
+}
