@@ -28,6 +28,8 @@ RUNS=${RUNS:-3}
 # Slurm starts about 2 jobs a second here (its scheduler wakes once a second), so one
 # run of 1000 jobs takes minutes: fewer runs by default.
 SLURM_RUNS=${SLURM_RUNS:-1}
+# ONLY_NUAGE=1: skip Slurm and print only nuage's figures (e.g. for the tracing cost).
+ONLY_NUAGE=${ONLY_NUAGE:-0}
 here=$(cd "$(dirname "$0")" && pwd)
 NUAGE=${NUAGE:-$here/../../target/release/nuage}
 [ -x "$NUAGE" ] || { echo "build first: cargo build --release -p nuage" >&2; exit 1; }
@@ -160,6 +162,17 @@ for run in $(seq "$RUNS"); do
     nuage_down
 done
 
+if [ "$ONLY_NUAGE" = 1 ]; then
+    echo
+    echo "nuage jobs alone, $(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%MZ), N=$N L=$L, median of $RUNS runs"
+    for k in n_cli n_array n_sub50 n_sub99 n_start50 n_start99 n_rec50 n_rec99; do
+        printf '%-12s %10.2f\n' "$k" "$(med $k)"
+    done
+    traced=$(med n_traced); untraced=$(med n_untraced)
+    printf 'tracing: %.1f jobs/s traced vs %.1f untraced (array of %d): %.1f%% slower\n' \
+        "$traced" "$untraced" "$N" "$(echo "(1 - $traced / $untraced) * 100" | bc -l)"
+    exit 0
+fi
 echo "slurm: starting a private single-node Slurm" >&2
 SLURM_DIR=$work/slurm
 SLURM_CONF=$("$here/slurm.sh" start "$SLURM_DIR")

@@ -40,6 +40,10 @@ fn start(args: &[&str]) -> (Proc, String) {
     (Proc(child), line.trim_end().to_owned())
 }
 
+/// For tests of behaviour without faults: a worker timeout long enough that a loaded
+/// machine never makes a worker look lost (which would requeue its task).
+const CALM: [&str; 2] = ["--worker-timeout", "10s"];
+
 /// A manager on a free loopback port; returns it and its address.
 fn manager(data: &Path, listen: &str, extra: &[&str]) -> (Proc, String) {
     let mut args = vec![
@@ -137,7 +141,7 @@ fn submit(manager: &str, args: &[&str]) -> u64 {
 #[test]
 fn submit_wait_runs_the_default_task_and_commands() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_m, addr) = manager(tmp.path(), "127.0.0.1:0", &[]);
+    let (_m, addr) = manager(tmp.path(), "127.0.0.1:0", &CALM);
     let _w = worker(&addr, "w1", &[]);
 
     let out = jobs(&addr, &["submit", "tache45", "--wait"]);
@@ -227,7 +231,7 @@ fn submit_wait_runs_the_default_task_and_commands() {
 fn the_queue_is_fifo_and_a_worker_runs_one_task_at_a_time() {
     let tmp = tempfile::tempdir().unwrap();
     let log = tmp.path().join("order");
-    let (_m, addr) = manager(tmp.path(), "127.0.0.1:0", &[]);
+    let (_m, addr) = manager(tmp.path(), "127.0.0.1:0", &CALM);
     // Queue first, then start the workers: nothing can run early.
     let script = format!(
         "echo start $NUAGE_JOB_ID $NUAGE_WORKER >> {0}; sleep 0.2; echo end $NUAGE_JOB_ID $NUAGE_WORKER >> {0}",
@@ -289,7 +293,11 @@ fn the_queue_is_fifo_and_a_worker_runs_one_task_at_a_time() {
 #[test]
 fn cancel_logs_and_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_m, addr) = manager(tmp.path(), "127.0.0.1:0", &["--max-output", "100"]);
+    let (_m, addr) = manager(
+        tmp.path(),
+        "127.0.0.1:0",
+        &["--max-output", "100", "--worker-timeout", "10s"],
+    );
 
     // Errors: one line, status 1.
     let out = jobs(&addr, &["show", "999"]);
