@@ -195,13 +195,20 @@ fn three_machine_lab_is_a_real_network_with_faults() {
     let frozen = read().unwrap();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(read().unwrap(), frozen, "counter advanced while paused");
-    assert!(lab.processes("n2").unwrap().iter().all(|p| p.stopped));
+    // A stop signal is acted on when each process next runs, so give the kernel a moment.
+    assert!(
+        eventually(|| lab.processes("n2").unwrap().iter().all(|p| p.stopped)),
+        "a process of n2 is still running"
+    );
     lab.resume("n2").unwrap();
     assert!(
         eventually(|| read().is_some_and(|v| v > frozen + 3)),
         "counter did not resume"
     );
-    assert!(lab.processes("n2").unwrap().iter().all(|p| !p.stopped));
+    assert!(
+        eventually(|| lab.processes("n2").unwrap().iter().all(|p| !p.stopped)),
+        "a process of n2 is still stopped"
+    );
     assert!(lab.kill("n2").unwrap() >= 1);
     let status = counter.wait().unwrap();
     assert_eq!(
