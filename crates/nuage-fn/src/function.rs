@@ -347,7 +347,16 @@ impl Function {
                     return self.serve_local(stream, client, permit).await;
                 }
                 Target::Peer { host, port } => {
-                    match relay::connect(&host, port, &self.name, client, &mut stream).await {
+                    match relay::connect(
+                        &host,
+                        port,
+                        &self.name,
+                        client,
+                        &mut stream,
+                        &shared.ready,
+                    )
+                    .await
+                    {
                         Ok(upstream) => {
                             let _placed = shared.balancer.placed(&self.name, &candidate.machine);
                             self.stats.relayed.inc();
