@@ -20,7 +20,8 @@
 #                 and n2: the very backends nuage balances over (same baseline, links).
 # "added by balancing" = per run, p50 with balancing - p50 of the same backends without,
 # the set-ups measured interleaved; the median over runs (see balance_row).
-# Figures: median of RUNS runs (each run: fn-loadgen, see loadgen/src/main.rs).
+# Figures: median of RUNS runs (each run: fn-loadgen, see loadgen/src/main.rs), the servers
+# of a row measured interleaved.
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -102,21 +103,29 @@ for p in "$SPAWN" "$POOL" "$SOCAT" "$XINETD"; do wait_port 127.0.0.1 "$p"; done
 sleep 1 # the pool's 32 warm instances
 
 # --- measuring -------------------------------------------------------------------------
-# measure MODE ADDR TOTAL CLIENTS -> "rate p50_us p99_us" (medians of RUNS runs)
+# measure MODE TOTAL CLIENTS ADDR… -> one line per ADDR: "rate p50_us p99_us", medians of
+# RUNS runs. The addresses are measured interleaved (each once, then again, RUNS times),
+# so that load from other programs on this machine falls on all of them alike.
+median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+field() { sed "s/.*$1=\(-\{0,1\}[0-9]*\).*/\1/"; }
 measure() {
-  local out=() errors=0
-  for _ in $(seq "$RUNS"); do
-    local line
-    line=$("$LG" "$1" "$2" "$3" "$4")
-    out+=("$line")
-    errors=$((errors + $(sed 's/.*errors=//' <<<"$line")))
+  local mode=$1 total=$2 clients=$3 i a line errors=0
+  shift 3
+  local out=()
+  for i in $(seq "$RUNS"); do
+    for a in $(seq 0 $(($# - 1))); do
+      local addrs=("$@")
+      line=$("$LG" "$mode" "${addrs[$a]}" "$total" "$clients")
+      out[$a]+="$line"$'\n'
+      errors=$((errors + $(field errors <<<"$line")))
+    done
   done
-  [ "$errors" -eq 0 ] || echo "run.sh: $errors failed operations on $2 ($1)" >&2
-  local field med=()
-  for field in rate p50_us p99_us; do
-    med+=("$(printf '%s\n' "${out[@]}" | sed "s/.*$field=\([0-9]*\).*/\1/" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')")
+  [ "$errors" -eq 0 ] || echo "run.sh: $errors failed operations ($mode, $clients clients)" >&2
+  for a in $(seq 0 $(($# - 1))); do
+    local f med=()
+    for f in rate p50_us p99_us; do med+=("$(printf '%s' "${out[$a]}" | field "$f" | median)"); done
+    echo "${med[*]}"
   done
-  echo "${med[*]}"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2f", a / b }'; }
 
@@ -124,11 +133,9 @@ printf '%s\n' "functions benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cor
 printf '\n%-28s %12s %12s %12s %12s %11s %12s %11s\n' figure "nuage spawn" "nuage pool" socat xinetd spawn/socat spawn/xinetd pool/socat
 
 row() { # title MODE TOTAL CLIENTS
-  local s p so x
-  read -r -a s <<<"$(measure "$2" "127.0.0.1:$SPAWN" "$3" "$4")"
-  read -r -a p <<<"$(measure "$2" "127.0.0.1:$POOL" "$3" "$4")"
-  read -r -a so <<<"$(measure "$2" "127.0.0.1:$SOCAT" "$3" "$4")"
-  read -r -a x <<<"$(measure "$2" "127.0.0.1:$XINETD" "$3" "$4")"
+  local s p so x figures
+  figures=$(measure "$2" "$3" "$4" "127.0.0.1:$SPAWN" "127.0.0.1:$POOL" "127.0.0.1:$SOCAT" "127.0.0.1:$XINETD")
+  { read -r -a s; read -r -a p; read -r -a so; read -r -a x; } <<<"$figures"
   local unit=$([ "$2" = conns ] && echo "conn/s" || echo "req/s")
   printf '%-28s %12s %12s %12s %12s %11s %12s %11s\n' "$1 ($unit)" "${s[0]}" "${p[0]}" "${so[0]}" "${x[0]}" \
     "$(ratio "${s[0]}" "${so[0]}")" "$(ratio "${s[0]}" "${x[0]}")" "$(ratio "${p[0]}" "${so[0]}")"
@@ -207,8 +214,6 @@ sleep 1
 #   c  socat n1         socat on n1 alone                      (baseline of d)
 #   d  haproxy->socat   HAProxy on n1 over socat on n1 and n2
 #   e  haproxy->nuage   HAProxy on n1 over `one` (n1) and `uno` (n2)
-median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-field() { sed "s/.*$1=\(-\{0,1\}[0-9]*\).*/\1/"; }
 printf '\n%-28s %10s %11s %10s %14s %14s %10s %10s\n' "balancing (client->n1)" "nuage n1" "nuage n1+n2" "socat n1" "haproxy>socat" "haproxy>nuage" "nuage/hap" "(same be)"
 balance_row() { # title MODE TOTAL CLIENTS
   local setups=(a b c d e) s i f line label
@@ -239,6 +244,13 @@ balance_row() { # title MODE TOTAL CLIENTS
     "$(printf '%s\n' "${diffs_b[@]}" | median)" "" \
     "$(printf '%s\n' "${diffs_d[@]}" | median)" "$(printf '%s\n' "${diffs_e[@]}" | median)"
   printf '%-28s %10s %11s %10s %14s %14s\n' "    per run" "" "$(IFS=,; echo "${diffs_b[*]}")" "" "$(IFS=,; echo "${diffs_d[*]}")" "$(IFS=,; echo "${diffs_e[*]}")"
+  if [ "$4" -eq 1 ]; then # one client: the two paths of round-robin, apart
+    for f in p50_fast_half_us p50_slow_half_us; do
+      for s in "${setups[@]}"; do med[$s$f]=$(printf '%s' "${lines[$s]}" | field "$f" | median); done
+    done
+    printf '%-28s %10s %11s %10s %14s %14s\n' "  p50, one path/other (µs)" "" "${med[bp50_fast_half_us]}/${med[bp50_slow_half_us]}" "" \
+      "${med[dp50_fast_half_us]}/${med[dp50_slow_half_us]}" "${med[ep50_fast_half_us]}/${med[ep50_slow_half_us]}"
+  fi
 }
 balance_row "$CONNS conns, sequential" conns "$CONNS" 1
 balance_row "$CONNS conns, 32 clients" conns "$CONNS" 32

@@ -152,15 +152,7 @@ impl Function {
             .inspect_err(|r| self.stats.error(r.kind))
     }
 
-    /// Runs `task` as part of this function: a drain waits for it.
-    pub fn track<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.tracker.spawn(task)
-    }
-
+    /// Runs `fut` as part of this function: a drain waits for it.
     pub async fn tracked<F: std::future::Future>(&self, fut: F) -> F::Output {
         self.tracker.track_future(fut).await
     }

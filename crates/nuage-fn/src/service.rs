@@ -421,8 +421,11 @@ async fn take_relayed(shared: Arc<Shared>, mut stream: TcpStream) {
     if relay::answer(&mut stream, Ok(())).await.is_err() {
         return;
     }
-    let f = function.clone();
-    function.track(async move { f.serve_local(stream, client, permit).await });
+    // Served in this task (tracked for drains): no hop to a new task between the `+` and
+    // the process start, on the path of every relayed connection.
+    function
+        .tracked(function.serve_local(stream, client, permit))
+        .await;
 }
 
 /// Checks every other machine's health, keeps their reports, and pulls their registry
