@@ -4,6 +4,7 @@
 #
 #   bench/functions/run.sh            # as root (the balancing part uses a lab)
 #   RUNS=5 CONNS=2000 REQS=20000 bench/functions/run.sh
+#   ONLY=balancing bench/functions/run.sh   # the two-machine part only
 #
 # Every server runs the same program, /bin/cat, so the figures compare the servers:
 #   nuage spawn   nuage fn deploy … -- /bin/cat               (a process per connection)
@@ -15,8 +16,12 @@
 #                 n1 and n2; compared with socat on n1 alone (no balancing)
 #   nuage         function on lab machines n1 and n2, connections to n1 placed
 #                 round-robin; compared with the same function on n1 alone.
-# "added by balancing" = p50 with balancing - p50 without, for each.
-# Figures: median of RUNS runs (each run: fn-loadgen, see loadgen/src/main.rs).
+#                 HAProxy also runs in front of nuage's single-machine functions on n1
+#                 and n2: the very backends nuage balances over (same baseline, links).
+# "added by balancing" = per run, p50 with balancing - p50 of the same backends without,
+# the set-ups measured interleaved; the median over runs (see balance_row).
+# Figures: median of RUNS runs (each run: fn-loadgen, see loadgen/src/main.rs), the servers
+# of a row measured interleaved.
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -98,21 +103,29 @@ for p in "$SPAWN" "$POOL" "$SOCAT" "$XINETD"; do wait_port 127.0.0.1 "$p"; done
 sleep 1 # the pool's 32 warm instances
 
 # --- measuring -------------------------------------------------------------------------
-# measure MODE ADDR TOTAL CLIENTS -> "rate p50_us p99_us" (medians of RUNS runs)
+# measure MODE TOTAL CLIENTS ADDR… -> one line per ADDR: "rate p50_us p99_us", medians of
+# RUNS runs. The addresses are measured interleaved (each once, then again, RUNS times),
+# so that load from other programs on this machine falls on all of them alike.
+median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+field() { sed "s/.*$1=\(-\{0,1\}[0-9]*\).*/\1/"; }
 measure() {
-  local out=() errors=0
-  for _ in $(seq "$RUNS"); do
-    local line
-    line=$("$LG" "$1" "$2" "$3" "$4")
-    out+=("$line")
-    errors=$((errors + $(sed 's/.*errors=//' <<<"$line")))
+  local mode=$1 total=$2 clients=$3 i a line errors=0
+  shift 3
+  local out=()
+  for i in $(seq "$RUNS"); do
+    for a in $(seq 0 $(($# - 1))); do
+      local addrs=("$@")
+      line=$("$LG" "$mode" "${addrs[$a]}" "$total" "$clients")
+      out[$a]+="$line"$'\n'
+      errors=$((errors + $(field errors <<<"$line")))
+    done
   done
-  [ "$errors" -eq 0 ] || echo "run.sh: $errors failed operations on $2 ($1)" >&2
-  local field med=()
-  for field in rate p50_us p99_us; do
-    med+=("$(printf '%s\n' "${out[@]}" | sed "s/.*$field=\([0-9]*\).*/\1/" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')")
+  [ "$errors" -eq 0 ] || echo "run.sh: $errors failed operations ($mode, $clients clients)" >&2
+  for a in $(seq 0 $(($# - 1))); do
+    local f med=()
+    for f in rate p50_us p99_us; do med+=("$(printf '%s' "${out[$a]}" | field "$f" | median)"); done
+    echo "${med[*]}"
   done
-  echo "${med[*]}"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2f", a / b }'; }
 
@@ -120,11 +133,9 @@ printf '%s\n' "functions benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cor
 printf '\n%-28s %12s %12s %12s %12s %11s %12s %11s\n' figure "nuage spawn" "nuage pool" socat xinetd spawn/socat spawn/xinetd pool/socat
 
 row() { # title MODE TOTAL CLIENTS
-  local s p so x
-  read -r -a s <<<"$(measure "$2" "127.0.0.1:$SPAWN" "$3" "$4")"
-  read -r -a p <<<"$(measure "$2" "127.0.0.1:$POOL" "$3" "$4")"
-  read -r -a so <<<"$(measure "$2" "127.0.0.1:$SOCAT" "$3" "$4")"
-  read -r -a x <<<"$(measure "$2" "127.0.0.1:$XINETD" "$3" "$4")"
+  local s p so x figures
+  figures=$(measure "$2" "$3" "$4" "127.0.0.1:$SPAWN" "127.0.0.1:$POOL" "127.0.0.1:$SOCAT" "127.0.0.1:$XINETD")
+  { read -r -a s; read -r -a p; read -r -a so; read -r -a x; } <<<"$figures"
   local unit=$([ "$2" = conns ] && echo "conn/s" || echo "req/s")
   printf '%-28s %12s %12s %12s %12s %11s %12s %11s\n' "$1 ($unit)" "${s[0]}" "${p[0]}" "${so[0]}" "${x[0]}" \
     "$(ratio "${s[0]}" "${so[0]}")" "$(ratio "${s[0]}" "${x[0]}")" "$(ratio "${p[0]}" "${so[0]}")"
@@ -134,10 +145,12 @@ row() { # title MODE TOTAL CLIENTS
     "$(ratio "${s[2]}" "${so[2]}")" "$(ratio "${s[2]}" "${x[2]}")" "$(ratio "${p[2]}" "${so[2]}")"
 }
 
-row "$CONNS conns, sequential" conns "$CONNS" 1
-row "$CONNS conns, 32 clients" conns "$CONNS" 32
-row "$REQS round trips, 1 conn" reqs "$REQS" 1
-row "$REQS round trips, 32 conns" reqs "$REQS" 32
+if [ "${ONLY:-}" != balancing ]; then
+  row "$CONNS conns, sequential" conns "$CONNS" 1
+  row "$CONNS conns, 32 clients" conns "$CONNS" 32
+  row "$REQS round trips, 1 conn" reqs "$REQS" 1
+  row "$REQS round trips, 32 conns" reqs "$REQS" 32
+fi
 
 # --- balancing over two machines -------------------------------------------------------
 if [ "$(id -u)" -ne 0 ]; then
@@ -147,10 +160,13 @@ touch "$TMP/lab"
 "$NUAGE" lab --name "$LAB" up 2 --start >"$TMP/lab.out"
 N1=$(awk '$1 == "n1" { print $2 }' "$TMP/lab.out")
 N2=$(awk '$1 == "n2" { print $2 }' "$TMP/lab.out")
+# `one` and `uno` run on one machine each (no balancing); `two` on both (nuage balances).
 "$NUAGE" fn --api "$N1:7070" deploy one --port 9001 --on n1 -- /bin/cat >/dev/null
+"$NUAGE" fn --api "$N1:7070" deploy uno --port 9003 --on n2 -- /bin/cat >/dev/null
 "$NUAGE" fn --api "$N1:7070" deploy two --port 9002 -- /bin/cat >/dev/null
-# The peers run where nuage runs: socat on n1 and n2 (port 9101), HAProxy on n1 (9100)
-# in front of both, so both balancers cross the same links.
+# The peers run where nuage runs: socat on n1 and n2 (port 9101); HAProxy on n1 in front
+# of both socat (9100, the issue's set-up) and in front of nuage's `one` and `uno` (9200:
+# the very backends nuage balances over, so both balancers share baseline and links).
 for m in n1 n2; do
   "$NUAGE" lab --name "$LAB" exec "$m" -- socat "TCP-LISTEN:9101,fork,reuseaddr,backlog=1024" EXEC:/bin/cat &
   PIDS+=($!)
@@ -170,29 +186,71 @@ backend cats
     balance roundrobin
     server n1 $N1:9101
     server n2 $N2:9101
+frontend benchnuage
+    bind $N1:9200
+    default_backend nuages
+backend nuages
+    balance roundrobin
+    server n1 $N1:9001
+    server n2 $N2:9003
 EOF
 "$NUAGE" lab --name "$LAB" exec n1 -- haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
 PIDS+=($!)
-for p in 9100 9101; do wait_port "$N1" "$p"; done
-wait_port "$N2" 9101
+for p in 9001 9100 9101 9200; do wait_port "$N1" "$p"; done
+for p in 9003 9101; do wait_port "$N2" "$p"; done
 for _ in $(seq 100); do # n1 sees `two` running on n2
   "$NUAGE" fn --api "$N1:7070" ls | grep -q '^two .* running$' && break
   sleep 0.2
 done
 sleep 1
 
-printf '\n%-28s %12s %12s %12s %12s %11s\n' "balancing (client->n1)" "nuage n1" "nuage n1+n2" "socat n1" "haproxy n1+n2" "nuage/hap"
+# Balancing: the five set-ups are measured interleaved (a b c d e, then again, RUNS
+# times), so that load from other programs on this machine falls on all of them alike.
+# "added by balancing" is, per run, the p50 of a balanced set-up minus the p50 of its
+# unbalanced baseline measured moments before; the table shows the median over runs of
+# that difference (not the difference of two medians taken minutes apart).
+#   a  nuage n1         `one` on n1 alone                      (baseline of b and e)
+#   b  nuage n1+n2      `two`, nuage balancing on n1
+#   c  socat n1         socat on n1 alone                      (baseline of d)
+#   d  haproxy->socat   HAProxy on n1 over socat on n1 and n2
+#   e  haproxy->nuage   HAProxy on n1 over `one` (n1) and `uno` (n2)
+printf '\n%-28s %10s %11s %10s %14s %14s %10s %10s\n' "balancing (client->n1)" "nuage n1" "nuage n1+n2" "socat n1" "haproxy>socat" "haproxy>nuage" "nuage/hap" "(same be)"
 balance_row() { # title MODE TOTAL CLIENTS
-  local a b c d
-  read -r -a a <<<"$(measure "$2" "$N1:9001" "$3" "$4")"
-  read -r -a b <<<"$(measure "$2" "$N1:9002" "$3" "$4")"
-  read -r -a c <<<"$(measure "$2" "$N1:9101" "$3" "$4")"
-  read -r -a d <<<"$(measure "$2" "$N1:9100" "$3" "$4")"
-  printf '%-28s %12s %12s %12s %12s %11s\n' "$1 (conn/s)" "${a[0]}" "${b[0]}" "${c[0]}" "${d[0]}" "$(ratio "${b[0]}" "${d[0]}")"
-  printf '%-28s %12s %12s %12s %12s %11s\n' "  p50 latency (µs)" "${a[1]}" "${b[1]}" "${c[1]}" "${d[1]}" "$(ratio "${b[1]}" "${d[1]}")"
-  printf '%-28s %12s %12s %12s %12s %11s\n' "  p99 latency (µs)" "${a[2]}" "${b[2]}" "${c[2]}" "${d[2]}" "$(ratio "${b[2]}" "${d[2]}")"
-  local nuage_added=$((b[1] - a[1])) hap_added=$((d[1] - c[1]))
-  printf '%-28s %12s %12s %12s %12s\n' "  added by balancing (µs)" "" "$nuage_added" "" "$hap_added"
+  local setups=(a b c d e) s i f line label
+  declare -A addr=([a]="$N1:9001" [b]="$N1:9002" [c]="$N1:9101" [d]="$N1:9100" [e]="$N1:9200")
+  declare -A lines=() p50=() med=()
+  local diffs_b=() diffs_d=() diffs_e=() errors=0
+  for i in $(seq "$RUNS"); do
+    for s in "${setups[@]}"; do
+      line=$("$LG" "$2" "${addr[$s]}" "$3" "$4")
+      lines[$s]+="$line"$'\n'
+      errors=$((errors + $(field errors <<<"$line")))
+      p50[$s]=$(field p50_us <<<"$line")
+    done
+    diffs_b+=($((p50[b] - p50[a]))); diffs_d+=($((p50[d] - p50[c]))); diffs_e+=($((p50[e] - p50[a])))
+  done
+  [ "$errors" -eq 0 ] || echo "run.sh: $errors failed operations (balancing, $1)" >&2
+  for s in "${setups[@]}"; do
+    for f in rate p50_us p99_us; do
+      med[$s$f]=$(printf '%s' "${lines[$s]}" | field "$f" | median)
+    done
+  done
+  for f in rate p50_us p99_us; do
+    case $f in rate) label="$1 (conn/s)" ;; p50_us) label="  p50 latency (µs)" ;; *) label="  p99 latency (µs)" ;; esac
+    printf '%-28s %10s %11s %10s %14s %14s %10s %10s\n' "$label" "${med[a$f]}" "${med[b$f]}" "${med[c$f]}" "${med[d$f]}" "${med[e$f]}" \
+      "$(ratio "${med[b$f]}" "${med[d$f]}")" "$(ratio "${med[b$f]}" "${med[e$f]}")"
+  done
+  printf '%-28s %10s %11s %10s %14s %14s\n' "  added by balancing (µs)" "" \
+    "$(printf '%s\n' "${diffs_b[@]}" | median)" "" \
+    "$(printf '%s\n' "${diffs_d[@]}" | median)" "$(printf '%s\n' "${diffs_e[@]}" | median)"
+  printf '%-28s %10s %11s %10s %14s %14s\n' "    per run" "" "$(IFS=,; echo "${diffs_b[*]}")" "" "$(IFS=,; echo "${diffs_d[*]}")" "$(IFS=,; echo "${diffs_e[*]}")"
+  if [ "$4" -eq 1 ]; then # one client: the two paths of round-robin, apart
+    for f in p50_fast_half_us p50_slow_half_us; do
+      for s in "${setups[@]}"; do med[$s$f]=$(printf '%s' "${lines[$s]}" | field "$f" | median); done
+    done
+    printf '%-28s %10s %11s %10s %14s %14s\n' "  p50, one path/other (µs)" "" "${med[bp50_fast_half_us]}/${med[bp50_slow_half_us]}" "" \
+      "${med[dp50_fast_half_us]}/${med[dp50_slow_half_us]}" "${med[ep50_fast_half_us]}/${med[ep50_slow_half_us]}"
+  fi
 }
 balance_row "$CONNS conns, sequential" conns "$CONNS" 1
 balance_row "$CONNS conns, 32 clients" conns "$CONNS" 32

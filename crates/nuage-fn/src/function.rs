@@ -152,15 +152,7 @@ impl Function {
             .inspect_err(|r| self.stats.error(r.kind))
     }
 
-    /// Runs `task` as part of this function: a drain waits for it.
-    pub fn track<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.tracker.spawn(task)
-    }
-
+    /// Runs `fut` as part of this function: a drain waits for it.
     pub async fn tracked<F: std::future::Future>(&self, fut: F) -> F::Output {
         self.tracker.track_future(fut).await
     }
@@ -347,7 +339,16 @@ impl Function {
                     return self.serve_local(stream, client, permit).await;
                 }
                 Target::Peer { host, port } => {
-                    match relay::connect(&host, port, &self.name, client, &mut stream).await {
+                    match relay::connect(
+                        &host,
+                        port,
+                        &self.name,
+                        client,
+                        &mut stream,
+                        &shared.ready,
+                    )
+                    .await
+                    {
                         Ok(upstream) => {
                             let _placed = shared.balancer.placed(&self.name, &candidate.machine);
                             self.stats.relayed.inc();

@@ -5,7 +5,8 @@
 //! function on this machine: accept, admit, place, serve), [`spawn`] (the inetd model:
 //! the socket *is* the process's stdin and stdout) and [`pool`] (warm instances). Across
 //! machines: [`cluster`] (health of the others), [`balancer`] (where a connection goes),
-//! [`relay`] (handing a connection to another machine), [`registry`] (what is deployed,
+//! [`relay`] (handing a connection to another machine; [`ready`] keeps connections to
+//! the others open ahead of need), [`registry`] (what is deployed,
 //! the same on every machine). The wire formats and every option are in
 //! docs/functions.md.
 
@@ -23,6 +24,7 @@ pub mod line;
 pub mod logs;
 pub mod pool;
 pub mod process;
+pub mod ready;
 pub mod registry;
 pub mod relay;
 pub mod service;

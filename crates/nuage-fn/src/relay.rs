@@ -14,14 +14,20 @@
 //! the `+` arrives. So a refusal or a silent machine costs the client nothing: the
 //! connection goes to the next machine (or to a local process) intact. The header is read
 //! with exact reads, so after it the socket can be handed to a spawned process as is.
+//!
+//! The placing machine opens connections ahead of need and keeps a few idle per peer
+//! ([`crate::ready`]): the receiver waits up to [`IDLE_BEFORE_HEADER`] for a header to
+//! start, then [`HEADER_TIMEOUT`] for the rest.
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::ready::Ready;
 use crate::sockopt;
 
 /// First bytes of a relay header (format version 1).
@@ -30,8 +36,12 @@ pub const MAGIC: &[u8; 3] = b"NR1";
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the other machine may take to accept or refuse.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a receiver waits for the header.
+/// How long a receiver waits for the header once its first byte came.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a receiver keeps a connection on which nothing came yet: a connection kept
+/// ready by the other machine (see [`crate::ready`]; longer than its
+/// [`crate::ready::READY_MAX_AGE`]).
+pub const IDLE_BEFORE_HEADER: Duration = Duration::from_secs(30);
 /// Keep-alive on relayed connections: a machine that vanished mid-connection is noticed
 /// after about idle + interval × count seconds.
 pub const KEEPALIVE: (Duration, Duration, u32) =
@@ -52,6 +62,11 @@ pub const AHEAD_MAX: usize = 4096;
 /// `function` from `client`. On success `stream`'s conversation continues on the returned
 /// stream (splice them).
 ///
+/// A connection kept ready to that relay ([`Ready`]) is used when there is one (no
+/// handshake to wait for); if it turns out closed before answering (the other node
+/// restarted since), a fresh connection is opened in its place. Either way the ready
+/// connections to that relay are replenished in the background.
+///
 /// The client's first bytes go along with the header without waiting for the `+` (one
 /// round trip saved), but they are only *peeked*: on a refusal or a silent machine the
 /// client's socket is untouched, so the connection can go to the next machine, or be
@@ -62,22 +77,62 @@ pub async fn connect(
     function: &str,
     client: SocketAddr,
     stream: &mut TcpStream,
+    ready: &Arc<Ready>,
 ) -> Result<TcpStream, RelayError> {
-    let unreachable = |message: String| RelayError {
-        unreachable: true,
-        message,
-    };
-    let mut upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+    let taken = ready.take(host, port);
+    ready.replenish(host, port);
+    if let Some(upstream) = taken {
+        match handshake(upstream, function, client, stream).await {
+            Ok(upstream) => return Ok(upstream),
+            Err(Failure::Closed(_)) => {} // stale: try a fresh connection
+            Err(Failure::Other(e)) => return Err(e),
+        }
+    }
+    let upstream = open(host, port).await?;
+    handshake(upstream, function, client, stream)
+        .await
+        .map_err(|f| match f {
+            Failure::Closed(e) | Failure::Other(e) => e,
+        })
+}
+
+/// Opens a connection to the relay at `host:port` (no header sent yet).
+pub async fn open(host: &str, port: u16) -> Result<TcpStream, RelayError> {
+    let upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
         .await
         .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
         .map_err(|e| unreachable(e.to_string()))?;
     let _ = upstream.set_nodelay(true);
     let (idle, interval, count) = KEEPALIVE;
     sockopt::keepalive(upstream.as_fd(), idle, interval, count);
+    Ok(upstream)
+}
+
+fn unreachable(message: String) -> RelayError {
+    RelayError {
+        unreachable: true,
+        message,
+    }
+}
+
+/// How a handshake failed: the connection closed (or was reset) before any answer, or
+/// anything else (a refusal, no answer in time, the client gone).
+enum Failure {
+    Closed(RelayError),
+    Other(RelayError),
+}
+
+async fn handshake(
+    mut upstream: TcpStream,
+    function: &str,
+    client: SocketAddr,
+    stream: &mut TcpStream,
+) -> Result<TcpStream, Failure> {
+    let closed = |message: String| Failure::Closed(unreachable(message));
     upstream
         .write_all(&header(function, client))
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| closed(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
     let mut ahead = vec![0u8; AHEAD_MAX];
     let mut sent_ahead = 0;
@@ -87,19 +142,19 @@ pub async fn connect(
             // Reading one byte is cancellation-safe: it either happened or not.
             r = upstream.read(&mut sign) => match r {
                 Ok(1) => break sign[0] == b'+',
-                Ok(_) => return Err(unreachable("closed without answering".into())),
-                Err(e) => return Err(unreachable(e.to_string())),
+                Ok(_) => return Err(closed("closed without answering".into())),
+                Err(e) => return Err(closed(e.to_string())),
             },
             // Once only: the first bytes the client sent (usually its first request).
             r = stream.peek(&mut ahead), if sent_ahead == 0 => match r {
                 Ok(0) | Err(_) => sent_ahead = usize::MAX, // nothing to send ahead
                 Ok(n) => {
-                    upstream.write_all(&ahead[..n]).await.map_err(|e| unreachable(e.to_string()))?;
+                    upstream.write_all(&ahead[..n]).await.map_err(|e| closed(e.to_string()))?;
                     sent_ahead = n;
                 }
             },
             _ = tokio::time::sleep_until(deadline) => {
-                return Err(unreachable(format!("no answer within {ACK_TIMEOUT:?}")));
+                return Err(Failure::Other(unreachable(format!("no answer within {ACK_TIMEOUT:?}"))));
             }
         }
     };
@@ -111,23 +166,26 @@ pub async fn connect(
             upstream.read_exact(&mut message).await?;
             Ok::<_, std::io::Error>(String::from_utf8_lossy(&message).into_owned())
         };
-        return match tokio::time::timeout_at(deadline, refusal).await {
-            Ok(Ok(message)) => Err(RelayError {
+        let failure = match tokio::time::timeout_at(deadline, refusal).await {
+            Ok(Ok(message)) => RelayError {
                 unreachable: false,
                 message,
-            }),
-            Ok(Err(e)) => Err(unreachable(e.to_string())),
-            Err(_) => Err(unreachable(format!("no answer within {ACK_TIMEOUT:?}"))),
+            },
+            Ok(Err(e)) => unreachable(e.to_string()),
+            Err(_) => unreachable(format!("no answer within {ACK_TIMEOUT:?}")),
         };
+        return Err(Failure::Other(failure));
     }
     if sent_ahead != 0 && sent_ahead != usize::MAX {
         // Accepted: the bytes sent ahead are the receiver's now; take them off the socket.
         stream
             .read_exact(&mut ahead[..sent_ahead])
             .await
-            .map_err(|e| RelayError {
-                unreachable: false,
-                message: format!("client: {e}"),
+            .map_err(|e| {
+                Failure::Other(RelayError {
+                    unreachable: false,
+                    message: format!("client: {e}"),
+                })
             })?;
     }
     Ok(upstream)
@@ -207,51 +265,70 @@ mod tests {
         (user, accepted)
     }
 
-    #[tokio::test]
-    async fn handshake_accepts_refuses_and_times_out() {
+    /// A relay that serves by function name: `toupper` is accepted and echoed, `x` is
+    /// refused, `y` never answered. Connections kept ready wait for their header.
+    async fn relay_by_name() -> u16 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let client: SocketAddr = "10.0.0.9:4242".parse().unwrap();
         tokio::spawn(async move {
-            // First: accept and echo; second: refuse; third: never answer.
-            let (mut s, _) = listener.accept().await.unwrap();
-            assert_eq!(
-                read_header(&mut s).await.unwrap(),
-                ("toupper".to_owned(), "10.0.0.9:4242".parse().unwrap())
-            );
-            answer(&mut s, Ok(())).await.unwrap();
-            let mut buf = [0u8; 6];
-            s.read_exact(&mut buf).await.unwrap();
-            s.write_all(&buf).await.unwrap();
-            let (mut s, _) = listener.accept().await.unwrap();
-            read_header(&mut s).await.unwrap();
-            answer(&mut s, Err("function `x` does not run on n2"))
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let Ok((function, client)) = read_header(&mut s).await else {
+                        return;
+                    };
+                    assert_eq!(client, "10.0.0.9:4242".parse().unwrap());
+                    match function.as_str() {
+                        "toupper" => {
+                            answer(&mut s, Ok(())).await.unwrap();
+                            let mut buf = [0u8; 6];
+                            s.read_exact(&mut buf).await.unwrap();
+                            s.write_all(&buf).await.unwrap();
+                        }
+                        "x" => answer(&mut s, Err("function `x` does not run on n2"))
+                            .await
+                            .unwrap(),
+                        _ => tokio::time::sleep(Duration::from_secs(5)).await,
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn handshake_accepts_refuses_and_times_out() {
+        let port = relay_by_name().await;
+        let ready = Arc::new(Ready::default());
+        let client: SocketAddr = "10.0.0.9:4242".parse().unwrap();
+        // Accepted (on a fresh connection, then on ready ones): the client's first line
+        // went ahead and left its socket.
+        for _ in 0..3 {
+            let (mut user, mut accepted) = client_pair().await;
+            user.write_all(b"hello\n").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut up = connect("127.0.0.1", port, "toupper", client, &mut accepted, &ready)
                 .await
                 .unwrap();
-            let (_s, _) = listener.accept().await.unwrap();
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        });
-        // Accepted: the client's first line went ahead and left its socket.
-        let (mut user, mut accepted) = client_pair().await;
-        user.write_all(b"hello\n").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut up = connect("127.0.0.1", port, "toupper", client, &mut accepted)
-            .await
-            .unwrap();
-        let mut buf = [0u8; 6];
-        up.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"hello\n");
-        user.write_all(b"more").await.unwrap();
-        let mut rest = [0u8; 4];
-        accepted.read_exact(&mut rest).await.unwrap();
-        assert_eq!(&rest, b"more", "only the bytes sent ahead were consumed");
+            let mut buf = [0u8; 6];
+            up.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"hello\n");
+            user.write_all(b"more").await.unwrap();
+            let mut rest = [0u8; 4];
+            accepted.read_exact(&mut rest).await.unwrap();
+            assert_eq!(&rest, b"more", "only the bytes sent ahead were consumed");
+        }
+        assert!(
+            ready.count("127.0.0.1", port) > 0,
+            "connections are kept ready"
+        );
 
         // Refused, or no answer: the client's bytes are still all there.
         for (function, unreachable) in [("x", false), ("y", true)] {
             let (mut user, mut accepted) = client_pair().await;
             user.write_all(b"intact\n").await.unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let e = connect("127.0.0.1", port, function, client, &mut accepted)
+            let e = connect("127.0.0.1", port, function, client, &mut accepted, &ready)
                 .await
                 .unwrap_err();
             assert_eq!(e.unreachable, unreachable, "{e:?}");
@@ -262,6 +339,55 @@ mod tests {
             accepted.read_exact(&mut buf).await.unwrap();
             assert_eq!(&buf, b"intact\n");
         }
+    }
+
+    /// The other node restarted: the connections kept ready to it close on their header
+    /// without an answer. The connection goes through on a fresh one, intact.
+    #[tokio::test]
+    async fn a_stale_ready_connection_falls_back_to_a_fresh_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let ready = Arc::new(Ready::default());
+        ready.replenish("127.0.0.1", port);
+        let mut stale = Vec::new();
+        for _ in 0..crate::ready::READY_PER_PEER {
+            stale.push(listener.accept().await.unwrap().0);
+        }
+        for _ in 0..100 {
+            if ready.count("127.0.0.1", port) == crate::ready::READY_PER_PEER {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(ready.count("127.0.0.1", port), crate::ready::READY_PER_PEER);
+        tokio::spawn(async move {
+            // The old connections: read the header, close without answering.
+            for mut s in stale {
+                tokio::spawn(async move {
+                    let _ = read_header(&mut s).await;
+                });
+            }
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    if read_header(&mut s).await.is_ok() {
+                        answer(&mut s, Ok(())).await.unwrap();
+                        let mut buf = [0u8; 6];
+                        s.read_exact(&mut buf).await.unwrap();
+                        s.write_all(&buf).await.unwrap();
+                    }
+                });
+            }
+        });
+        let (mut user, mut accepted) = client_pair().await;
+        user.write_all(b"hello\n").await.unwrap();
+        let client: SocketAddr = "10.0.0.9:4242".parse().unwrap();
+        let mut up = connect("127.0.0.1", port, "toupper", client, &mut accepted, &ready)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 6];
+        up.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello\n");
     }
 
     #[tokio::test]

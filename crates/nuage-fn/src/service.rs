@@ -22,6 +22,7 @@ use crate::cluster::{self, Cluster, HEALTH_INTERVAL, HEALTH_TIMEOUT, PEER_CALL_T
 use crate::command::SearchPath;
 use crate::config::{FnConfig, SECTION};
 use crate::function::{Function, refuse};
+use crate::ready::Ready;
 use crate::registry::{Entry, Registry};
 use crate::relay;
 use crate::spec::FunctionSpec;
@@ -55,6 +56,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
     pub balancer: Arc<Balancer>,
+    /// Relay connections to the other machines, opened ahead of need.
+    pub ready: Arc<Ready>,
     pub cluster: Cluster,
     pub relay_port: u16,
     registry: Mutex<Registry>,
@@ -86,6 +89,7 @@ async fn start(ctx: ServiceContext) -> anyhow::Result<Started> {
         metrics: ctx.metrics.clone(),
         shutdown: ctx.shutdown.clone(),
         balancer: Arc::new(Balancer::default()),
+        ready: Arc::new(Ready::default()),
         cluster: Cluster::new(me, ctx.peers.clone()),
         relay_port,
         registry: Mutex::new(registry),
@@ -115,6 +119,7 @@ async fn run(shared: Arc<Shared>, relay_listener: TcpListener) -> anyhow::Result
     let health = tokio::spawn(health_loop(shared.clone()));
     let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
     shared.shutdown.cancelled().await;
+    shared.ready.clear();
     let functions: Vec<Arc<Function>> = std::mem::take(&mut *shared.running())
         .into_values()
         .collect();
@@ -379,6 +384,15 @@ async fn relay_loop(shared: Arc<Shared>, listener: TcpListener) {
 
 async fn take_relayed(shared: Arc<Shared>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    // A connection the other machine keeps ready stays silent until it is used.
+    let mut first = [0u8; 1];
+    tokio::select! {
+        _ = shared.shutdown.cancelled() => return,
+        r = tokio::time::timeout(relay::IDLE_BEFORE_HEADER, stream.peek(&mut first)) => match r {
+            Ok(Ok(1..)) => {}
+            _ => return, // closed, failed, or idle too long
+        },
+    }
     let header = tokio::time::timeout(relay::HEADER_TIMEOUT, relay::read_header(&mut stream)).await;
     let (name, client) = match header {
         Ok(Ok(h)) => h,
@@ -407,8 +421,11 @@ async fn take_relayed(shared: Arc<Shared>, mut stream: TcpStream) {
     if relay::answer(&mut stream, Ok(())).await.is_err() {
         return;
     }
-    let f = function.clone();
-    function.track(async move { f.serve_local(stream, client, permit).await });
+    // Served in this task (tracked for drains): no hop to a new task between the `+` and
+    // the process start, on the path of every relayed connection.
+    function
+        .tracked(function.serve_local(stream, client, permit))
+        .await;
 }
 
 /// Checks every other machine's health, keeps their reports, and pulls their registry

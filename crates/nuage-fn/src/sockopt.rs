@@ -113,6 +113,22 @@ pub fn send_now(fd: BorrowedFd<'_>, bytes: &[u8]) {
     };
 }
 
+/// Whether a connection that should be silent (a pre-connected relay socket, before its
+/// header) is still open and silent: nothing to read, no end of input, no error.
+pub fn open_and_silent(fd: BorrowedFd<'_>) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a valid one-byte buffer.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,10 @@
 //! ```
 //!
 //! Output: `rate=<ops/s> p50_us=<µs> p99_us=<µs> errors=<n>`. Each of CLIENTS threads
-//! runs its share of TOTAL operations back to back; latency is per operation.
+//! runs its share of TOTAL operations back to back; latency is per operation. With one
+//! client, also `p50_fast_half_us=<µs> p50_slow_half_us=<µs>`: the p50 of the even and of
+//! the odd operations, the lower first (behind a round-robin balancer over two machines,
+//! one path each).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -70,21 +73,39 @@ fn run(mode: &str, args: &[String]) -> Result<(), String> {
         errors += err;
     }
     let took = started.elapsed().as_secs_f64();
+    // One client in turn over two machines (round-robin): every other operation takes
+    // the same path, so the p50 of each half is the p50 of one path.
+    let halves = (clients == 1).then(|| {
+        let half = |parity: usize| {
+            let mut h: Vec<Duration> = latencies.iter().skip(parity).step_by(2).copied().collect();
+            h.sort_unstable();
+            percentile(&h, 0.50)
+        };
+        let (a, b) = (half(0), half(1));
+        format!(
+            " p50_fast_half_us={} p50_slow_half_us={}",
+            a.min(b),
+            a.max(b)
+        )
+    });
     latencies.sort_unstable();
-    let pct = |p: f64| -> u128 {
-        if latencies.is_empty() {
-            return 0;
-        }
-        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i].as_micros()
-    };
     println!(
-        "rate={:.0} p50_us={} p99_us={} errors={errors}",
+        "rate={:.0} p50_us={} p99_us={} errors={errors}{}",
         latencies.len() as f64 / took,
-        pct(0.50),
-        pct(0.99)
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        halves.unwrap_or_default()
     );
     Ok(())
+}
+
+/// The `p` percentile of sorted latencies, in µs (0 if there are none).
+fn percentile(sorted: &[Duration], p: f64) -> u128 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_micros()
 }
 
 /// Runs `n` operations; their latencies and the number that failed.
