@@ -964,7 +964,8 @@ mod tests {
     /// over its shards.
     const SEEDS_ENV: &str = "NUAGE_GROUP_SIM_SEEDS";
     /// Seed families: the first seed number of each, and how many seeds CI runs. A
-    /// family is split into [`SHARDS`] test functions so nextest runs them in parallel.
+    /// family is split into [`SHARDS`] test functions so nextest runs them in parallel
+    /// (one `…_k` function per shard k below: change both together).
     const RING3: (u64, u64) = (0, 1_600);
     const RING5: (u64, u64) = (1_000_000, 400);
     const GROUP3: (u64, u64) = (2_000_000, 1_000);
