@@ -19,6 +19,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Pause between the throughput phase and the latency probes. */
+#define SETTLE_US 1000000
+
 static uint64_t now_us(void) {
     struct timeval tv;
     gettimeofday(&tv, NULL);
@@ -148,6 +151,10 @@ int main(int argc, char **argv) {
     while (own1 < count) cpg_dispatch(h, CS_DISPATCH_ONE);
     if (getenv("CPG_BENCH_DEBUG")) fprintf(stderr, "cpg_bench: all back\n");
     double took = mono() - t0;
+    /* The receivers may still be behind the sender: let them drain before probing, so
+     * the probes measure latency, not the receivers' backlog (same pause in
+     * groups_bench.rs). */
+    usleep(SETTLE_US);
     buf[0] = 2;
     for (uint64_t i = 0; i < probes; i++) {
         uint64_t t = now_us();

@@ -13,9 +13,12 @@
 //! p99_us=Y`. Throughput is measured at the receivers, from the first to the last
 //! message of the throughput phase.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nuage_group::client::{ConnectOptions, Mailbox, Received, Service};
+
+/// Pause between the throughput phase and the latency probes (receivers drain).
+const SETTLE: Duration = Duration::from_secs(1);
 
 struct Args {
     mode: String,
@@ -136,6 +139,10 @@ async fn send(a: &Args, mb: &Mailbox) {
         // the latency probes do not queue behind it.
         let _ = seen.wait_for(|s| s.0 >= a.count).await;
         let took = start.elapsed();
+        // The receivers may still be behind the sender: let them drain before probing,
+        // so the probes measure latency, not the receivers' backlog (same pause in
+        // cpg_bench.c).
+        tokio::time::sleep(SETTLE).await;
         for i in 0..a.latency {
             let mut b = body.clone();
             b[..8].copy_from_slice(&now_us().to_le_bytes());

@@ -19,8 +19,9 @@
 //! - every daemon delivers its own messages (unless it crashed);
 //! - once the network heals, all live daemons end in one configuration.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -31,6 +32,38 @@ use crate::ring::{Event, NodeId, NodeSet, Outgoing, Ring, RingConfig, RingId, Se
 use crate::wire::{self, GroupId, service};
 
 const CONFIG_HASH: u32 = 0x5157;
+
+/// The simulator and checker hash small integer keys millions of times per CI run;
+/// SipHash dominated their profile. This multiply-rotate hash (FxHash's) is enough for
+/// keys that are not attacker-chosen, and being unseeded it keeps iteration order the
+/// same from run to run.
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 /// A small, fast, seedable generator (SplitMix64).
 #[derive(Debug, Clone)]
@@ -213,6 +246,31 @@ struct Node {
     paused_until: u64,
 }
 
+/// An event due at `at`; `seq` breaks ties in scheduling order, so runs are
+/// deterministic. Ordered by `(at, seq)` only.
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
 #[derive(Debug)]
 enum Ev {
     Packet {
@@ -236,9 +294,7 @@ struct Sim {
     rng: Rng,
     now: u64,
     seq: u64,
-    events: BinaryHeap<Reverse<(u64, u64, usize)>>,
-    payloads: HashMap<usize, Ev>,
-    next_payload: usize,
+    events: BinaryHeap<Reverse<Scheduled>>,
     nodes: Vec<Option<Node>>,
     dead: Vec<Incarnation>,
     /// Which side of a partition each node is on.
@@ -261,11 +317,12 @@ fn ring_config(n: usize, me: NodeId, boot: u64) -> RingConfig {
 
 impl Sim {
     fn schedule(&mut self, at: u64, ev: Ev) {
-        let id = self.next_payload;
-        self.next_payload += 1;
-        self.payloads.insert(id, ev);
         self.seq += 1;
-        self.events.push(Reverse((at, self.seq, id)));
+        self.events.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            ev,
+        }));
     }
 
     fn connected(&self, a: NodeId, b: NodeId) -> bool {
@@ -502,7 +559,7 @@ impl Sim {
     fn run(&mut self, p: &SimParams) {
         let end = p.fault_ms + p.quiet_ms;
         loop {
-            let ev_at = self.events.peek().map(|Reverse((t, _, _))| *t);
+            let ev_at = self.events.peek().map(|Reverse(s)| s.at);
             let timer = self.next_timer();
             let t = match (ev_at, timer) {
                 (Some(e), Some((tt, _))) => e.min(tt),
@@ -515,8 +572,7 @@ impl Sim {
             }
             self.now = self.now.max(t);
             if ev_at == Some(t) {
-                let Reverse((_, _, id)) = self.events.pop().expect("peeked");
-                let ev = self.payloads.remove(&id).expect("scheduled");
+                let Reverse(Scheduled { ev, .. }) = self.events.pop().expect("peeked");
                 match ev {
                     Ev::Packet { from, to, data } => self.packet(from, to, data),
                     Ev::Submit => self.submit(),
@@ -564,8 +620,6 @@ pub fn simulate(seed: u64, p: &SimParams) -> Outcome {
         now: 0,
         seq: 0,
         events: BinaryHeap::new(),
-        payloads: HashMap::new(),
-        next_payload: 0,
         nodes: (0..p.nodes).map(|_| None).collect(),
         dead: Vec::new(),
         side: vec![0; p.nodes],
@@ -626,14 +680,14 @@ pub fn check(o: &Outcome) -> Result<(), String> {
     let name = |x: &Incarnation| format!("daemon {} (incarnation {})", x.node, x.incarnation);
     // Where each incarnation delivered each message.
     let mut placed: Vec<HashMap<MsgId, (usize, Conf)>> = Vec::new();
-    let mut first_conf: HashMap<MsgId, (Conf, String)> = HashMap::new();
+    let mut first_conf: HashMap<MsgId, (Conf, String)> = HashMap::default();
     let mut safe_in_regular: Vec<(MsgId, RingId, NodeSet, String)> = Vec::new();
     for x in &o.incarnations {
         let mut conf = Conf::None;
         let mut members = NodeSet::EMPTY;
         let mut in_transitional = false;
-        let mut here = HashMap::new();
-        let mut last_from: HashMap<(NodeId, u32), u32> = HashMap::new();
+        let mut here = HashMap::default();
+        let mut last_from: HashMap<(NodeId, u32), u32> = HashMap::default();
         for (pos, d) in x.log.iter().enumerate() {
             match d {
                 Delivered::Regular { ring, members: m } => {
@@ -720,7 +774,7 @@ pub fn check(o: &Outcome) -> Result<(), String> {
         }
     }
     // Virtual synchrony: the same messages between the same two regular configurations.
-    let mut between: HashMap<(RingId, RingId), (BTreeSet<MsgId>, String)> = HashMap::new();
+    let mut between: HashMap<(RingId, RingId), (BTreeSet<MsgId>, String)> = HashMap::default();
     for x in &o.incarnations {
         let mut from: Option<RingId> = None;
         let mut set = BTreeSet::new();
@@ -811,11 +865,11 @@ pub fn check_clients(o: &Outcome) -> Result<(), String> {
                 .map(move |(c, l)| (format!("{c} (incarnation {})", x.incarnation), l))
         })
         .collect();
-    let mut members_of: HashMap<GroupId, (Vec<String>, String)> = HashMap::new();
+    let mut members_of: HashMap<GroupId, (Vec<String>, String)> = HashMap::default();
     let mut placed: Vec<HashMap<u32, (usize, GroupId)>> = Vec::new();
     for (who, log) in &logs {
         let mut view = None;
-        let mut here = HashMap::new();
+        let mut here = HashMap::default();
         for (pos, r) in log.iter().enumerate() {
             match r {
                 ClientRec::View { id, members } => {
@@ -866,7 +920,7 @@ pub fn check_clients(o: &Outcome) -> Result<(), String> {
             }
         }
     }
-    let mut between: HashMap<(GroupId, GroupId), (BTreeSet<u32>, String)> = HashMap::new();
+    let mut between: HashMap<(GroupId, GroupId), (BTreeSet<u32>, String)> = HashMap::default();
     for (who, log) in &logs {
         let mut from = None;
         let mut set = BTreeSet::new();
@@ -903,31 +957,99 @@ pub fn check_clients(o: &Outcome) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    /// Environment variable: run only this seed (to replay a failure).
+    /// Environment variable: run only this seed (to replay a failure; the number as
+    /// printed, family offset included).
     const SEED_ENV: &str = "NUAGE_GROUP_SIM_SEED";
-    /// Environment variable: how many seeds to run (default below).
+    /// Environment variable: how many seeds each family runs (default below), spread
+    /// over its shards.
     const SEEDS_ENV: &str = "NUAGE_GROUP_SIM_SEEDS";
-    const DEFAULT_SEEDS: u64 = 300;
+    /// Seed families: the first seed number of each, and how many seeds CI runs. A
+    /// family is split into [`SHARDS`] test functions so nextest runs them in parallel
+    /// (one `…_k` function per shard k below: change both together).
+    const RING3: (u64, u64) = (0, 1_600);
+    const RING5: (u64, u64) = (1_000_000, 400);
+    const GROUP3: (u64, u64) = (2_000_000, 1_000);
+    const SHARDS: u64 = 4;
+    /// Seeds of one family are below `base + FAMILY_SPAN`.
+    const FAMILY_SPAN: u64 = 1_000_000;
 
-    fn run_seed(seed: u64, p: &SimParams) {
-        let o = simulate(seed, p);
-        if let Err(e) = check(&o) {
-            panic!(
-                "seed {seed} failed: {e}\nfaults: {:?}\nreplay with {SEED_ENV}={seed} cargo nextest run -p nuage-group sim::",
-                o.trace
-            );
-        }
-    }
-
-    fn seeds() -> Vec<u64> {
+    /// The seeds shard `shard` of a family runs: every SHARDS-th one, or the replayed
+    /// seed alone (in shard 0) when [`SEED_ENV`] names a seed of this family.
+    fn seeds((base, count): (u64, u64), shard: u64) -> Vec<u64> {
         if let Some(s) = std::env::var(SEED_ENV).ok().and_then(|s| s.parse().ok()) {
-            return vec![s];
+            let mine = (base..base + FAMILY_SPAN).contains(&s) && shard == 0;
+            return if mine { vec![s] } else { Vec::new() };
         }
         let n = std::env::var(SEEDS_ENV)
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(DEFAULT_SEEDS);
-        (0..n).collect()
+            .unwrap_or(count);
+        assert!(n < FAMILY_SPAN);
+        (base..base + n)
+            .skip(shard as usize)
+            .step_by(SHARDS as usize)
+            .collect()
+    }
+
+    fn replay_hint(seed: u64) -> String {
+        format!("replay with {SEED_ENV}={seed} cargo nextest run -p nuage-group sim::")
+    }
+
+    /// Runs one ring-only seed and checks it; panics naming the seed.
+    fn run_ring_seed(seed: u64, nodes: usize) {
+        let p = SimParams {
+            nodes,
+            ..SimParams::default()
+        };
+        let o = simulate(seed, &p);
+        if let Err(e) = check(&o) {
+            panic!(
+                "seed {seed} failed: {e}\nfaults: {:?}\n{}",
+                o.trace,
+                replay_hint(seed)
+            );
+        }
+    }
+
+    /// Runs one seed of the group layer over the ring, checked at daemons and clients.
+    fn run_group_seed(seed: u64) {
+        let p = SimParams {
+            group_mode: true,
+            messages: 300,
+            ..SimParams::default()
+        };
+        let o = simulate(seed, &p);
+        let views: usize = o
+            .incarnations
+            .iter()
+            .flat_map(|x| x.clients.values())
+            .map(|l| {
+                l.iter()
+                    .filter(|r| matches!(r, ClientRec::View { .. }))
+                    .count()
+            })
+            .sum();
+        assert!(views > 0, "seed {seed}: no client saw a view");
+        if let Err(e) = check(&o).and_then(|()| check_clients(&o)) {
+            panic!(
+                "seed {seed} failed: {e}\nfaults: {:?}\n{}",
+                o.trace,
+                replay_hint(seed)
+            );
+        }
+    }
+
+    #[test]
+    fn seed_families_are_disjoint_and_shards_cover_them() {
+        for family in [RING3, RING5, GROUP3] {
+            assert!(family.1 < FAMILY_SPAN);
+            let mut all: Vec<u64> = (0..SHARDS).flat_map(|k| seeds(family, k)).collect();
+            all.sort_unstable();
+            if std::env::var(SEED_ENV).is_err() && std::env::var(SEEDS_ENV).is_err() {
+                assert_eq!(all, (family.0..family.0 + family.1).collect::<Vec<_>>());
+            }
+        }
+        assert!(RING3.0 + FAMILY_SPAN <= RING5.0 && RING5.0 + FAMILY_SPAN <= GROUP3.0);
     }
 
     #[test]
@@ -966,21 +1088,58 @@ mod tests {
     }
 
     #[test]
-    fn three_daemons_under_faults() {
-        let p = SimParams::default();
-        for seed in seeds() {
-            run_seed(seed, &p);
+    fn three_daemons_under_faults_0() {
+        for seed in seeds(RING3, 0) {
+            run_ring_seed(seed, 3);
         }
     }
 
     #[test]
-    fn five_daemons_under_faults() {
-        let p = SimParams {
-            nodes: 5,
-            ..SimParams::default()
-        };
-        for seed in seeds().into_iter().take(60) {
-            run_seed(seed + 1_000_000, &p);
+    fn three_daemons_under_faults_1() {
+        for seed in seeds(RING3, 1) {
+            run_ring_seed(seed, 3);
+        }
+    }
+
+    #[test]
+    fn three_daemons_under_faults_2() {
+        for seed in seeds(RING3, 2) {
+            run_ring_seed(seed, 3);
+        }
+    }
+
+    #[test]
+    fn three_daemons_under_faults_3() {
+        for seed in seeds(RING3, 3) {
+            run_ring_seed(seed, 3);
+        }
+    }
+
+    #[test]
+    fn five_daemons_under_faults_0() {
+        for seed in seeds(RING5, 0) {
+            run_ring_seed(seed, 5);
+        }
+    }
+
+    #[test]
+    fn five_daemons_under_faults_1() {
+        for seed in seeds(RING5, 1) {
+            run_ring_seed(seed, 5);
+        }
+    }
+
+    #[test]
+    fn five_daemons_under_faults_2() {
+        for seed in seeds(RING5, 2) {
+            run_ring_seed(seed, 5);
+        }
+    }
+
+    #[test]
+    fn five_daemons_under_faults_3() {
+        for seed in seeds(RING5, 3) {
+            run_ring_seed(seed, 5);
         }
     }
 
@@ -1082,32 +1241,30 @@ mod tests {
     /// found interrupted STATE exchanges applying operations in the old view at some
     /// daemons only; operations now carry ids and are resubmitted instead.)
     #[test]
-    fn the_group_layer_under_faults() {
-        let p = SimParams {
-            group_mode: true,
-            messages: 300,
-            ..SimParams::default()
-        };
-        for seed in seeds().into_iter().take(100) {
-            let o = simulate(seed + 2_000_000, &p);
-            let views: usize = o
-                .incarnations
-                .iter()
-                .flat_map(|x| x.clients.values())
-                .map(|l| {
-                    l.iter()
-                        .filter(|r| matches!(r, ClientRec::View { .. }))
-                        .count()
-                })
-                .sum();
-            assert!(views > 0, "seed {seed}: no client saw a view");
-            if let Err(e) = check(&o).and_then(|()| check_clients(&o)) {
-                panic!(
-                    "seed {} failed: {e}\nfaults: {:?}\nreplay with {SEED_ENV}={seed}",
-                    seed + 2_000_000,
-                    o.trace
-                );
-            }
+    fn the_group_layer_under_faults_0() {
+        for seed in seeds(GROUP3, 0) {
+            run_group_seed(seed);
+        }
+    }
+
+    #[test]
+    fn the_group_layer_under_faults_1() {
+        for seed in seeds(GROUP3, 1) {
+            run_group_seed(seed);
+        }
+    }
+
+    #[test]
+    fn the_group_layer_under_faults_2() {
+        for seed in seeds(GROUP3, 2) {
+            run_group_seed(seed);
+        }
+    }
+
+    #[test]
+    fn the_group_layer_under_faults_3() {
+        for seed in seeds(GROUP3, 3) {
+            run_group_seed(seed);
         }
     }
 }
