@@ -131,6 +131,13 @@ fn create_start_mount_use_unmount_stop_delete() {
         &api,
         &["volume", "set", "gv0", "network.ping-timeout", "10"],
     );
+    let e = refused(
+        &api,
+        &["volume", "set", "gv0", "cluster.quorum-type", "fixed"],
+    );
+    assert!(e.contains("auto or none"), "{e}");
+    let get = ok(&api, &["volume", "get", "gv0", "cluster.quorum-type"]);
+    assert!(get.contains("auto"), "{get}");
     let get = ok(&api, &["volume", "get", "gv0", "network.ping-timeout"]);
     assert!(get.contains(" 10"), "{get}");
     assert!(ok(&api, &["volume", "info", "gv0"]).contains("network.ping-timeout: 10"));

@@ -4,6 +4,7 @@
 pub mod conn;
 pub mod fuse;
 pub mod mount;
+pub mod replica;
 pub mod spec;
 pub mod volume;
 pub mod write_behind;

@@ -861,6 +861,7 @@ impl Mgmt {
                 .options
                 .get(PING_TIMEOUT_OPTION)
                 .and_then(|t| t.parse().ok()),
+            quorum_type: v.options.get(QUORUM_TYPE_OPTION).cloned(),
         })
     }
 
@@ -923,6 +924,9 @@ pub const PING_TIMEOUT_OPTION: &str = "network.ping-timeout";
 /// Largest ping timeout (seconds).
 pub const MAX_PING_TIMEOUT: u64 = 3600;
 
+/// The option a mount reads for write quorum in replica sets (`auto` or `none`).
+pub const QUORUM_TYPE_OPTION: &str = "cluster.quorum-type";
+
 /// An option `volume set` accepts: only options that take effect are listed.
 pub struct VolumeOption {
     pub name: &'static str,
@@ -931,16 +935,26 @@ pub struct VolumeOption {
 }
 
 /// The options of a volume, with their defaults.
-pub const VOLUME_OPTIONS: &[VolumeOption] = &[VolumeOption {
-    name: PING_TIMEOUT_OPTION,
-    default: "42",
-    check: |v| match v.parse::<u64>() {
-        Ok(n) if (1..=MAX_PING_TIMEOUT).contains(&n) => Ok(()),
-        _ => Err(format!(
-            "must be whole seconds from 1 to {MAX_PING_TIMEOUT}"
-        )),
+pub const VOLUME_OPTIONS: &[VolumeOption] = &[
+    VolumeOption {
+        name: PING_TIMEOUT_OPTION,
+        default: "42",
+        check: |v| match v.parse::<u64>() {
+            Ok(n) if (1..=MAX_PING_TIMEOUT).contains(&n) => Ok(()),
+            _ => Err(format!(
+                "must be whole seconds from 1 to {MAX_PING_TIMEOUT}"
+            )),
+        },
     },
-}];
+    VolumeOption {
+        name: QUORUM_TYPE_OPTION,
+        default: "auto",
+        check: |v| match crate::client::replica::QuorumType::parse(v) {
+            Some(_) => Ok(()),
+            None => Err("must be auto or none".into()),
+        },
+    },
+];
 
 /// Errors when a brick string cannot be used (shared with the CLI for early checks).
 pub fn check_brick_arg(s: &str) -> anyhow::Result<()> {
