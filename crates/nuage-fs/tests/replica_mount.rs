@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nuage_fs::brick::server::Brick;
 use nuage_fs::brick::store::{BrickIdentity, Store, XATTR_AFR};
@@ -287,5 +287,83 @@ fn a_distributed_replicated_volume_spreads_names_over_replica_sets() {
             format!("data {i}")
         );
     }
+    drop(session);
+}
+
+/// Waits (up to a minute) until every copy of `rel` holds `want` with clean markers.
+fn wait_healed(c: &Cluster, rel: &str, want: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let healed = (0..c.bricks.len())
+            .all(|i| c.on_brick(i, rel).as_deref() == Some(want) && c.markers(i, rel).is_clean());
+        if healed {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{rel} not healed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_copy_that_missed_writes_is_healed_on_access() {
+    let mut c = Cluster::start(2, 2);
+    let (mnt, session) = c.mount();
+    let m = mnt.path();
+    let before = payload(3, 1024 * 1024 + 5);
+    write_file(&m.join("f"), &before).unwrap();
+    c.kill(1);
+    // Shorter than before: heal must cut the sink's copy too.
+    let after = payload(4, 700 * 1024 + 3);
+    write_file(&m.join("f"), &after).unwrap();
+    fs::set_permissions(
+        m.join("f"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    assert!(c.markers(0, "f").accuses(1, Kind::Data));
+    assert_eq!(c.on_brick(1, "f").as_deref(), Some(&before[..]));
+    c.revive(1);
+    // Reading opens the file: the copies' markers are seen and the stale copy healed.
+    assert_eq!(fs::read(m.join("f")).unwrap(), after);
+    wait_healed(&c, "f", &after);
+    let mode = |i: usize| fs::metadata(c.bricks[i].path().join("f")).unwrap().mode() & 0o7777;
+    assert_eq!(mode(1), 0o640);
+    // Healed, the second copy serves alone.
+    c.kill(0);
+    assert_eq!(fs::read(m.join("f")).unwrap(), after);
+    drop(session);
+}
+
+#[test]
+fn split_brain_is_reported_as_eio_and_never_resolved_silently() {
+    let mut c = Cluster::start(2, 2);
+    // Without quorum each copy can take writes alone: the way to split-brain.
+    c.spec.quorum_type = Some("none".into());
+    let (mnt, session) = c.mount();
+    let m = mnt.path();
+    write_file(&m.join("f"), b"common").unwrap();
+    c.kill(1);
+    write_file(&m.join("f"), b"only on brick 0").unwrap();
+    c.revive(1);
+    c.kill(0);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("f"))
+        .unwrap();
+    f.write_all(b"only on brick 1").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    c.revive(0);
+    assert!(c.markers(0, "f").accuses(1, Kind::Data));
+    assert!(c.markers(1, "f").accuses(0, Kind::Data));
+    let e = fs::read(m.join("f")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    // Both versions are still there.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.on_brick(0, "f").as_deref(), Some(&b"only on brick 0"[..]));
+    assert_eq!(
+        c.on_brick(1, "f").as_deref().map(|d| &d[..15]),
+        Some(&b"only on brick 1"[..])
+    );
     drop(session);
 }

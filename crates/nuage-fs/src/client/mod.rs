@@ -3,6 +3,7 @@
 
 pub mod conn;
 pub mod fuse;
+pub mod heal;
 pub mod mount;
 pub mod replica;
 pub mod spec;

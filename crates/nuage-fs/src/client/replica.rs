@@ -17,12 +17,13 @@
 //!
 //! With one copy (distribute volumes) every request passes straight through.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::client::conn::BrickConn;
+use crate::client::heal::{self, Seen};
 use crate::gfid::Gfid;
 use crate::markers::{AfrDelta, AfrState, Kind};
 use crate::proto::{Entry, Errno, Op, Reply};
@@ -72,6 +73,8 @@ pub struct Replica {
     next_fd: AtomicU64,
     /// When a copy was last found unreachable.
     down_at: Mutex<Vec<Option<Instant>>>,
+    /// Files being healed now (one heal per file at a time).
+    healing: Arc<Mutex<HashSet<Gfid>>>,
 }
 
 /// What a change touches: the objects whose markers record it.
@@ -93,6 +96,7 @@ impl Replica {
             read_from: Mutex::new(HashMap::new()),
             next_fd: AtomicU64::new(1),
             down_at: Mutex::new(vec![None; n]),
+            healing: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
@@ -345,6 +349,7 @@ impl Replica {
             &[Kind::Data, Kind::Metadata]
         };
         let good = self.sources(&markers, kinds)?;
+        self.heal_on_access(&entries, &good);
         let pick = entries
             .iter()
             .position(|(i, _)| good.contains(i))
@@ -371,6 +376,36 @@ impl Replica {
             return Err(Errno(libc::EIO));
         }
         Ok(good)
+    }
+
+    /// Starts healing (in the background) the copies the sources accuse, if any.
+    fn heal_on_access(&self, entries: &[(usize, Entry)], sources: &[usize]) {
+        let seen: Vec<Seen> = entries
+            .iter()
+            .map(|(i, e)| Seen {
+                index: *i,
+                entry: e.clone(),
+            })
+            .collect();
+        let sinks = heal::sinks(&self.ids, &seen, sources);
+        let (Some(source), false) = (sources.first().copied(), sinks.is_empty()) else {
+            return;
+        };
+        let Some(g) = entries[0].1.meta.gfid else {
+            return;
+        };
+        if !self.healing.lock().expect("healing").insert(g) {
+            return;
+        }
+        let bricks = self.bricks.clone();
+        let ids = self.ids.clone();
+        let healing = self.healing.clone();
+        tokio::spawn(async move {
+            if let Err(e) = heal::heal(&bricks, &ids, g, &seen, source, &sinks).await {
+                tracing::warn!("heal of {g} failed: {}", e.describe());
+            }
+            healing.lock().expect("healing").remove(&g);
+        });
     }
 
     async fn open(&self, op: Op, g: Gfid) -> Res<(Reply, Vec<u8>)> {
@@ -408,6 +443,7 @@ impl Replica {
             self.sources(&markers, &[Kind::Data])
                 .inspect_err(|_| self.close_fds(&fds))?
         };
+        self.heal_on_access(&entries, &good);
         let Some(read) = good.first().copied() else {
             self.close_fds(&fds);
             return Err(first_err.unwrap_or(Errno(libc::ENOTCONN)));
