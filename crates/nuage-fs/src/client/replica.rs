@@ -388,9 +388,17 @@ impl Replica {
             })
             .collect();
         let sinks = heal::sinks(&self.ids, &seen, sources);
-        let (Some(source), false) = (sources.first().copied(), sinks.is_empty()) else {
+        let entry_sinks = if entries[0].1.attr.is_dir() {
+            heal::entry_sinks(&self.ids, &seen)
+        } else {
+            Vec::new()
+        };
+        let Some(source) = sources.first().copied() else {
             return;
         };
+        if sinks.is_empty() && entry_sinks.is_empty() {
+            return;
+        }
         let Some(g) = entries[0].1.meta.gfid else {
             return;
         };
@@ -401,8 +409,15 @@ impl Replica {
         let ids = self.ids.clone();
         let healing = self.healing.clone();
         tokio::spawn(async move {
-            if let Err(e) = heal::heal(&bricks, &ids, g, &seen, source, &sinks).await {
-                tracing::warn!("heal of {g} failed: {}", e.describe());
+            if !sinks.is_empty() {
+                if let Err(e) = heal::heal(&bricks, &ids, g, &seen, source, &sinks).await {
+                    tracing::warn!("heal of {g} failed: {}", e.describe());
+                }
+            }
+            for sink in entry_sinks {
+                if let Err(e) = heal::heal_entries(&bricks, &ids, g, &seen, sink).await {
+                    tracing::warn!("entry heal of {g} failed: {}", e.describe());
+                }
             }
             healing.lock().expect("healing").remove(&g);
         });
