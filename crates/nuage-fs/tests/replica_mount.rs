@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nuage_fs::brick::server::Brick;
 use nuage_fs::brick::store::{BrickIdentity, Store, XATTR_AFR};
 use nuage_fs::client::fuse::mount_background;
+use nuage_fs::client::heal_index::{self, State};
 use nuage_fs::client::spec::{BrickSpec, VolumeSpec};
 use nuage_fs::client::volume::Volume;
 use nuage_fs::markers::{AfrState, Kind};
@@ -412,5 +413,80 @@ fn split_brain_is_reported_as_eio_and_never_resolved_silently() {
         c.on_brick(1, "f").as_deref().map(|d| &d[..15]),
         Some(&b"only on brick 1"[..])
     );
+    drop(session);
+}
+
+#[test]
+fn heal_info_lists_pending_files_and_split_brain_and_heal_fixes_the_pending_ones() {
+    let mut c = Cluster::start(2, 2);
+    c.spec.quorum_type = Some("none".into());
+    let (mnt, session) = c.mount();
+    let m = mnt.path();
+    fs::create_dir(m.join("d")).unwrap();
+    write_file(&m.join("d/p"), b"pending v1").unwrap();
+    write_file(&m.join("s"), b"split v1").unwrap();
+    c.kill(1);
+    write_file(&m.join("d/p"), b"pending v2, longer").unwrap();
+    write_file(&m.join("s"), b"split on 0").unwrap();
+    c.revive(1);
+    c.kill(0);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("s"))
+        .unwrap();
+    f.write_all(b"split on 1").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    c.revive(0);
+
+    let info = |heal: bool| {
+        c.rt.block_on(heal_index::run(&c.spec, "heal-test", heal))
+            .unwrap()
+    };
+    let report = info(false);
+    assert_eq!(report.len(), 2);
+    assert!(report.iter().all(|b| b.connected));
+    let on0: Vec<(&str, &State)> = report[0]
+        .entries
+        .iter()
+        .map(|e| (e.path.as_str(), &e.state))
+        .collect();
+    assert!(on0.contains(&("/d/p", &State::Pending)), "{on0:?}");
+    assert!(on0.contains(&("/s", &State::SplitBrain)), "{on0:?}");
+    assert!(
+        report[1]
+            .entries
+            .iter()
+            .any(|e| e.path == "/s" && e.state == State::SplitBrain),
+        "{report:?}"
+    );
+
+    // Heal: the pending file is made whole; the split-brain stays, both versions kept.
+    let left = info(true);
+    let remaining: Vec<&str> = left
+        .iter()
+        .flat_map(|b| b.entries.iter().map(|e| e.path.as_str()))
+        .collect();
+    assert!(remaining.iter().all(|p| *p == "/s"), "{remaining:?}");
+    assert_eq!(
+        c.on_brick(1, "d/p").as_deref(),
+        Some(&b"pending v2, longer"[..])
+    );
+    assert!(c.markers(0, "d/p").is_clean() && c.markers(1, "d/p").is_clean());
+    assert_eq!(c.on_brick(0, "s").as_deref(), Some(&b"split on 0"[..]));
+    assert_eq!(c.on_brick(1, "s").as_deref(), Some(&b"split on 1"[..]));
+    let again = info(false);
+    assert!(
+        again
+            .iter()
+            .flat_map(|b| &b.entries)
+            .all(|e| e.path == "/s" && e.state == State::SplitBrain),
+        "{again:?}"
+    );
+
+    // A brick that is down is reported as such.
+    c.kill(1);
+    let down = info(false);
+    assert!(down[0].connected && !down[1].connected);
     drop(session);
 }

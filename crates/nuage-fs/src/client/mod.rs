@@ -4,6 +4,7 @@
 pub mod conn;
 pub mod fuse;
 pub mod heal;
+pub mod heal_index;
 pub mod mount;
 pub mod replica;
 pub mod spec;
