@@ -48,10 +48,25 @@ pub struct BrickReport {
 /// Examines every brick's heal index; with `heal`, heals what can be healed first (the
 /// report then lists what is left).
 pub async fn run(spec: &VolumeSpec, client: &str, heal: bool) -> anyhow::Result<Vec<BrickReport>> {
+    run_on(spec, client, heal, None).await
+}
+
+/// Like `run`, walking only the indexes of the bricks in `only` (the self-heal daemon
+/// of a pool member walks its own bricks').
+pub async fn run_on(
+    spec: &VolumeSpec,
+    client: &str,
+    heal: bool,
+    only: Option<&[u32]>,
+) -> anyhow::Result<Vec<BrickReport>> {
     spec.validate().map_err(anyhow::Error::msg)?;
     let mut out = Vec::new();
     for k in 0..spec.subvolume_count() {
         let set = spec.subvolume(k);
+        let walk = |id: u32| only.is_none_or(|o| o.contains(&id));
+        if !set.iter().any(|b| walk(b.id)) {
+            continue;
+        }
         let conns: Vec<Arc<BrickConn>> = set
             .iter()
             .map(|b| {
@@ -69,6 +84,9 @@ pub async fn run(spec: &VolumeSpec, client: &str, heal: bool) -> anyhow::Result<
             .collect();
         let r = Replica::new(conns, set.iter().map(|b| b.id).collect(), QuorumType::None);
         for (i, b) in set.iter().enumerate() {
+            if !walk(b.id) {
+                continue;
+            }
             let name = format!("{}:{}", b.host, b.path);
             let gfids = match index_of(r.brick(i)).await {
                 Ok(g) => g,
