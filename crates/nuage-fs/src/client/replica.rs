@@ -542,6 +542,7 @@ impl Replica {
         let mut reply = None;
         let mut first_err: Option<Errno> = None;
         let mut created_fds: Fds = vec![None; self.n()];
+        let mut refused = Vec::new();
         for (i, r) in answers {
             match r {
                 Ok(a) => {
@@ -555,9 +556,41 @@ impl Replica {
                 }
                 Err(e) => {
                     failed.push(i);
+                    if e != Errno(libc::ENOTCONN) && e != Errno(libc::EBADF) {
+                        refused.push(i);
+                    }
                     if first_err.is_none() || first_err == Some(Errno(libc::ENOTCONN)) {
                         first_err = Some(e);
                     }
+                }
+            }
+        }
+        if !marked.is_empty() && !refused.is_empty() {
+            // A copy that refused the change (EEXIST, EACCES…) may have applied the pre-op
+            // first: lower its `dirty` again (counters never go below zero). Its
+            // accusations of absent copies stay: at worst a needless heal.
+            let undo: Vec<_> = refused
+                .iter()
+                .flat_map(|i| marked.iter().map(move |m| (*i, m)))
+                .map(|(i, m)| {
+                    let mut delta = AfrDelta::default();
+                    for k in &m.kinds {
+                        delta.dirty[*k as usize] = -1;
+                    }
+                    let (b, gfid) = (self.bricks[i].clone(), m.gfid);
+                    tokio::spawn(async move {
+                        b.req(Op::Xattrop {
+                            gfid,
+                            delta,
+                            unlock: None,
+                        })
+                        .await
+                    })
+                })
+                .collect();
+            for u in undo {
+                if let Ok(Err(e)) = u.await {
+                    tracing::debug!("undoing a refused pre-op: {}", e.describe());
                 }
             }
         }
