@@ -80,6 +80,12 @@ impl AfrDelta {
         d
     }
 
+    /// The same delta without its change to `dirty` (accusations only).
+    pub fn without_dirty(mut self) -> AfrDelta {
+        self.dirty = [0; 3];
+        self
+    }
+
     /// Adds `other` to this delta.
     pub fn merge(&mut self, other: &AfrDelta) {
         for k in 0..3 {

@@ -41,8 +41,10 @@ impl Service for StorageService {
                 .collect();
             let routes = api::router(mgmt.clone());
             let shutdown = ctx.shutdown.clone();
+            let shd = tokio::spawn(mgmt.clone().self_heal_daemon(ctx.shutdown.clone()));
             let task = tokio::spawn(async move {
                 shutdown.cancelled().await;
+                let _ = shd.await;
                 mgmt.stop_all().await;
                 Ok(())
             });

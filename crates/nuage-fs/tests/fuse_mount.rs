@@ -59,6 +59,7 @@ fn start(n: u32) -> Cluster {
         bricks: specs,
         layout_epoch: 1,
         ping_timeout: None,
+        quorum_type: None,
     };
     Cluster {
         rt,

@@ -80,6 +80,13 @@ pub enum VolumeCmd {
     },
     /// Show a volume option, or `all` of them with their values
     Get { name: String, option: String },
+    /// Heal replicated copies now, or show what needs heal: NAME [info [summary|split-brain]]
+    Heal {
+        name: String,
+        /// `info`, optionally followed by `summary` or `split-brain`
+        #[arg(num_args = 0..=2)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -286,6 +293,7 @@ pub async fn volume(cmd: VolumeCmd, api: ApiArg) -> anyhow::Result<()> {
                 .await?;
             println!("{}", d.message);
         }
+        VolumeCmd::Heal { name, args } => heal(&c, &name, &args).await?,
         VolumeCmd::Get { name, option } => {
             if option.is_empty()
                 || !option
@@ -413,4 +421,99 @@ mod tests {
         assert!(create_args("gv0".into(), vec!["force".into()]).is_err());
         assert!(create_args("gv0".into(), vec!["a-b".into()]).is_err());
     }
+}
+
+/// What `volume heal` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HealView {
+    /// `heal NAME`: heal, then report what is left.
+    Heal,
+    Info,
+    Summary,
+    SplitBrain,
+}
+
+async fn heal(c: &ApiClient, name: &str, args: &[String]) -> anyhow::Result<()> {
+    use nuage_fs::client::heal_index::{self, State};
+    let view = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => HealView::Heal,
+        ["info"] => HealView::Info,
+        ["info", "summary"] => HealView::Summary,
+        ["info", "split-brain"] => HealView::SplitBrain,
+        _ => bail!("usage: volume heal NAME [info [summary|split-brain]]"),
+    };
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        bail!("volume heal: `{name}` is not a volume name");
+    }
+    let spec: nuage_fs::client::spec::VolumeSpec =
+        c.get(&format!("/v1/storage/volumes/{name}/spec")).await?;
+    if spec.replica < 2 {
+        bail!("Volume {name} is not of type replicate");
+    }
+    let client = format!("heal-{}", std::process::id());
+    let report = heal_index::run(&spec, &client, view == HealView::Heal).await?;
+    if view == HealView::Heal {
+        println!(
+            "Launching heal operation to perform index self heal on volume {name} has been successful"
+        );
+        let left: usize = report.iter().map(|b| b.entries.len()).sum();
+        let down = report.iter().filter(|b| !b.connected).count();
+        println!("Entries still needing heal: {left}; bricks not connected: {down}");
+        return Ok(());
+    }
+    for b in &report {
+        println!("Brick {}", b.brick);
+        let split = b
+            .entries
+            .iter()
+            .filter(|e| e.state == State::SplitBrain)
+            .count();
+        let status = if b.connected {
+            "Connected"
+        } else {
+            "Transport endpoint is not connected"
+        };
+        match view {
+            HealView::Info => {
+                for e in &b.entries {
+                    let tag = if e.state == State::SplitBrain {
+                        " - Is in split-brain"
+                    } else {
+                        ""
+                    };
+                    println!("{}{tag}", e.path);
+                }
+                println!("Status: {status}");
+                if b.connected {
+                    println!("Number of entries: {}", b.entries.len());
+                } else {
+                    println!("Number of entries: -");
+                }
+            }
+            HealView::Summary => {
+                println!("Status: {status}");
+                println!("Total Number of entries: {}", b.entries.len());
+                println!(
+                    "Number of entries in heal pending: {}",
+                    b.entries.len() - split
+                );
+                println!("Number of entries in split-brain: {split}");
+                println!("Number of entries possibly healing: 0");
+            }
+            HealView::SplitBrain => {
+                for e in b.entries.iter().filter(|e| e.state == State::SplitBrain) {
+                    println!("{}", e.path);
+                }
+                println!("Status: {status}");
+                println!("Number of entries in split-brain: {split}");
+            }
+            HealView::Heal => unreachable!("handled above"),
+        }
+        println!();
+    }
+    Ok(())
 }

@@ -3,7 +3,10 @@
 
 pub mod conn;
 pub mod fuse;
+pub mod heal;
+pub mod heal_index;
 pub mod mount;
+pub mod replica;
 pub mod spec;
 pub mod volume;
 pub mod write_behind;

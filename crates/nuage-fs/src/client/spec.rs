@@ -31,6 +31,9 @@ pub struct VolumeSpec {
     /// `network.ping-timeout` of the volume, seconds (None: the default, 42).
     #[serde(default)]
     pub ping_timeout: Option<u64>,
+    /// `cluster.quorum-type` of the volume (None: the default, `auto`).
+    #[serde(default)]
+    pub quorum_type: Option<String>,
 }
 
 impl VolumeSpec {
@@ -87,6 +90,7 @@ mod tests {
                 .collect(),
             layout_epoch: 1,
             ping_timeout: None,
+            quorum_type: None,
         }
     }
 

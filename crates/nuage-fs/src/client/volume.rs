@@ -11,8 +11,9 @@
 //! - A name absent from its hashed subvolume does not exist when the directory's layout
 //!   is committed at the volume's current epoch; otherwise every subvolume is asked.
 //!
-//! This client handles replica-1 volumes (each subvolume one brick). Every operation
-//! returns a Linux errno on failure; a subvolume that cannot be reached gives ENOTCONN.
+//! Each subvolume is a replica set (replica.rs; one brick for distribute volumes). Every
+//! operation returns a Linux errno on failure; a subvolume that cannot be reached gives
+//! ENOTCONN.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::client::conn::{BrickAddr, BrickConn};
+use crate::client::replica::{QuorumType, Replica};
 use crate::client::spec::VolumeSpec;
 use crate::client::write_behind::WriteBehind;
 use crate::gfid::Gfid;
@@ -56,13 +58,17 @@ pub struct OpenFile {
 
 pub struct Volume {
     spec: VolumeSpec,
-    subvols: Vec<Arc<BrickConn>>,
+    subvols: Vec<Arc<Replica>>,
     /// Where the data of a non-directory is (learned by lookups, creations, searches).
     located: Mutex<HashMap<Gfid, u32>>,
     /// Directory layouts by directory id.
     layouts: Mutex<HashMap<Gfid, Layout>>,
     next_handle: AtomicU64,
     wb: WriteBehind,
+}
+
+pub(crate) fn unexpected_reply(r: Reply) -> Errno {
+    unexpected(r)
 }
 
 fn unexpected(r: Reply) -> Errno {
@@ -90,27 +96,35 @@ impl Volume {
         ping_timeout: Duration,
     ) -> anyhow::Result<Arc<Volume>> {
         spec.validate().map_err(anyhow::Error::msg)?;
-        if spec.replica != 1 {
-            anyhow::bail!(
-                "volume {} is replicated (replica {}); this client serves distribute volumes only",
-                spec.name,
-                spec.replica
-            );
-        }
-        let subvols = spec
-            .bricks
-            .iter()
-            .map(|b| {
-                let (conn, _notes) = BrickConn::new(
-                    BrickAddr {
-                        addr: b.addr.clone(),
-                        volume_id: spec.volume_id.clone(),
-                        brick_id: b.id,
-                    },
-                    client.to_owned(),
-                    ping_timeout,
-                );
-                conn
+        let quorum = match spec.quorum_type.as_deref() {
+            None => QuorumType::Auto,
+            Some(q) => QuorumType::parse(q).ok_or_else(|| {
+                anyhow::anyhow!("volume {}: unknown cluster.quorum-type {q:?}", spec.name)
+            })?,
+        };
+        let subvols = (0..spec.subvolume_count())
+            .map(|k| {
+                let set = spec.subvolume(k);
+                let conns = set
+                    .iter()
+                    .map(|b| {
+                        let (conn, _notes) = BrickConn::new(
+                            BrickAddr {
+                                addr: b.addr.clone(),
+                                volume_id: spec.volume_id.clone(),
+                                brick_id: b.id,
+                            },
+                            client.to_owned(),
+                            ping_timeout,
+                        );
+                        conn
+                    })
+                    .collect();
+                Arc::new(Replica::new(
+                    conns,
+                    set.iter().map(|b| b.id).collect(),
+                    quorum,
+                ))
             })
             .collect();
         let v = Arc::new(Volume {
@@ -139,7 +153,7 @@ impl Volume {
         self.subvols.len() as u32
     }
 
-    fn sv(&self, k: u32) -> &BrickConn {
+    fn sv(&self, k: u32) -> &Replica {
         &self.subvols[k as usize]
     }
 

@@ -861,7 +861,64 @@ impl Mgmt {
                 .options
                 .get(PING_TIMEOUT_OPTION)
                 .and_then(|t| t.parse().ok()),
+            quorum_type: v.options.get(QUORUM_TYPE_OPTION).cloned(),
         })
+    }
+
+    /// The self-heal daemon: every `cluster.heal-timeout` seconds per started replicated
+    /// volume, heals what the heal indexes of this member's bricks list (as gluster's
+    /// glustershd). Ends when `stop` is cancelled.
+    pub async fn self_heal_daemon(self: Arc<Self>, stop: CancellationToken) {
+        let mut last: HashMap<String, std::time::Instant> = HashMap::new();
+        let client = format!("shd-{}", self.me.uuid);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(SELF_HEAL_TICK) => {}
+            }
+            for v in self.volumes() {
+                if v.state != VolumeState::Started || v.replica < 2 {
+                    continue;
+                }
+                let mine: Vec<u32> = v
+                    .bricks
+                    .iter()
+                    .filter(|b| b.node == self.me.uuid)
+                    .map(|b| b.id)
+                    .collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                let every = v
+                    .options
+                    .get(HEAL_TIMEOUT_OPTION)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(DEFAULT_HEAL_TIMEOUT);
+                let due = last
+                    .get(&v.name)
+                    .is_none_or(|t| t.elapsed().as_secs() >= every);
+                if !due {
+                    continue;
+                }
+                last.insert(v.name.clone(), std::time::Instant::now());
+                let Ok(spec) = self.spec(&v.name).await else {
+                    continue;
+                };
+                let pass = crate::client::heal_index::run_on(&spec, &client, true, Some(&mine));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = pass => match r {
+                        Ok(report) => {
+                            let left: usize = report.iter().map(|b| b.entries.len()).sum();
+                            if left > 0 {
+                                tracing::info!("self-heal of {}: {left} entries left", v.name);
+                            }
+                        }
+                        Err(e) => tracing::warn!("self-heal of {}: {e:#}", v.name),
+                    },
+                }
+            }
+        }
     }
 
     /// `volume set NAME OPTION VALUE`.
@@ -923,6 +980,18 @@ pub const PING_TIMEOUT_OPTION: &str = "network.ping-timeout";
 /// Largest ping timeout (seconds).
 pub const MAX_PING_TIMEOUT: u64 = 3600;
 
+/// Seconds between the self-heal daemon's passes over a member's bricks' heal indexes.
+pub const HEAL_TIMEOUT_OPTION: &str = "cluster.heal-timeout";
+/// Largest `cluster.heal-timeout` (seconds).
+pub const MAX_HEAL_TIMEOUT: u64 = 86_400;
+/// Default `cluster.heal-timeout` (gluster's).
+pub const DEFAULT_HEAL_TIMEOUT: u64 = 600;
+/// How often the self-heal daemon looks whether a volume's pass is due.
+const SELF_HEAL_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The option a mount reads for write quorum in replica sets (`auto` or `none`).
+pub const QUORUM_TYPE_OPTION: &str = "cluster.quorum-type";
+
 /// An option `volume set` accepts: only options that take effect are listed.
 pub struct VolumeOption {
     pub name: &'static str,
@@ -931,16 +1000,36 @@ pub struct VolumeOption {
 }
 
 /// The options of a volume, with their defaults.
-pub const VOLUME_OPTIONS: &[VolumeOption] = &[VolumeOption {
-    name: PING_TIMEOUT_OPTION,
-    default: "42",
-    check: |v| match v.parse::<u64>() {
-        Ok(n) if (1..=MAX_PING_TIMEOUT).contains(&n) => Ok(()),
-        _ => Err(format!(
-            "must be whole seconds from 1 to {MAX_PING_TIMEOUT}"
-        )),
+pub const VOLUME_OPTIONS: &[VolumeOption] = &[
+    VolumeOption {
+        name: PING_TIMEOUT_OPTION,
+        default: "42",
+        check: |v| match v.parse::<u64>() {
+            Ok(n) if (1..=MAX_PING_TIMEOUT).contains(&n) => Ok(()),
+            _ => Err(format!(
+                "must be whole seconds from 1 to {MAX_PING_TIMEOUT}"
+            )),
+        },
     },
-}];
+    VolumeOption {
+        name: HEAL_TIMEOUT_OPTION,
+        default: "600",
+        check: |v| match v.parse::<u64>() {
+            Ok(n) if (1..=MAX_HEAL_TIMEOUT).contains(&n) => Ok(()),
+            _ => Err(format!(
+                "must be whole seconds from 1 to {MAX_HEAL_TIMEOUT}"
+            )),
+        },
+    },
+    VolumeOption {
+        name: QUORUM_TYPE_OPTION,
+        default: "auto",
+        check: |v| match crate::client::replica::QuorumType::parse(v) {
+            Some(_) => Ok(()),
+            None => Err("must be auto or none".into()),
+        },
+    },
+];
 
 /// Errors when a brick string cannot be used (shared with the CLI for early checks).
 pub fn check_brick_arg(s: &str) -> anyhow::Result<()> {

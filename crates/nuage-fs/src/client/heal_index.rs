@@ -1,0 +1,208 @@
+//! `volume heal NAME [info [summary|split-brain]]`: what the bricks' heal indexes list,
+//! checked against the copies' markers, and (without `info`) healed — the work gluster's
+//! `glfsheal` client does. Runs as a client of the volume, wherever the command runs.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::client::conn::{BrickAddr, BrickConn};
+use crate::client::heal::{self, Seen};
+use crate::client::replica::{QuorumType, Replica};
+use crate::client::spec::VolumeSpec;
+use crate::gfid::Gfid;
+use crate::markers::Kind;
+use crate::proto::{Errno, Op, Reply};
+
+/// Index entries asked of a brick per request.
+const INDEX_BATCH: u32 = 1024;
+/// Most index entries one `heal` run looks at per brick (the rest: the next run).
+pub const MAX_HEAL_ENTRIES_PER_BRICK: usize = 100_000;
+/// How long an unreachable brick may take to answer before it counts as not connected.
+const HEAL_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one file of the index is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Some copy misses changes a source has.
+    Pending,
+    /// Every copy is accused by another: an administrator must choose.
+    SplitBrain,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Path from the volume root, or `<gfid:…>` when no path is known.
+    pub path: String,
+    pub state: State,
+}
+
+/// One brick's part of the report: the files its index lists that need heal.
+#[derive(Debug, Clone)]
+pub struct BrickReport {
+    pub brick: String,
+    pub connected: bool,
+    pub entries: Vec<Listed>,
+}
+
+/// Examines every brick's heal index; with `heal`, heals what can be healed first (the
+/// report then lists what is left).
+pub async fn run(spec: &VolumeSpec, client: &str, heal: bool) -> anyhow::Result<Vec<BrickReport>> {
+    run_on(spec, client, heal, None).await
+}
+
+/// Like `run`, walking only the indexes of the bricks in `only` (the self-heal daemon
+/// of a pool member walks its own bricks').
+pub async fn run_on(
+    spec: &VolumeSpec,
+    client: &str,
+    heal: bool,
+    only: Option<&[u32]>,
+) -> anyhow::Result<Vec<BrickReport>> {
+    spec.validate().map_err(anyhow::Error::msg)?;
+    let mut out = Vec::new();
+    for k in 0..spec.subvolume_count() {
+        let set = spec.subvolume(k);
+        let walk = |id: u32| only.is_none_or(|o| o.contains(&id));
+        if !set.iter().any(|b| walk(b.id)) {
+            continue;
+        }
+        let conns: Vec<Arc<BrickConn>> = set
+            .iter()
+            .map(|b| {
+                BrickConn::new(
+                    BrickAddr {
+                        addr: b.addr.clone(),
+                        volume_id: spec.volume_id.clone(),
+                        brick_id: b.id,
+                    },
+                    client.to_owned(),
+                    HEAL_PING_TIMEOUT,
+                )
+                .0
+            })
+            .collect();
+        let r = Replica::new(conns, set.iter().map(|b| b.id).collect(), QuorumType::None);
+        for (i, b) in set.iter().enumerate() {
+            if !walk(b.id) {
+                continue;
+            }
+            let name = format!("{}:{}", b.host, b.path);
+            let gfids = match index_of(r.brick(i)).await {
+                Ok(g) => g,
+                Err(_) => {
+                    out.push(BrickReport {
+                        brick: name,
+                        connected: false,
+                        entries: Vec::new(),
+                    });
+                    continue;
+                }
+            };
+            let mut entries = Vec::new();
+            for g in gfids {
+                if let Some(state) = examine(&r, g, heal).await {
+                    entries.push(Listed {
+                        path: path_of(&r, i, g).await,
+                        state,
+                    });
+                }
+            }
+            out.push(BrickReport {
+                brick: name,
+                connected: true,
+                entries,
+            });
+        }
+    }
+    Ok(out)
+}
+
+async fn index_of(b: &BrickConn) -> Result<BTreeSet<Gfid>, Errno> {
+    let mut out = BTreeSet::new();
+    let mut after = None;
+    loop {
+        let r = b
+            .req(Op::IndexList {
+                after,
+                max: INDEX_BATCH,
+            })
+            .await?;
+        let Reply::Index { gfids, more } = r else {
+            return Err(Errno(libc::EIO));
+        };
+        after = gfids.last().copied();
+        out.extend(gfids);
+        if !more || after.is_none() || out.len() >= MAX_HEAL_ENTRIES_PER_BRICK {
+            return Ok(out);
+        }
+    }
+}
+
+/// The state of file `g` per its copies' markers (None: nothing to heal), healing it
+/// first when asked.
+async fn examine(r: &Replica, g: Gfid, heal_it: bool) -> Option<State> {
+    let mut state = None;
+    for attempt in 0..2 {
+        let mut seen = Vec::new();
+        for i in 0..r.n() {
+            if let Ok(Reply::Entry(e)) = r.brick(i).req(Op::Stat { gfid: g, fd: None }).await {
+                seen.push(Seen { index: i, entry: e });
+            }
+        }
+        let first = seen.first()?;
+        let kinds: &[Kind] = if first.entry.attr.is_dir() {
+            &[Kind::Metadata, Kind::Entry]
+        } else {
+            &[Kind::Data, Kind::Metadata]
+        };
+        let markers: Vec<_> = seen.iter().map(|s| (s.index, &s.entry.meta.afr)).collect();
+        let accused = seen.iter().any(|s| {
+            (0..r.n()).any(|j| {
+                j != s.index
+                    && kinds
+                        .iter()
+                        .any(|k| s.entry.meta.afr.accuses(r.ids()[j], *k))
+            })
+        });
+        if !accused {
+            return None;
+        }
+        let Ok(sources) = r.sources(&markers, kinds) else {
+            return Some(State::SplitBrain);
+        };
+        state = Some(State::Pending);
+        if !heal_it || attempt == 1 {
+            break;
+        }
+        let sinks = heal::sinks(r.ids(), &seen, &sources);
+        let bricks: Vec<Arc<BrickConn>> = (0..r.n()).map(|i| r.brick(i).clone()).collect();
+        if !sinks.is_empty() {
+            if let Err(e) = heal::heal(&bricks, r.ids(), g, &seen, sources[0], &sinks).await {
+                tracing::warn!("heal of {g}: {}", e.describe());
+            }
+        }
+        if first.entry.attr.is_dir() {
+            for sink in heal::entry_sinks(r.ids(), &seen) {
+                if let Err(e) = heal::heal_entries(&bricks, r.ids(), g, &seen, sink).await {
+                    tracing::warn!("entry heal of {g}: {}", e.describe());
+                }
+            }
+        }
+    }
+    state
+}
+
+async fn path_of(r: &Replica, i: usize, g: Gfid) -> String {
+    match r.brick(i).req(Op::Path { gfid: g }).await {
+        Ok(Reply::Path(p)) => {
+            let p = String::from_utf8_lossy(&p).into_owned();
+            if p.starts_with('/') {
+                p
+            } else {
+                format!("/{p}")
+            }
+        }
+        _ => format!("<gfid:{g}>"),
+    }
+}

@@ -1,0 +1,711 @@
+//! A replica set as one subvolume (AFR-style, as gluster's `cluster/replicate`).
+//!
+//! - Every change goes to every copy that is up. The request carries the *pre-op*: it
+//!   raises `dirty` on each copy and accuses the copies that are down (markers.rs). Once
+//!   the answers are in, a *post-op* (`Xattrop`) on each copy that made the change lowers
+//!   `dirty` and accuses the copies that failed it. A copy that missed a change is thus
+//!   accused by the copies that have it, and heal knows which way to copy.
+//! - Reads go to one copy nobody accuses. Copies accusing each other (split-brain) give
+//!   EIO; nuage never picks a winner by itself.
+//! - Quorum (`cluster.quorum-type`): `auto` (the default) allows changes only with more
+//!   than half the copies up, or exactly half when the first copy is one of them (gluster's
+//!   tie-break, which makes replica 2 writable with only its first brick). `none` allows
+//!   changes with any copy up. Without quorum a change fails with ENOTCONN, as in gluster
+//!   since 3.11 (before the request reaches any copy, so nothing diverges).
+//! - Open files have one descriptor per copy behind one handle of this layer. A copy that
+//!   was down when the file was opened misses its writes and is accused for them.
+//!
+//! With one copy (distribute volumes) every request passes straight through.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::client::conn::BrickConn;
+use crate::client::heal::{self, Seen};
+use crate::gfid::Gfid;
+use crate::markers::{AfrDelta, AfrState, Kind};
+use crate::proto::{Entry, Errno, Op, Reply};
+
+type Res<T> = Result<T, Errno>;
+
+/// After a failed attempt to reach a copy, changes do not try it again for this long
+/// (each attempt to a dead brick costs a connect).
+const RETRY_DOWN_AFTER: Duration = Duration::from_secs(1);
+
+/// `cluster.quorum-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuorumType {
+    Auto,
+    None,
+}
+
+impl QuorumType {
+    pub fn parse(s: &str) -> Option<QuorumType> {
+        match s {
+            "auto" => Some(QuorumType::Auto),
+            "none" => Some(QuorumType::None),
+            _ => None,
+        }
+    }
+
+    /// Whether changes are allowed with the copies `up` (indices in the set) of `n`.
+    pub fn met(self, n: usize, up: &[usize]) -> bool {
+        match self {
+            QuorumType::None => !up.is_empty(),
+            QuorumType::Auto => 2 * up.len() > n || (2 * up.len() == n && up.contains(&0) && n > 0),
+        }
+    }
+}
+
+/// Descriptors of one open file, one per copy (None: not open there).
+type Fds = Vec<Option<u64>>;
+
+pub struct Replica {
+    bricks: Vec<Arc<BrickConn>>,
+    /// Brick ids, in set order (markers name copies by id).
+    ids: Vec<u32>,
+    quorum: QuorumType,
+    fds: Mutex<HashMap<u64, Fds>>,
+    /// Copy to read an open file from, by handle.
+    read_from: Mutex<HashMap<u64, usize>>,
+    next_fd: AtomicU64,
+    /// When a copy was last found unreachable.
+    down_at: Mutex<Vec<Option<Instant>>>,
+    /// Files being healed now (one heal per file at a time).
+    healing: Arc<Mutex<HashSet<Gfid>>>,
+}
+
+/// What a change touches: the objects whose markers record it.
+struct Marked {
+    gfid: Gfid,
+    kinds: Vec<Kind>,
+}
+
+impl Replica {
+    pub fn new(bricks: Vec<Arc<BrickConn>>, ids: Vec<u32>, quorum: QuorumType) -> Replica {
+        assert_eq!(bricks.len(), ids.len());
+        assert!(!bricks.is_empty());
+        let n = bricks.len();
+        Replica {
+            bricks,
+            ids,
+            quorum,
+            fds: Mutex::new(HashMap::new()),
+            read_from: Mutex::new(HashMap::new()),
+            next_fd: AtomicU64::new(1),
+            down_at: Mutex::new(vec![None; n]),
+            healing: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    pub fn n(&self) -> usize {
+        self.bricks.len()
+    }
+
+    pub fn brick(&self, i: usize) -> &Arc<BrickConn> {
+        &self.bricks[i]
+    }
+
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    pub async fn req(&self, op: Op) -> Res<Reply> {
+        self.call(op, &[]).await.map(|(r, _)| r)
+    }
+
+    /// Sends a request to the set (see the module comment for where it goes).
+    pub async fn call(&self, op: Op, data: &[u8]) -> Res<(Reply, Vec<u8>)> {
+        if self.n() == 1 {
+            return self.bricks[0].call(op, data).await;
+        }
+        match &op {
+            Op::Lookup { .. } | Op::Stat { fd: None, .. } => self.lookup_like(op).await,
+            Op::Read { target, .. } => {
+                let v = target.fd.ok_or(Errno(libc::EBADF))?;
+                let i = self.read_copy(v)?;
+                let op = self.for_copy(&op, i).ok_or(Errno(libc::EBADF))?;
+                self.bricks[i].call(op, data).await
+            }
+            Op::Stat { fd: Some(v), .. } => {
+                let i = self.read_copy(*v)?;
+                let op = self.for_copy(&op, i).ok_or(Errno(libc::EBADF))?;
+                self.bricks[i].call(op, data).await
+            }
+            Op::Statfs
+            | Op::Readlink { .. }
+            | Op::Readdir { .. }
+            | Op::Getxattr { .. }
+            | Op::Listxattr { .. }
+            | Op::Path { .. }
+            | Op::Checksum { .. }
+            | Op::IndexList { .. }
+            | Op::Ping
+            | Op::Hello { .. } => self.first_answer(op, data).await,
+            Op::Open { gfid, .. } => {
+                let g = *gfid;
+                self.open(op, g).await
+            }
+            Op::Close { fd } => {
+                let v = *fd;
+                self.close(v).await
+            }
+            Op::Fsync { .. } => self.everywhere_with_fd(op).await,
+            Op::Write { target, .. } | Op::Fallocate { target, .. } => {
+                let m = vec![Marked {
+                    gfid: target.gfid,
+                    kinds: vec![Kind::Data],
+                }];
+                self.change(op, data, m).await
+            }
+            Op::Setattr { target, set, .. } => {
+                let kinds = if set.size.is_some() {
+                    vec![Kind::Data, Kind::Metadata]
+                } else {
+                    vec![Kind::Metadata]
+                };
+                let m = vec![Marked {
+                    gfid: target.gfid,
+                    kinds,
+                }];
+                self.change(op, data, m).await
+            }
+            Op::Setxattr { gfid, .. } | Op::Removexattr { gfid, .. } => {
+                let m = vec![Marked {
+                    gfid: *gfid,
+                    kinds: vec![Kind::Metadata],
+                }];
+                self.change(op, data, m).await
+            }
+            Op::Mknod { parent, .. }
+            | Op::Link { parent, .. }
+            | Op::Unlink { parent, .. }
+            | Op::Rmdir { parent, .. } => {
+                let m = vec![Marked {
+                    gfid: *parent,
+                    kinds: vec![Kind::Entry],
+                }];
+                self.change(op, data, m).await
+            }
+            Op::Rename {
+                parent, new_parent, ..
+            } => {
+                let mut m = vec![Marked {
+                    gfid: *parent,
+                    kinds: vec![Kind::Entry],
+                }];
+                if new_parent != parent {
+                    m.push(Marked {
+                        gfid: *new_parent,
+                        kinds: vec![Kind::Entry],
+                    });
+                }
+                self.change(op, data, m).await
+            }
+            // nuage's own attributes and marker operations: every copy, no markers.
+            Op::SetMeta { .. }
+            | Op::SetGfid { .. }
+            | Op::Xattrop { .. }
+            | Op::Lock { .. }
+            | Op::Unlock { .. } => self.change(op, data, Vec::new()).await,
+        }
+    }
+
+    /// The copies that are up (connected now, or reachable when tried), in set order.
+    async fn up(&self) -> Vec<usize> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut tries = Vec::new();
+        for (i, b) in self.bricks.iter().enumerate() {
+            if b.is_connected() {
+                out.push(i);
+                continue;
+            }
+            let recent = self.down_at.lock().expect("down_at")[i]
+                .is_some_and(|t| now.duration_since(t) < RETRY_DOWN_AFTER);
+            if !recent {
+                tries.push(i);
+            }
+        }
+        let pings: Vec<_> = tries
+            .iter()
+            .map(|i| {
+                let b = self.bricks[*i].clone();
+                let i = *i;
+                tokio::spawn(async move { (i, b.req(Op::Ping).await.is_ok()) })
+            })
+            .collect();
+        for p in pings {
+            if let Ok((i, ok)) = p.await {
+                if ok {
+                    out.push(i);
+                } else {
+                    self.down_at.lock().expect("down_at")[i] = Some(Instant::now());
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// The request as copy `i` takes it: handles of this layer become that copy's
+    /// descriptors. None when the file is not open on that copy.
+    fn for_copy(&self, op: &Op, i: usize) -> Option<Op> {
+        let fds = self.fds.lock().expect("fds");
+        let map = |v: u64| fds.get(&v).and_then(|f| f[i]);
+        let mut op = op.clone();
+        match &mut op {
+            Op::Read { target, .. }
+            | Op::Write { target, .. }
+            | Op::Fsync { target, .. }
+            | Op::Fallocate { target, .. }
+            | Op::Setattr { target, .. } => {
+                if let Some(v) = target.fd {
+                    target.fd = Some(map(v)?);
+                }
+            }
+            Op::Stat { fd: Some(v), .. } | Op::Close { fd: v } => *v = map(*v)?,
+            _ => {}
+        }
+        Some(op)
+    }
+
+    fn read_copy(&self, v: u64) -> Res<usize> {
+        self.read_from
+            .lock()
+            .expect("read_from")
+            .get(&v)
+            .copied()
+            .ok_or(Errno(libc::EBADF))
+    }
+
+    /// Sends to the copies in order until one answers (a copy that is down is skipped).
+    async fn first_answer(&self, op: Op, data: &[u8]) -> Res<(Reply, Vec<u8>)> {
+        let mut last = Errno(libc::ENOTCONN);
+        for b in &self.bricks {
+            match b.call(op.clone(), data).await {
+                Err(Errno(libc::ENOTCONN)) => last = Errno(libc::ENOTCONN),
+                r => return r,
+            }
+        }
+        Err(last)
+    }
+
+    /// Sends to every copy at once; the answers of copies that were reached, by index.
+    async fn fan(&self, to: &[usize], op: impl Fn(usize) -> Option<Op>, data: &[u8]) -> Answers {
+        let data: Arc<[u8]> = data.into();
+        let futs: Vec<_> = to
+            .iter()
+            .map(|i| {
+                let b = self.bricks[*i].clone();
+                let op = op(*i);
+                let data = data.clone();
+                let i = *i;
+                tokio::spawn(async move {
+                    match op {
+                        Some(op) => (i, b.call(op, &data).await),
+                        None => (i, Err(Errno(libc::EBADF))),
+                    }
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(futs.len());
+        for f in futs {
+            if let Ok(a) = f.await {
+                out.push(a);
+            }
+        }
+        out
+    }
+
+    /// Lookup and stat by id: every copy that is up is asked; the answer comes from a copy
+    /// no other accuses.
+    async fn lookup_like(&self, op: Op) -> Res<(Reply, Vec<u8>)> {
+        let all: Vec<usize> = (0..self.n()).collect();
+        let answers = self.fan(&all, |_| Some(op.clone()), &[]).await;
+        let mut entries: Vec<(usize, Entry)> = Vec::new();
+        let mut first_err = None;
+        for (i, r) in answers {
+            match r {
+                Ok((Reply::Entry(e), _)) => entries.push((i, e)),
+                Ok((r, _)) => return Err(crate::client::volume::unexpected_reply(r)),
+                Err(e) => {
+                    if first_err.is_none() || first_err == Some(Errno(libc::ENOTCONN)) {
+                        first_err = Some(e);
+                    }
+                }
+            }
+        }
+        if entries.is_empty() {
+            return Err(first_err.unwrap_or(Errno(libc::ENOTCONN)));
+        }
+        let markers: Vec<(usize, &AfrState)> =
+            entries.iter().map(|(i, e)| (*i, &e.meta.afr)).collect();
+        let kinds: &[Kind] = if entries[0].1.attr.is_dir() {
+            &[Kind::Metadata]
+        } else {
+            &[Kind::Data, Kind::Metadata]
+        };
+        let good = self.sources(&markers, kinds)?;
+        self.heal_on_access(&entries, &good);
+        let pick = entries
+            .iter()
+            .position(|(i, _)| good.contains(i))
+            .expect("sources are among the answers");
+        let (_, e) = entries.swap_remove(pick);
+        Ok((Reply::Entry(e), Vec::new()))
+    }
+
+    /// The copies (among those answering with `markers`) that no other copy accuses of
+    /// missing changes of `kinds`. Empty only in split-brain, which is EIO.
+    pub fn sources(&self, markers: &[(usize, &AfrState)], kinds: &[Kind]) -> Res<Vec<usize>> {
+        let accused = |j: usize| {
+            markers
+                .iter()
+                .any(|(i, m)| *i != j && kinds.iter().any(|k| m.accuses(self.ids[j], *k)))
+        };
+        let good: Vec<usize> = markers
+            .iter()
+            .map(|(i, _)| *i)
+            .filter(|i| !accused(*i))
+            .collect();
+        if good.is_empty() {
+            tracing::warn!("split-brain between copies {:?}", self.ids);
+            return Err(Errno(libc::EIO));
+        }
+        Ok(good)
+    }
+
+    /// Starts healing (in the background) the copies the sources accuse, if any.
+    fn heal_on_access(&self, entries: &[(usize, Entry)], sources: &[usize]) {
+        let seen: Vec<Seen> = entries
+            .iter()
+            .map(|(i, e)| Seen {
+                index: *i,
+                entry: e.clone(),
+            })
+            .collect();
+        let sinks = heal::sinks(&self.ids, &seen, sources);
+        let entry_sinks = if entries[0].1.attr.is_dir() {
+            heal::entry_sinks(&self.ids, &seen)
+        } else {
+            Vec::new()
+        };
+        let Some(source) = sources.first().copied() else {
+            return;
+        };
+        if sinks.is_empty() && entry_sinks.is_empty() {
+            return;
+        }
+        let Some(g) = entries[0].1.meta.gfid else {
+            return;
+        };
+        if !self.healing.lock().expect("healing").insert(g) {
+            return;
+        }
+        let bricks = self.bricks.clone();
+        let ids = self.ids.clone();
+        let healing = self.healing.clone();
+        tokio::spawn(async move {
+            if !sinks.is_empty() {
+                if let Err(e) = heal::heal(&bricks, &ids, g, &seen, source, &sinks).await {
+                    tracing::warn!("heal of {g} failed: {}", e.describe());
+                }
+            }
+            for sink in entry_sinks {
+                if let Err(e) = heal::heal_entries(&bricks, &ids, g, &seen, sink).await {
+                    tracing::warn!("entry heal of {g} failed: {}", e.describe());
+                }
+            }
+            healing.lock().expect("healing").remove(&g);
+        });
+    }
+
+    async fn open(&self, op: Op, g: Gfid) -> Res<(Reply, Vec<u8>)> {
+        let all: Vec<usize> = (0..self.n()).collect();
+        let stat = Op::Stat { gfid: g, fd: None };
+        let (opened, stats) = tokio::join!(
+            self.fan(&all, |_| Some(op.clone()), &[]),
+            self.fan(&all, |_| Some(stat.clone()), &[])
+        );
+        let mut fds: Fds = vec![None; self.n()];
+        let mut first_err = None;
+        for (i, r) in opened {
+            match r {
+                Ok((Reply::Opened { fd }, _)) => fds[i] = Some(fd),
+                Ok((r, _)) => return Err(crate::client::volume::unexpected_reply(r)),
+                Err(e) => {
+                    if first_err.is_none() || first_err == Some(Errno(libc::ENOTCONN)) {
+                        first_err = Some(e);
+                    }
+                }
+            }
+        }
+        let entries: Vec<(usize, Entry)> = stats
+            .into_iter()
+            .filter_map(|(i, r)| match r {
+                Ok((Reply::Entry(e), _)) if fds[i].is_some() => Some((i, e)),
+                _ => None,
+            })
+            .collect();
+        let markers: Vec<(usize, &AfrState)> =
+            entries.iter().map(|(i, e)| (*i, &e.meta.afr)).collect();
+        let good = if markers.is_empty() {
+            Vec::new()
+        } else {
+            self.sources(&markers, &[Kind::Data])
+                .inspect_err(|_| self.close_fds(&fds))?
+        };
+        self.heal_on_access(&entries, &good);
+        let Some(read) = good.first().copied() else {
+            self.close_fds(&fds);
+            return Err(first_err.unwrap_or(Errno(libc::ENOTCONN)));
+        };
+        let v = self.next_fd.fetch_add(1, Ordering::Relaxed);
+        self.fds.lock().expect("fds").insert(v, fds);
+        self.read_from.lock().expect("read_from").insert(v, read);
+        Ok((Reply::Opened { fd: v }, Vec::new()))
+    }
+
+    fn close_fds(&self, fds: &Fds) {
+        for (i, fd) in fds.iter().enumerate() {
+            if let Some(fd) = fd {
+                let b = self.bricks[i].clone();
+                let fd = *fd;
+                tokio::spawn(async move { b.req(Op::Close { fd }).await });
+            }
+        }
+    }
+
+    async fn close(&self, v: u64) -> Res<(Reply, Vec<u8>)> {
+        let fds = self.fds.lock().expect("fds").remove(&v);
+        self.read_from.lock().expect("read_from").remove(&v);
+        let fds = fds.ok_or(Errno(libc::EBADF))?;
+        let to: Vec<usize> = (0..self.n()).filter(|i| fds[*i].is_some()).collect();
+        let answers = self
+            .fan(&to, |i| fds[i].map(|fd| Op::Close { fd }), &[])
+            .await;
+        for (_, r) in answers {
+            match r {
+                Ok(_) | Err(Errno(libc::ENOTCONN)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((Reply::Done, Vec::new()))
+    }
+
+    /// Fsync: every copy holding the file open; the copies that are up must all succeed.
+    async fn everywhere_with_fd(&self, op: Op) -> Res<(Reply, Vec<u8>)> {
+        let up = self.up().await;
+        if !self.quorum.met(self.n(), &up) {
+            return Err(Errno(libc::ENOTCONN));
+        }
+        let answers = self.fan(&up, |i| self.for_copy(&op, i), &[]).await;
+        let mut ok = None;
+        for (_, r) in answers {
+            match r {
+                Ok(a) => ok = Some(a),
+                Err(Errno(libc::EBADF)) | Err(Errno(libc::ENOTCONN)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        ok.ok_or(Errno(libc::ENOTCONN))
+    }
+
+    /// A change: quorum, pre-op carried by the request, the request on every copy that is
+    /// up, post-op (see the module comment).
+    async fn change(&self, op: Op, data: &[u8], marked: Vec<Marked>) -> Res<(Reply, Vec<u8>)> {
+        let up = self.up().await;
+        if !self.quorum.met(self.n(), &up) {
+            tracing::warn!(
+                "{}: no quorum ({} of {} copies up)",
+                op.name(),
+                up.len(),
+                self.n()
+            );
+            return Err(Errno(libc::ENOTCONN));
+        }
+        let absent: Vec<u32> = (0..self.n())
+            .filter(|i| !up.contains(i))
+            .map(|i| self.ids[i])
+            .collect();
+        let pre: Vec<AfrDelta> = marked
+            .iter()
+            .map(|m| AfrDelta::pre_op(&m.kinds, &absent))
+            .collect();
+        let op = with_pre_op(op, &pre);
+        let answers = self.fan(&up, |i| self.for_copy(&op, i), data).await;
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        let mut reply = None;
+        let mut first_err: Option<Errno> = None;
+        let mut created_fds: Fds = vec![None; self.n()];
+        let mut refused = Vec::new();
+        for (i, r) in answers {
+            match r {
+                Ok(a) => {
+                    done.push(i);
+                    if let Reply::Created { fd: Some(fd), .. } = &a.0 {
+                        created_fds[i] = Some(*fd);
+                    }
+                    if reply.is_none() {
+                        reply = Some(a);
+                    }
+                }
+                Err(e) => {
+                    failed.push(i);
+                    if e != Errno(libc::ENOTCONN) && e != Errno(libc::EBADF) {
+                        refused.push(i);
+                    }
+                    if first_err.is_none() || first_err == Some(Errno(libc::ENOTCONN)) {
+                        first_err = Some(e);
+                    }
+                }
+            }
+        }
+        if !marked.is_empty() && !refused.is_empty() {
+            // A copy that refused the change (EEXIST, EACCES…) may have applied the pre-op
+            // first: lower its `dirty` again (counters never go below zero). Its
+            // accusations of absent copies stay: at worst a needless heal.
+            let undo: Vec<_> = refused
+                .iter()
+                .flat_map(|i| marked.iter().map(move |m| (*i, m)))
+                .map(|(i, m)| {
+                    let mut delta = AfrDelta::default();
+                    for k in &m.kinds {
+                        delta.dirty[*k as usize] = -1;
+                    }
+                    let (b, gfid) = (self.bricks[i].clone(), m.gfid);
+                    tokio::spawn(async move {
+                        b.req(Op::Xattrop {
+                            gfid,
+                            delta,
+                            unlock: None,
+                        })
+                        .await
+                    })
+                })
+                .collect();
+            for u in undo {
+                if let Ok(Err(e)) = u.await {
+                    tracing::debug!("undoing a refused pre-op: {}", e.describe());
+                }
+            }
+        }
+        if !marked.is_empty() && !done.is_empty() {
+            // Post-op on the copies that made the change: the change is confirmed, and
+            // the copies that failed it are accused.
+            let missed: Vec<u32> = failed.iter().map(|i| self.ids[*i]).collect();
+            let post: Vec<(Gfid, AfrDelta)> = marked
+                .iter()
+                .map(|m| {
+                    let mut d = AfrDelta::pre_op(&m.kinds, &missed);
+                    for k in &m.kinds {
+                        d.dirty[*k as usize] = -1;
+                    }
+                    (m.gfid, d)
+                })
+                .collect();
+            let post_ops: Vec<_> = done
+                .iter()
+                .flat_map(|i| post.iter().map(move |(g, d)| (*i, *g, d.clone())))
+                .map(|(i, gfid, delta)| {
+                    let b = self.bricks[i].clone();
+                    tokio::spawn(async move {
+                        b.req(Op::Xattrop {
+                            gfid,
+                            delta,
+                            unlock: None,
+                        })
+                        .await
+                    })
+                })
+                .collect();
+            for p in post_ops {
+                if let Ok(Err(e)) = p.await {
+                    // The copy keeps `dirty` raised: heal looks at it.
+                    tracing::warn!("post-op failed: {}", e.describe());
+                }
+            }
+        }
+        // A file created open: one handle of this layer for the copies' descriptors.
+        if let Some((
+            Reply::Created {
+                fd: fd @ Some(_), ..
+            },
+            _,
+        )) = &mut reply
+        {
+            let read = done[0];
+            let v = self.next_fd.fetch_add(1, Ordering::Relaxed);
+            self.fds.lock().expect("fds").insert(v, created_fds);
+            self.read_from.lock().expect("read_from").insert(v, read);
+            *fd = Some(v);
+        }
+        match reply {
+            // A change that failed on every copy for the same reason (ENOENT, EEXIST…)
+            // reports that reason.
+            Some(r) if failed.is_empty() || !quorum_lost(self, &done) => Ok(r),
+            Some(_) => Err(Errno(libc::ENOTCONN)),
+            None => Err(first_err.unwrap_or(Errno(libc::ENOTCONN))),
+        }
+    }
+}
+
+type Answers = Vec<(usize, Res<(Reply, Vec<u8>)>)>;
+
+/// Whether the copies that made a change fall short of quorum (the change then fails).
+fn quorum_lost(r: &Replica, done: &[usize]) -> bool {
+    let mut d = done.to_vec();
+    d.sort_unstable();
+    !r.quorum.met(r.n(), &d)
+}
+
+/// The request with its pre-op deltas (one per marked object, in `Marked` order).
+fn with_pre_op(mut op: Op, pre: &[AfrDelta]) -> Op {
+    let first = pre.first().cloned();
+    match &mut op {
+        Op::Write { op: o, .. }
+        | Op::Fallocate { op: o, .. }
+        | Op::Setattr { op: o, .. }
+        | Op::Setxattr { op: o, .. }
+        | Op::Removexattr { op: o, .. }
+        | Op::Mknod { parent_op: o, .. }
+        | Op::Link { parent_op: o, .. }
+        | Op::Unlink { parent_op: o, .. }
+        | Op::Rmdir { parent_op: o, .. } => *o = first,
+        Op::Rename {
+            parent_op,
+            new_parent_op,
+            ..
+        } => {
+            *parent_op = first;
+            *new_parent_op = pre.get(1).cloned();
+        }
+        _ => {}
+    }
+    op
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_auto_needs_a_majority_or_half_with_the_first_copy() {
+        let q = QuorumType::Auto;
+        assert!(q.met(3, &[0, 1, 2]));
+        assert!(q.met(3, &[1, 2]));
+        assert!(!q.met(3, &[2]));
+        assert!(q.met(2, &[0, 1]));
+        assert!(q.met(2, &[0]));
+        assert!(!q.met(2, &[1]));
+        assert!(!q.met(2, &[]));
+        assert!(q.met(4, &[0, 3]));
+        assert!(!q.met(4, &[1, 3]));
+        assert!(QuorumType::None.met(2, &[1]));
+        assert!(!QuorumType::None.met(2, &[]));
+    }
+}
