@@ -137,11 +137,15 @@ fn lab_of_three_nodes_through_the_cli() {
         paused.contains("n2: paused ") && !paused.contains("paused 0 "),
         "{paused}"
     );
-    assert!(
-        our_rows(&ok(run(&["lab", "ls"])))
-            .iter()
-            .any(|l| l.contains("(paused)"))
-    );
+    // A stop signal takes effect when the process next runs: allow a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !our_rows(&ok(run(&["lab", "ls"])))
+        .iter()
+        .any(|l| l.contains("(paused)"))
+    {
+        assert!(Instant::now() < deadline, "`lab ls` never showed n2 paused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     ok(lab(&["resume", "n2"]));
     assert!(ok(lab(&["kill", "n3"])).contains("killed 1 process"));
     let deadline = Instant::now() + Duration::from_secs(5);
