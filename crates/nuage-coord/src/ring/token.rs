@@ -16,10 +16,17 @@
 //! the next generation — exactly when its probe returns without a token having reached Q
 //! since it was sent. Only the process that repaired the ring probes, so only it can
 //! regenerate; and a token of an older generation is dropped wherever it appears, in
-//! case a stale one ever resurfaces. Limits: one failure at a time (a second death before
-//! the first repair's probe is back may leave two probers), at least 2 live processes,
-//! and deaths are detected by connections closing (a process killed, its machine's
-//! kernel alive), not by a silent partition.
+//! case a stale one ever resurfaces.
+//!
+//! **A process stalls** (paused, cut off; no connection closes). Every process sends its
+//! successor a heartbeat every `token_timeout / 5`; a predecessor silent longer than the
+//! token timeout is excluded and handled as dead (adopt around it, probe). The adopter
+//! tells the excluded process `excluded` on the old link, so that it leaves when it
+//! resumes. A stalled holder may wake up holding a token, even inside the critical
+//! section: the shared file is fenced ([`fenced_append`]) — a line of an older generation
+//! than one that already wrote is refused. Limits: one failure at a time (a second death
+//! before the first repair's probe is back may leave two probers), at least 2 live
+//! processes.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -136,6 +143,8 @@ impl TokenProcess {
 /// timeout must exceed the longest critical section plus a heartbeat period; 10 s leaves
 /// a wide margin over a record of 1000 lines on a loaded machine.
 pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long telling a replaced successor that it is excluded may take.
+const EXCLUDED_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Bounds of the token timeout.
 pub const MIN_TOKEN_TIMEOUT: Duration = Duration::from_millis(200);
 pub const MAX_TOKEN_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -176,7 +185,18 @@ impl Succ {
         }
     }
 
+    /// A process adopted this one: its link becomes the successor link. The old
+    /// successor, if its link is still open, is one that was excluded (the adopter only
+    /// skips dead or excluded processes): it is told so, in case it resumes.
     async fn replace(&mut self, mut w: OwnedWriteHalf, me: u32) -> anyhow::Result<()> {
+        if let Some(mut old) = self.link.take() {
+            // Bounded: the excluded process may be paused with a full socket buffer.
+            let _ = tokio::time::timeout(
+                EXCLUDED_WRITE_TIMEOUT,
+                write_frame(&mut old, &Link::Excluded),
+            )
+            .await;
+        }
         write_frame(&mut w, &Link::Hello { index: me }).await?;
         for m in self.pending.drain(..) {
             write_frame(&mut w, &m).await?;
@@ -346,6 +366,14 @@ impl Run<'_> {
             };
             let generation = match msg {
                 Link::Alive => continue,
+                Link::Excluded => {
+                    // Its predecessor was adopted by another process: this one was
+                    // excluded while silent. Whatever token it held is stale.
+                    note(to_launcher, format!(
+                        "process {me}: excluded from the ring (it was silent longer than the token timeout); it leaves"
+                    )).await?;
+                    return Ok(()); // the agent then waits for the launcher's stop
+                }
                 Link::Token { generation } => generation,
                 Link::Probe { origin } if origin == me => match p.probe_returned() {
                     Some(generation) => {
