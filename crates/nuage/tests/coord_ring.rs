@@ -198,6 +198,25 @@ fn bad_hosts_files_and_options_are_one_line_errors() {
     assert!(stderr(&out).contains("no process 7"), "{}", stderr(&out));
     let out = run(&["ring", "--hosts", &three, "--via", "ssh"]);
     assert!(stderr(&out).contains("--advertise"), "{}", stderr(&out));
+    for bad in ["0", "199", "3600001"] {
+        let out = run(&[
+            "ring",
+            "mutex",
+            "--hosts",
+            &three,
+            "--file",
+            dir.path().join("f").to_str().unwrap(),
+            "--records",
+            "1",
+            "--token-timeout-ms",
+            bad,
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            stderr(&out),
+            "nuage: error: --token-timeout-ms must be 200..=3600000\n"
+        );
+    }
 }
 
 #[test]

@@ -294,7 +294,7 @@ impl Run<'_> {
                     if now - last_heard <= timeout {
                         continue;
                     }
-                    self.give_up(Loss::Silent, pred_index, to_launcher).await?;
+                    self.exclude(pred_index, to_launcher).await?;
                     excluded.push(pred_index);
                     Event::Lost(Loss::Silent)
                 }
@@ -302,9 +302,6 @@ impl Run<'_> {
             };
             let msg = match msg {
                 Event::Lost(loss) => {
-                    if loss == Loss::Died {
-                        self.give_up(loss, pred_index, to_launcher).await?;
-                    }
                     // Link from the live process before the lost one, then probe.
                     dead.push(pred_index);
                     let Some((reader, w, from)) = adopt(&ring, me, &dead, &excluded).await? else {
@@ -448,29 +445,21 @@ impl Run<'_> {
         }
     }
 
-    /// Tells why the predecessor is given up; a silent one is reported to the launcher as
-    /// excluded, so that it no longer waits for it.
-    async fn give_up(
-        &self,
-        loss: Loss,
-        pred: u32,
-        to_launcher: &mut OwnedWriteHalf,
-    ) -> anyhow::Result<()> {
-        if loss == Loss::Silent {
-            note(
-                to_launcher,
-                format!(
-                    "process {}: predecessor {pred} silent for more than {} ms; excluded",
-                    self.task.index,
-                    self.token_timeout.as_millis()
-                ),
-            )
-            .await?;
-            write_frame(to_launcher, &ToLauncher::TokenExcluded { index: pred })
-                .await
-                .context("the launcher is gone")?;
-        }
-        Ok(())
+    /// The predecessor stayed silent too long: reported to the launcher as excluded, so
+    /// that it no longer waits for it.
+    async fn exclude(&self, pred: u32, to_launcher: &mut OwnedWriteHalf) -> anyhow::Result<()> {
+        note(
+            to_launcher,
+            format!(
+                "process {}: predecessor {pred} silent for more than {} ms; excluded",
+                self.task.index,
+                self.token_timeout.as_millis()
+            ),
+        )
+        .await?;
+        write_frame(to_launcher, &ToLauncher::TokenExcluded { index: pred })
+            .await
+            .context("the launcher is gone")
     }
 
     /// The ring order: process 0 gathers it with one round and hands it out with another.

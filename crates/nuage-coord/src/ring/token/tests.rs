@@ -220,18 +220,16 @@ impl PauseSim {
         matches!(self.state[i], State::Running | State::Paused)
     }
 
-    /// Tokens of the newest generation in the ring (on links between ring members, or
-    /// held by a paused member).
-    fn current_tokens(&self) -> usize {
+    /// Tokens in the ring, of any generation (on links between ring members, or held by
+    /// a paused member); stale ones may only be with excluded processes.
+    fn ring_tokens(&self) -> usize {
         let on_links = (0..self.links.len())
             .filter(|&i| self.in_ring(i) && self.in_ring(self.succ[i]))
             .flat_map(|i| self.links[i].iter())
-            .filter(|m| **m == Msg::Token(self.newest))
+            .filter(|m| matches!(m, Msg::Token(_)))
             .count();
         let held = (0..self.held.len())
-            .filter(|&i| {
-                self.in_ring(i) && matches!(self.held[i], Some((g, _)) if g == self.newest)
-            })
+            .filter(|&i| self.in_ring(i) && self.held[i].is_some())
             .count();
         on_links + held
     }
@@ -245,6 +243,10 @@ impl PauseSim {
     /// The critical section at the shared resource, checked against the fence.
     fn write(&mut self, who: usize, generation: u64) -> bool {
         if generation < self.fence {
+            assert!(
+                !self.in_ring(who),
+                "only an excluded process holds a stale token"
+            );
             self.refused += 1;
             self.procs[who].saw_generation(self.fence);
             return false;
@@ -386,13 +388,10 @@ fn a_paused_holder_is_excluded_and_its_stale_token_never_writes_after_the_new_on
                 .iter()
                 .enumerate()
                 .any(|(i, p)| sim.in_ring(i) && p.probe.is_some());
-            assert!(
-                sim.current_tokens() <= 1,
-                "run {run}: two tokens of the newest generation"
-            );
+            assert!(sim.ring_tokens() <= 1, "run {run}: two tokens in the ring");
             if !probing {
                 assert_eq!(
-                    sim.current_tokens(),
+                    sim.ring_tokens(),
                     1,
                     "run {run}: no token and nobody probing"
                 );
@@ -450,4 +449,33 @@ fn a_paused_holder_is_excluded_and_its_stale_token_never_writes_after_the_new_on
         "some excluded holders resumed, some inside"
     );
     assert!(refused > 0, "some stale tokens were refused by the fence");
+}
+
+#[tokio::test]
+async fn the_fence_refuses_older_generations_and_names_a_corrupt_fence() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shared");
+    let fence = fence_path(&file);
+    assert_eq!(fence, dir.path().join("shared.fence"));
+    assert_eq!(
+        fenced_append(&file, &fence, 1, "a\n").await.unwrap(),
+        Fenced::Written
+    );
+    assert_eq!(
+        fenced_append(&file, &fence, 2, "b\n").await.unwrap(),
+        Fenced::Written
+    );
+    assert_eq!(
+        fenced_append(&file, &fence, 2, "c\n").await.unwrap(),
+        Fenced::Written
+    );
+    assert_eq!(
+        fenced_append(&file, &fence, 1, "stale\n").await.unwrap(),
+        Fenced::Refused { newest: 2 }
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "a\nb\nc\n");
+    assert_eq!(std::fs::read_to_string(&fence).unwrap(), "2\n");
+    std::fs::write(&fence, "two\n").unwrap();
+    let err = fenced_append(&file, &fence, 3, "d\n").await.unwrap_err();
+    assert!(format!("{err:#}").contains("is corrupt"), "{err:#}");
 }
