@@ -60,6 +60,10 @@ struct RingMutexArgs {
     /// Lines per record (each line its own append)
     #[arg(long, value_name = "L", default_value_t = 5)]
     lines: u32,
+    /// Silence of a predecessor (no token, probe or heartbeat) after which it is
+    /// excluded and a lost token regenerated
+    #[arg(long, value_name = "MS", default_value_t = nuage_coord::ring::token::DEFAULT_TOKEN_TIMEOUT.as_millis() as u64)]
+    token_timeout_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -215,6 +219,15 @@ async fn ring_mutex(args: RingMutexArgs) -> anyhow::Result<()> {
     if args.records > MAX_RECORDS || args.lines == 0 || args.lines > MAX_LINES {
         bail!("--records must be at most {MAX_RECORDS} and --lines 1..={MAX_LINES}");
     }
+    use nuage_coord::ring::token::{MAX_TOKEN_TIMEOUT, MIN_TOKEN_TIMEOUT};
+    let token_timeout = std::time::Duration::from_millis(args.token_timeout_ms);
+    if !(MIN_TOKEN_TIMEOUT..=MAX_TOKEN_TIMEOUT).contains(&token_timeout) {
+        bail!(
+            "--token-timeout-ms must be {}..={}",
+            MIN_TOKEN_TIMEOUT.as_millis(),
+            MAX_TOKEN_TIMEOUT.as_millis()
+        );
+    }
     // Processes open the file by this path, wherever they run.
     let file = std::path::absolute(&args.file)?;
     let mut launched = launch_cmd::launch(&args.launch).await?;
@@ -225,6 +238,7 @@ async fn ring_mutex(args: RingMutexArgs) -> anyhow::Result<()> {
         &file,
         args.records,
         args.lines,
+        token_timeout,
         |note| println!("{note}"),
     )
     .await?;
@@ -237,6 +251,7 @@ async fn ring_mutex(args: RingMutexArgs) -> anyhow::Result<()> {
                 (records.to_string(), visits.to_string())
             }
             drive::TokenEnd::Died => ("died".to_owned(), "-".to_owned()),
+            drive::TokenEnd::Excluded => ("excluded".to_owned(), "-".to_owned()),
         };
         t.row(vec![m.index.to_string(), m.host.clone(), records, visits]);
     }

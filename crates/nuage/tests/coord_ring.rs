@@ -198,6 +198,25 @@ fn bad_hosts_files_and_options_are_one_line_errors() {
     assert!(stderr(&out).contains("no process 7"), "{}", stderr(&out));
     let out = run(&["ring", "--hosts", &three, "--via", "ssh"]);
     assert!(stderr(&out).contains("--advertise"), "{}", stderr(&out));
+    for bad in ["0", "199", "3600001"] {
+        let out = run(&[
+            "ring",
+            "mutex",
+            "--hosts",
+            &three,
+            "--file",
+            dir.path().join("f").to_str().unwrap(),
+            "--records",
+            "1",
+            "--token-timeout-ms",
+            bad,
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            stderr(&out),
+            "nuage: error: --token-timeout-ms must be 200..=3600000\n"
+        );
+    }
 }
 
 #[test]
@@ -545,4 +564,199 @@ fn a_process_killed_at_any_moment_leaves_the_others_finishing() {
             .count();
         assert_eq!(n, 600, "process {p}: {out}");
     }
+}
+
+/// Is the fence file free (no process holds its lock)? Tried without blocking.
+fn fence_free(fence: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(fence) else {
+        return true;
+    };
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
+}
+
+/// The last line of the shared file: (process, line number).
+fn last_line(shared: &Path) -> Option<(String, usize)> {
+    let text = std::fs::read_to_string(shared).ok()?;
+    let w: Vec<&str> = text.lines().last()?.split(' ').collect();
+    Some((w[2].to_owned(), w[4].parse().ok()?))
+}
+
+/// The token holder is paused (SIGSTOP), never killed, in a five-machine lab: no
+/// connection closes. Its successor hears nothing for the token timeout, excludes it,
+/// repairs the ring and regenerates the token exactly once; the others finish. Resumed,
+/// the old holder meets its token of generation 1 at the fence, which has seen
+/// generation 2: refused, dropped; asking to be adopted back, it is told it was
+/// excluded and leaves. `inside`: paused in the middle of a record (between two lines,
+/// not holding the fence's lock), else outside the critical section.
+fn paused_holder(inside: bool) {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let name = format!("tp{}-{}", u8::from(inside), std::process::id());
+    let lab = nuage_lab::Lab::create(&name, 5).expect("create lab (needs root)");
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hosts_file(dir.path(), &["n1", "n2", "n3", "n4", "n5"]);
+    let shared = dir.path().join("shared.txt");
+    let fence = dir.path().join("shared.txt.fence");
+    // Enough records that the others are still writing when process 2 resumes.
+    let (records, lines_per_record): (usize, usize) = if inside { (150, 40) } else { (600, 3) };
+    let mut child = nuage()
+        .args([
+            "ring", "mutex", "--hosts", &hosts, "--via", "lab", "--lab", &name,
+        ])
+        .args(["--token-timeout-ms", "1500", "--file"])
+        .arg(&shared)
+        .args(["--records", &records.to_string()])
+        .args(["--lines", &lines_per_record.to_string()])
+        .arg("--log-dir")
+        .arg(dir.path().join("l"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out: Vec<String> = Vec::new();
+    let mut pids = Vec::new();
+    while pids.len() < 5 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("launch table");
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.len() == 5 && w[0].chars().all(|c| c.is_ascii_digit()) {
+            pids.push(w[2].parse::<i32>().unwrap());
+        }
+        out.push(line);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&shared).map_or(0, |m| m.len()) < 2_000 {
+        assert!(Instant::now() < deadline, "the ring never started writing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let victim = Pid::from_raw(pids[2]);
+    // Pause process 2 where wanted; a pause that landed elsewhere is undone at once
+    // (milliseconds, far below the token timeout).
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(attempts < 20_000, "never caught process 2 where wanted");
+        let writing = last_line(&shared).is_some_and(|(p, l)| p == "2" && l < lines_per_record);
+        if inside && !writing {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        kill(victim, Signal::SIGSTOP).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let writing = last_line(&shared).is_some_and(|(p, l)| p == "2" && l < lines_per_record);
+        if writing == inside && fence_free(&fence) {
+            break;
+        }
+        kill(victim, Signal::SIGCONT).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let wait_for = |what: &str, out: &mut Vec<String>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !out.iter().any(|l| l.contains(what)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => out.push(line),
+                Err(_) => panic!("no `{what}` in:\n{}", out.join("\n")),
+            }
+        }
+    };
+    wait_for(
+        ": predecessor 2 silent for more than 1500 ms; excluded",
+        &mut out,
+    );
+    wait_for("regenerated (generation 2)", &mut out);
+    // The regenerated token writes, then the old holder wakes up.
+    let len = std::fs::metadata(&shared).unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&shared).unwrap().len() < len + 1_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the regenerated token never wrote"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill(victim, Signal::SIGCONT).unwrap();
+    out.extend(rx.iter());
+    let status = common::wait_exit(&mut child, Duration::from_secs(60));
+    let out = out.join("\n");
+    assert!(status.success(), "{out}");
+    assert_eq!(out.matches("regenerated").count(), 1, "{out}");
+    assert!(
+        out.contains("process 2: the fence refused its token of generation 1 (the shared file has seen generation 2); stale token dropped"),
+        "{out}"
+    );
+    assert!(out.contains("process 2: excluded from the ring"), "{out}");
+    assert!(
+        !out.contains("now sends to process 2"),
+        "never adopted back: {out}"
+    );
+    assert!(!out.contains("died"), "nobody died: {out}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["2", "n3", "excluded", "-"]),
+        "{out}"
+    );
+    // The file: records whole and once; only process 2's last record may be cut (and is,
+    // when paused inside), and nothing of process 2 follows it.
+    let text = std::fs::read_to_string(&shared).unwrap();
+    let mut groups: Vec<(String, String, usize)> = Vec::new();
+    for line in text.lines() {
+        let w: Vec<&str> = line.split(' ').collect();
+        let key = (w[2].to_owned(), w[3].to_owned());
+        let l: usize = w[4].parse().unwrap();
+        match groups.last_mut() {
+            Some(g) if (g.0.as_str(), g.1.as_str()) == (key.0.as_str(), key.1.as_str()) => {
+                assert_eq!(l, g.2 + 1, "{line}");
+                g.2 = l;
+            }
+            _ => {
+                assert_eq!(l, 1, "a record starts in the middle: {line}");
+                groups.push((key.0, key.1, l));
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut cut = 0;
+    for (i, (p, r, l)) in groups.iter().enumerate() {
+        assert!(seen.insert((p.clone(), r.clone())), "record {p}/{r} twice");
+        if *l != lines_per_record {
+            cut += 1;
+            assert_eq!(p, "2", "only the excluded process may leave a cut record");
+            assert!(
+                groups[i + 1..].iter().all(|g| g.0 != "2"),
+                "the cut record is its last"
+            );
+        }
+    }
+    assert_eq!(cut, usize::from(inside), "{out}");
+    for p in ["0", "1", "3", "4"] {
+        assert_eq!(
+            groups.iter().filter(|g| g.0 == p).count(),
+            records,
+            "process {p}"
+        );
+    }
+    lab.down().unwrap();
+}
+
+#[test]
+fn lab_paused_holder_outside_the_critical_section_is_excluded() {
+    paused_holder(false);
+}
+
+#[test]
+fn lab_paused_holder_inside_the_critical_section_is_fenced() {
+    paused_holder(true);
 }

@@ -29,6 +29,9 @@ pub enum ToLauncher {
     TokenDone { records: u32, visits: u64 },
     /// (token ring) Something worth telling: a repaired ring, a regenerated token.
     TokenNote { text: String },
+    /// (token ring) This process excluded `index`, its predecessor, after it stayed
+    /// silent longer than the token timeout: the launcher no longer waits for it.
+    TokenExcluded { index: u32 },
     /// The process gives up (the error says why); it exits after sending this.
     Failed { error: String },
     /// (snapshot) This process's part of `snapshot`: units held when it recorded its
@@ -90,6 +93,8 @@ pub enum Algorithm {
         file: std::path::PathBuf,
         records: u32,
         lines: u32,
+        /// How long the predecessor may stay silent before it is excluded (ms).
+        token_timeout_ms: u64,
     },
 }
 

@@ -174,6 +174,8 @@ pub enum TokenEnd {
     Done { records: u32, visits: u64 },
     /// It died (or was killed) before writing all its records.
     Died,
+    /// It stayed silent longer than the token timeout and was excluded from the ring.
+    Excluded,
 }
 
 /// Builds the ring and runs token-ring mutual exclusion: each process appends `records`
@@ -186,6 +188,7 @@ pub async fn token_mutex(
     file: &std::path::Path,
     records: u32,
     lines: u32,
+    token_timeout: Duration,
     mut on_note: impl FnMut(&str),
 ) -> anyhow::Result<Vec<TokenEnd>> {
     let n = launched.members.len();
@@ -194,16 +197,24 @@ pub async fn token_mutex(
             file: file.to_path_buf(),
             records,
             lines,
+            token_timeout_ms: token_timeout.as_millis() as u64,
         })
         .await?;
+        // Longest silence of the whole ring while a failure is repaired: a detection,
+        // a repair, a probe round.
+        let quiet = RUN_TIMEOUT.max(token_timeout * 3) + Duration::from_secs(5);
         let mut ends: Vec<Option<TokenEnd>> = vec![None; n];
         while ends.iter().any(Option::is_none) {
-            match launched
-                .hear_raw(RUN_TIMEOUT + Duration::from_secs(5))
-                .await?
-            {
+            match launched.hear_raw(quiet).await? {
                 (i, Some(ToLauncher::TokenDone { records, visits })) => {
-                    ends[i as usize] = Some(TokenEnd::Done { records, visits });
+                    if ends[i as usize].is_none() {
+                        ends[i as usize] = Some(TokenEnd::Done { records, visits });
+                    }
+                }
+                (_, Some(ToLauncher::TokenExcluded { index })) if (index as usize) < n => {
+                    if ends[index as usize].is_none() {
+                        ends[index as usize] = Some(TokenEnd::Excluded);
+                    }
                 }
                 (_, Some(ToLauncher::TokenNote { text })) => on_note(&text),
                 (i, Some(ToLauncher::Failed { error })) => {
@@ -222,8 +233,11 @@ pub async fn token_mutex(
                 (i, Some(other)) => bail!("process {i} said {other:?} during token-ring mutex"),
             }
         }
-        if ends.iter().all(|e| *e == Some(TokenEnd::Died)) {
-            bail!("every process died");
+        if !ends
+            .iter()
+            .any(|e| matches!(e, Some(TokenEnd::Done { .. })))
+        {
+            bail!("every process died or was excluded");
         }
         Ok(ends.into_iter().map(Option::unwrap).collect())
     }

@@ -55,7 +55,18 @@ pub enum Link {
     RingOrder { ring: Vec<(u32, SocketAddr)> },
     /// (token ring) Sent by a process whose predecessor died to the live process before
     /// it: "send to me from now on".
-    Adopt { index: u32 },
+    Adopt {
+        index: u32,
+        /// Processes the sender has excluded (silent too long): refused if they ever
+        /// come back and ask to be adopted.
+        #[serde(default)]
+        excluded: Vec<u32>,
+    },
+    /// (token ring) Answer to an `adopt` from a process that was excluded: it must leave.
+    Excluded,
+    /// (token ring) "I am alive": sent to the successor every heartbeat period, so that
+    /// silence means a stalled predecessor, not a token far away.
+    Alive,
     /// (token ring) Does a token still exist? Sent once around by `origin`.
     Probe { origin: u32 },
 }
@@ -120,6 +131,7 @@ pub async fn run_member(
         file,
         records,
         lines,
+        token_timeout_ms,
     } = &task.algorithm
     {
         // The token ring keeps its listener: a repaired ring links through it.
@@ -129,6 +141,7 @@ pub async fn run_member(
             file: &file,
             records,
             lines,
+            token_timeout: Duration::from_millis(*token_timeout_ms),
         };
         return run.run(links, listener, from_launcher, to_launcher).await;
     }
