@@ -351,6 +351,8 @@ fn bad_input_gets_clear_errors() {
         "q",
         "--servers",
         servers.to_str().unwrap(),
+        "--data-dir",
+        dir.join("q").to_str().unwrap(),
     ]);
     fails_with(out, "domain `q` (--domain) is not in the servers file");
 
