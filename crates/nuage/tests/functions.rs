@@ -678,12 +678,17 @@ fn the_functions_table_is_read_strictly_and_applied() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("nuage.toml");
     std::fs::write(&config, "name = \"c1\"\n\n[functions]\nmax_lien = 10\n").unwrap();
+    // Its own data dir: the node takes it before the functions service reads its table.
+    let refused_data = tmp.path().join("refused");
+    std::fs::create_dir(&refused_data).unwrap();
     let out = run(&[
         "up",
         "--config",
         config.to_str().unwrap(),
         "--api",
         "127.0.0.1:0",
+        "--data",
+        refused_data.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
