@@ -14,23 +14,6 @@ fn hosts_file(dir: &Path, hosts: &[&str]) -> String {
     path.display().to_string()
 }
 
-/// (process, host, agent pid) from the launch table.
-fn agents(out: &str) -> Vec<(u32, String, u32)> {
-    out.lines()
-        .skip_while(|l| !header(l, &["PROCESS", "HOST", "PID", "ADDRESS", "LOG"]))
-        .skip(1)
-        .take_while(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()))
-        .map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            (
-                w[0].parse().unwrap(),
-                w[1].to_owned(),
-                w[2].parse().unwrap(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn local_programs_report_their_status_and_log_to_their_own_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,7 +35,7 @@ fn local_programs_report_their_status_and_log_to_their_own_file() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    let agents = agents(&text);
+    let agents = launch_table(&text);
     assert_eq!(agents.len(), 3, "{text}");
     for (i, host, pid) in &agents {
         let log = std::fs::read_to_string(logs.join(format!("{i}-{host}.log"))).unwrap();
@@ -110,7 +93,7 @@ fn timeout_stops_every_program_and_agent() {
     assert_eq!(program_pids.len(), 3, "{text}");
     // Nothing is left running: neither the programs nor the agents.
     let mut all: Vec<u32> = program_pids;
-    all.extend(agents(&text).iter().map(|a| a.2));
+    all.extend(launch_table(&text).iter().map(|a| a.2));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     for pid in all {
         let stat = format!("/proc/{pid}/stat");

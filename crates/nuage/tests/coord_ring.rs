@@ -8,23 +8,6 @@ use std::path::Path;
 
 use common::*;
 
-/// The launch table: (process, host, pid).
-fn launched(out: &str) -> Vec<(u32, String, u32)> {
-    out.lines()
-        .skip_while(|l| !header(l, &["PROCESS", "HOST", "PID", "ADDRESS", "LOG"]))
-        .skip(1)
-        .take_while(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()))
-        .map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            (
-                w[0].parse().unwrap(),
-                w[1].to_owned(),
-                w[2].parse().unwrap(),
-            )
-        })
-        .collect()
-}
-
 fn hosts_file(dir: &Path, hosts: &[&str]) -> String {
     let path = dir.join("hosts");
     let text = format!("# test hosts\n\n{}\n", hosts.join("\n"));
@@ -45,7 +28,7 @@ fn ok(out: std::process::Output) -> String {
 /// Checks `nuage ring` output: the pid message visited every launched process once, in
 /// ring order, and came back to process 0.
 fn check_ring(out: &str, n: usize) -> Vec<(String, u32)> {
-    let procs = launched(out);
+    let procs = launch_table(out);
     assert_eq!(procs.len(), n, "{out}");
     let path_line = out
         .lines()
@@ -71,7 +54,7 @@ fn check_ring(out: &str, n: usize) -> Vec<(String, u32)> {
 /// Checks `nuage election` output: the leader is the largest id (pid), N is right, ranks
 /// are 0..N-1 without gap or repeat, and the message count adds up.
 fn check_election(out: &str, n: usize) {
-    let procs = launched(out);
+    let procs = launch_table(out);
     assert_eq!(procs.len(), n, "{out}");
     let ids: Vec<u64> = out
         .lines()
@@ -289,7 +272,7 @@ fn lab_rings_and_election_across_machines() {
         ]));
         let hops = check_ring(&out, 6);
         // Each process reports the hostname of the machine its line named.
-        let procs = launched(&out);
+        let procs = launch_table(&out);
         for (host, pid) in &hops[..6] {
             let p = procs.iter().find(|p| p.2 == *pid).unwrap();
             assert_eq!(&p.1, host, "{out}");
@@ -311,7 +294,7 @@ fn lab_rings_and_election_across_machines() {
     ]));
     check_election(&out, 6);
     // With pids as ids, the leader is the process with the largest pid.
-    let procs = launched(&out);
+    let procs = launch_table(&out);
     let max_pid = procs.iter().map(|p| p.2).max().unwrap();
     assert!(out.contains(&format!("leader: id {max_pid} ")), "{out}");
     // A machine the lab does not have is an error naming the line.

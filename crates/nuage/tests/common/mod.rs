@@ -138,3 +138,20 @@ pub fn json(body: &str) -> serde_json::Value {
 pub fn header(line: &str, columns: &[&str]) -> bool {
     line.split_whitespace().eq(columns.iter().copied())
 }
+
+/// The table `nuage launch` (and the commands built on it) prints: (process, host, pid).
+pub fn launch_table(out: &str) -> Vec<(u32, String, u32)> {
+    out.lines()
+        .skip_while(|l| !header(l, &["PROCESS", "HOST", "PID", "ADDRESS", "LOG"]))
+        .skip(1)
+        .take_while(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (
+                w[0].parse().unwrap(),
+                w[1].to_owned(),
+                w[2].parse().unwrap(),
+            )
+        })
+        .collect()
+}
