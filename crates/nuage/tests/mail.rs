@@ -508,6 +508,81 @@ fn interactive_client_sends_and_reads() {
 // ---------------------------------------------------------------------------------
 // Three lab machines.
 
+/// Three mail servers, one per lab machine: domain a on n1, b on n2, n on n3, port 2525.
+struct LabMail {
+    lab: nuage_lab::Lab,
+    procs: Vec<MailServer>,
+    _tmp: tempfile::TempDir,
+}
+
+impl LabMail {
+    const MACHINES: [(&'static str, &'static str); 3] = [("n1", "a"), ("n2", "b"), ("n3", "n")];
+
+    /// Creates the lab `name` and starts the servers, each with `serve_args` added (and
+    /// `a_args` for a's server only).
+    fn start(name: &str, serve_args: &[&str], a_args: &[&str]) -> LabMail {
+        let lab = nuage_lab::Lab::create(name, 3).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut text = String::from("# three lab machines\n");
+        for (m, d) in Self::MACHINES {
+            text.push_str(&format!("{}:2525:{d}\n", lab.addr(m).unwrap()));
+        }
+        let servers: PathBuf = tmp.path().join("servers");
+        std::fs::write(&servers, text).unwrap();
+        let mut procs = Vec::new();
+        for (m, d) in Self::MACHINES {
+            let mut cmd = lab.command(m, env!("CARGO_BIN_EXE_nuage")).unwrap();
+            cmd.args(["mail", "serve", "--port", "2525", "--domain", d])
+                .args(serve_args)
+                .arg("--servers")
+                .arg(&servers)
+                .arg("--data-dir")
+                .arg(tmp.path().join(d));
+            if d == "a" {
+                cmd.args(a_args);
+            }
+            procs.push(MailServer::start(cmd));
+        }
+        LabMail {
+            lab,
+            procs,
+            _tmp: tmp,
+        }
+    }
+
+    /// Runs `nuage mail ARGS… --server <m's server>` on machine `m`; its stdout.
+    fn client(&self, m: &str, args: &[&str]) -> String {
+        let server = format!("{}:2525", self.lab.addr(m).unwrap());
+        let mut all = vec!["mail", args[0], "--server", &server];
+        all.extend_from_slice(&args[1..]);
+        ok(self.lab.exec(m, env!("CARGO_BIN_EXE_nuage"), &all).unwrap())
+    }
+
+    fn send(&self, m: &str, from: &str, to: &str, text: &str) {
+        self.client(m, &["send", "--from", from, "--to", to, text]);
+    }
+
+    /// `mail read` of `owner`'s mailbox on machine `m`: the raw output.
+    fn read(&self, m: &str, owner: &str) -> String {
+        self.client(m, &["read", owner])
+    }
+
+    /// Afida writes to Brandon and Nabilla; once Brandon has it, he replies to both.
+    fn afida_then_brandon(&self) {
+        self.send("n1", "afida@a", "brandon@b,nabilla@n", "Lunch at noon?");
+        wait_for(Duration::from_secs(10), "Afida's message at b", || {
+            (!parse_mailbox(&self.read("n2", "brandon@b")).is_empty()).then_some(())
+        });
+        self.send("n2", "brandon@b", "afida@a,nabilla@n", "Yes, see you");
+    }
+
+    fn stop(self) {
+        for p in self.procs {
+            p.stop();
+        }
+    }
+}
+
 /// The scenario with each server on its own lab machine and the a→n link slowed.
 fn lab_scenario(order: &str) -> Option<(Vec<String>, bool)> {
     if !nix::unistd::geteuid().is_root() {
@@ -515,79 +590,16 @@ fn lab_scenario(order: &str) -> Option<(Vec<String>, bool)> {
         return None;
     }
     let tag = if order == "fifo" { "mf" } else { "mc" };
-    let lab = nuage_lab::Lab::create(&format!("{tag}-{}", std::process::id()), 3).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_nuage");
-    let machines = [("n1", "a"), ("n2", "b"), ("n3", "n")];
-    let mut text = String::from("# three lab machines\n");
-    for (m, d) in machines {
-        text.push_str(&format!("{}:2525:{d}\n", lab.addr(m).unwrap()));
-    }
-    let servers: PathBuf = tmp.path().join("servers");
-    std::fs::write(&servers, text).unwrap();
-    let mut procs = Vec::new();
-    for (m, d) in machines {
-        let mut cmd = lab.command(m, bin).unwrap();
-        cmd.args([
-            "mail", "serve", "--port", "2525", "--domain", d, "--order", order,
-        ])
-        .arg("--servers")
-        .arg(&servers)
-        .arg("--data-dir")
-        .arg(tmp.path().join(d));
-        if d == "a" {
-            cmd.args(["--delay-to", "n=8000"]);
-        }
-        procs.push(MailServer::start(cmd));
-    }
-    let client = |m: &str, args: &[&str]| -> String {
-        let out = lab.exec(m, bin, args).unwrap();
-        ok(out)
-    };
-    let addr = |m: &str| format!("{}:2525", lab.addr(m).unwrap());
-    // Afida, on machine n1, writes to Brandon and Nabilla.
-    client(
-        "n1",
-        &[
-            "mail",
-            "send",
-            "--server",
-            &addr("n1"),
-            "--from",
-            "afida@a",
-            "--to",
-            "brandon@b,nabilla@n",
-            "Lunch at noon?",
-        ],
+    let mail = LabMail::start(
+        &format!("{tag}-{}", std::process::id()),
+        &["--order", order],
+        &["--delay-to", "n=8000"],
     );
-    wait_for(Duration::from_secs(10), "Afida's message at b", || {
-        let m = parse_mailbox(&client(
-            "n2",
-            &["mail", "read", "--server", &addr("n2"), "brandon@b"],
-        ));
-        (!m.is_empty()).then_some(())
-    });
-    client(
-        "n2",
-        &[
-            "mail",
-            "send",
-            "--server",
-            &addr("n2"),
-            "--from",
-            "brandon@b",
-            "--to",
-            "afida@a,nabilla@n",
-            "Yes, see you",
-        ],
-    );
+    mail.afida_then_brandon();
     let mut wrong = false;
     let mut held_seen = false;
     let nabilla = wait_for(Duration::from_secs(30), "both messages at n", || {
-        let out = client(
-            "n3",
-            &["mail", "read", "--server", &addr("n3"), "nabilla@n"],
-        );
+        let out = mail.read("n3", "nabilla@n");
         held_seen |= out.contains("1 more held back");
         let m = parse_mailbox(&out);
         if m.first().is_some_and(|(_, from)| from == "brandon@b") {
@@ -597,9 +609,7 @@ fn lab_scenario(order: &str) -> Option<(Vec<String>, bool)> {
     });
     // In causal mode the reply did reach n first, and was held back.
     assert_eq!(held_seen, order == "causal");
-    for p in procs {
-        p.stop();
-    }
+    mail.stop();
     Some((nabilla.into_iter().map(|(_, f)| f).collect(), wrong))
 }
 
@@ -628,102 +638,29 @@ fn lab_partitioned_link_queues_mail_and_keeps_causal_order() {
         eprintln!("skipped: needs root (CI runs as root)");
         return;
     }
-    let mut lab = nuage_lab::Lab::create(&format!("mp-{}", std::process::id()), 3).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_nuage");
-    let machines = [("n1", "a"), ("n2", "b"), ("n3", "n")];
-    let mut text = String::new();
-    for (m, d) in machines {
-        text.push_str(&format!("{}:2525:{d}\n", lab.addr(m).unwrap()));
-    }
-    let servers = tmp.path().join("servers");
-    std::fs::write(&servers, text).unwrap();
-    let mut procs = Vec::new();
-    for (m, d) in machines {
-        let mut cmd = lab.command(m, bin).unwrap();
-        cmd.args(["mail", "serve", "--port", "2525", "--domain", d])
-            .arg("--servers")
-            .arg(&servers)
-            .arg("--data-dir")
-            .arg(tmp.path().join(d));
-        procs.push(MailServer::start(cmd));
-    }
-    let addrs: std::collections::HashMap<&str, String> = machines
-        .iter()
-        .map(|(m, _)| (*m, format!("{}:2525", lab.addr(m).unwrap())))
-        .collect();
-    let addr = |m: &str| addrs[m].clone();
-    let client = |lab: &nuage_lab::Lab, m: &str, args: &[&str]| ok(lab.exec(m, bin, args).unwrap());
-    lab.partition(&[vec!["n1"], vec!["n3"]]).unwrap();
-    client(
-        &lab,
-        "n1",
-        &[
-            "mail",
-            "send",
-            "--server",
-            &addr("n1"),
-            "--from",
-            "afida@a",
-            "--to",
-            "brandon@b,nabilla@n",
-            "Lunch at noon?",
-        ],
-    );
-    wait_for(Duration::from_secs(10), "Afida's message at b", || {
-        let out = client(
-            &lab,
-            "n2",
-            &["mail", "read", "--server", &addr("n2"), "brandon@b"],
-        );
-        (!parse_mailbox(&out).is_empty()).then_some(())
-    });
-    client(
-        &lab,
-        "n2",
-        &[
-            "mail",
-            "send",
-            "--server",
-            &addr("n2"),
-            "--from",
-            "brandon@b",
-            "--to",
-            "afida@a,nabilla@n",
-            "Yes",
-        ],
-    );
+    let mut mail = LabMail::start(&format!("mp-{}", std::process::id()), &[], &[]);
+    mail.lab.partition(&[vec!["n1"], vec!["n3"]]).unwrap();
+    mail.afida_then_brandon();
     // The reply is at n, held back; Afida's copy is queued at a.
     wait_for(Duration::from_secs(10), "the reply held back at n", || {
-        let out = client(
-            &lab,
-            "n3",
-            &["mail", "read", "--server", &addr("n3"), "nabilla@n"],
-        );
+        let out = mail.read("n3", "nabilla@n");
         assert!(parse_mailbox(&out).is_empty(), "{out}");
         out.contains("1 more held back").then_some(())
     });
-    let queue = client(&lab, "n1", &["mail", "queue", "--server", &addr("n1")]);
+    let queue = mail.client("n1", &["queue"]);
     assert!(queue.contains("queued for n: 1 message(s)"), "{queue}");
-    lab.heal().unwrap();
+    mail.lab.heal().unwrap();
     let nabilla = wait_for(
         Duration::from_secs(40),
         "both messages at n after healing",
         || {
-            let out = client(
-                &lab,
-                "n3",
-                &["mail", "read", "--server", &addr("n3"), "nabilla@n"],
-            );
-            let m = parse_mailbox(&out);
+            let m = parse_mailbox(&mail.read("n3", "nabilla@n"));
             (m.len() == 2).then_some(m)
         },
     );
     let senders: Vec<&str> = nabilla.iter().map(|(_, f)| f.as_str()).collect();
     assert_eq!(senders, ["afida@a", "brandon@b"]);
-    for p in procs {
-        p.stop();
-    }
+    mail.stop();
 }
 
 /// `[mail] enabled = true` in nuage.toml: `nuage up` runs the mail server of the node,
