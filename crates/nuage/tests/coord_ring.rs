@@ -15,16 +15,6 @@ fn hosts_file(dir: &Path, hosts: &[&str]) -> String {
     path.display().to_string()
 }
 
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
 /// Checks `nuage ring` output: the pid message visited every launched process once, in
 /// ring order, and came back to process 0.
 fn check_ring(out: &str, n: usize) -> Vec<(String, u32)> {

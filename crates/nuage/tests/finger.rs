@@ -233,24 +233,6 @@ impl Server {
     }
 }
 
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-fn fails_with(out: std::process::Output, needle: &str) {
-    assert_eq!(out.status.code(), Some(1), "stdout: {}", stdout(&out));
-    let err = stderr(&out);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("nuage: error: "), "{err}");
-    assert!(err.contains(needle), "expected `{needle}` in: {err}");
-}
-
 /// The query log once it has at least `lines` lines (within 10 s).
 fn read_log(path: &Path, lines: usize) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -22,16 +22,6 @@ fn lab(args: &[&str]) -> std::process::Output {
     run(&full)
 }
 
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
 /// Removes the lab even when an assertion fails midway.
 struct Cleanup;
 impl Drop for Cleanup {

@@ -85,24 +85,6 @@ fn setup(domains: &[&str]) -> (tempfile::TempDir, Vec<u16>) {
     (tmp, ports)
 }
 
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-fn fails_with(out: std::process::Output, needle: &str) {
-    assert_eq!(out.status.code(), Some(1), "stdout: {}", stdout(&out));
-    let err = stderr(&out);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("nuage: error: "), "{err}");
-    assert!(err.contains(needle), "expected `{needle}` in: {err}");
-}
-
 /// `nuage up` failing: other services may have logged their start before the error, so
 /// the error must be the last line, and the only error line.
 fn up_fails_with(out: std::process::Output, needle: &str) {

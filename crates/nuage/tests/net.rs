@@ -64,24 +64,6 @@ fn read_lines(stdout: ChildStdout) -> (u16, mpsc::Receiver<String>) {
     (port, rx)
 }
 
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-fn fails_with(out: std::process::Output, needle: &str) {
-    assert_eq!(out.status.code(), Some(1), "stdout: {}", stdout(&out));
-    let err = stderr(&out);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("nuage: error: "), "{err}");
-    assert!(err.contains(needle), "expected `{needle}` in: {err}");
-}
-
 #[test]
 fn udp_datagrams_are_printed_with_their_source_and_answered() {
     let server = Server::start("udp-server");

@@ -139,6 +139,27 @@ pub fn header(line: &str, columns: &[&str]) -> bool {
     line.split_whitespace().eq(columns.iter().copied())
 }
 
+/// The stdout of a command that must have succeeded (else both outputs, in the panic).
+pub fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// A CLI failure as every command reports one: exit status 1 and a single
+/// `nuage: error: …` line on stderr that contains `needle`.
+pub fn fails_with(out: std::process::Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", stdout(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("nuage: error: "), "{err}");
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+}
+
 /// The table `nuage launch` (and the commands built on it) prints: (process, host, pid).
 pub fn launch_table(out: &str) -> Vec<(u32, String, u32)> {
     out.lines()
