@@ -5,10 +5,17 @@
 //! gluster's `network.ping-timeout`): every request waiting on it then fails with
 //! ENOTCONN, and so does every request until it is reachable again. No request ever
 //! waits longer than that for a silent brick.
+//!
+//! A brick refusing connections (its server stopped, its machine up) is retried on each
+//! request, which fails at once. A *silent* one — the ping timeout expired, or a new
+//! connection or its hello timed out, as behind a partition or on a paused machine —
+//! would cost every request a full connection timeout; instead requests fail at once with
+//! ENOTCONN while a background task tries to reconnect every `RECONNECT_INTERVAL` (as
+//! gluster's client does), and the connection it makes serves the next requests.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -24,6 +31,8 @@ pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(42);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames queued for the writer.
 const WRITE_QUEUE: usize = 256;
+/// How often a silent brick is tried again in the background (gluster: 3 s).
+pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(3);
 
 /// What a connection needs to know to say hello.
 #[derive(Debug, Clone)]
@@ -40,6 +49,17 @@ struct Live {
     tx: mpsc::Sender<Vec<u8>>,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Answer>>>>,
     dead: CancellationToken,
+    /// Set by the pinger when it ended the connection because the brick went silent
+    /// (not closed, not refused): the brick is then reconnected in the background.
+    went_silent: Arc<AtomicBool>,
+}
+
+/// Why a connection could not be opened.
+enum OpenError {
+    /// Nothing answered in time: the brick's host is silent (partition, paused machine).
+    Silent,
+    /// An answer that says no (refused, reset, wrong brick, bad hello).
+    Refused(Errno),
 }
 
 impl Drop for Live {
@@ -49,6 +69,11 @@ impl Drop for Live {
 }
 
 pub struct BrickConn {
+    /// This connection itself, for the background reconnect task (weak, so that an
+    /// unmounted client's connections are dropped and the task ends).
+    me: Weak<BrickConn>,
+    /// The brick is silent: requests fail at once while a background task reconnects.
+    silent: AtomicBool,
     brick: BrickAddr,
     client: String,
     ping_timeout: Duration,
@@ -67,7 +92,9 @@ impl BrickConn {
     ) -> (Arc<BrickConn>, mpsc::UnboundedReceiver<Notify>) {
         let (notes, rx) = mpsc::unbounded_channel();
         (
-            Arc::new(BrickConn {
+            Arc::new_cyclic(|me| BrickConn {
+                me: me.clone(),
+                silent: AtomicBool::new(false),
                 brick,
                 client,
                 ping_timeout,
@@ -123,27 +150,77 @@ impl BrickConn {
     }
 
     async fn connect(&self) -> Result<Arc<Live>, Errno> {
+        if self.silent.load(Ordering::Acquire) {
+            return Err(Errno(libc::ENOTCONN));
+        }
         let mut guard = self.live.lock().await;
         if let Some(l) = guard.as_ref() {
             if !l.dead.is_cancelled() {
                 return Ok(l.clone());
             }
+            if l.went_silent.load(Ordering::Acquire) {
+                *guard = None;
+                self.reconnect_in_background();
+                return Err(Errno(libc::ENOTCONN));
+            }
         }
         *guard = None;
-        let live = Arc::new(self.open().await?);
-        *guard = Some(live.clone());
-        Ok(live)
+        // Another caller may have found the brick silent while this one waited.
+        if self.silent.load(Ordering::Acquire) {
+            return Err(Errno(libc::ENOTCONN));
+        }
+        match self.open().await {
+            Ok(live) => {
+                let live = Arc::new(live);
+                *guard = Some(live.clone());
+                Ok(live)
+            }
+            Err(OpenError::Silent) => {
+                self.reconnect_in_background();
+                Err(Errno(libc::ENOTCONN))
+            }
+            Err(OpenError::Refused(e)) => Err(e),
+        }
     }
 
-    async fn open(&self) -> Result<Live, Errno> {
+    /// Marks the brick silent and, unless one runs already, starts the task that tries
+    /// it again every `RECONNECT_INTERVAL` until a connection is made (or this client
+    /// is dropped).
+    fn reconnect_in_background(&self) {
+        if self.silent.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(
+            "brick {} is silent: requests to it fail (ENOTCONN) until a reconnection, tried every {:?}",
+            self.brick.addr,
+            RECONNECT_INTERVAL
+        );
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RECONNECT_INTERVAL).await;
+                let Some(conn) = me.upgrade() else { return };
+                let Ok(live) = conn.open().await else {
+                    continue;
+                };
+                *conn.live.lock().await = Some(Arc::new(live));
+                conn.silent.store(false, Ordering::Release);
+                tracing::info!("brick {} answers again", conn.brick.addr);
+                return;
+            }
+        });
+    }
+
+    async fn open(&self) -> Result<Live, OpenError> {
+        let refused = |e: i32| OpenError::Refused(Errno(e));
         let wait = CONNECT_TIMEOUT.min(self.ping_timeout);
         let stream = match tokio::time::timeout(wait, TcpStream::connect(&self.brick.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!("brick {}: {e}", self.brick.addr);
-                return Err(Errno(libc::ENOTCONN));
+                return Err(refused(libc::ENOTCONN));
             }
-            Err(_) => return Err(Errno(libc::ENOTCONN)),
+            Err(_) => return Err(OpenError::Silent),
         };
         let _ = stream.set_nodelay(true);
         let (rd, mut wr) = stream.into_split();
@@ -158,7 +235,7 @@ impl BrickConn {
             client: self.client.clone(),
             ping_interval_ms: ping_interval.as_millis() as u32,
         };
-        let hello_frame = proto::encode_frame(0, &hello, 0).map_err(|_| Errno(libc::EINVAL))?;
+        let hello_frame = proto::encode_frame(0, &hello, 0).map_err(|_| refused(libc::EINVAL))?;
         let answer = tokio::time::timeout(wait, async {
             wr.write_all(&hello_frame).await?;
             proto::read_frame(&mut rd).await
@@ -166,7 +243,8 @@ impl BrickConn {
         .await;
         let frame = match answer {
             Ok(Ok(Some(f))) => f,
-            _ => return Err(Errno(libc::ENOTCONN)),
+            Ok(_) => return Err(refused(libc::ENOTCONN)),
+            Err(_) => return Err(OpenError::Silent),
         };
         match proto::decode::<FromBrick>(&frame.body) {
             Ok(FromBrick::Reply(Ok(Reply::Hello { .. }))) => {}
@@ -176,15 +254,16 @@ impl BrickConn {
                     self.brick.addr,
                     e.describe()
                 );
-                return Err(Errno(libc::ENOTCONN));
+                return Err(refused(libc::ENOTCONN));
             }
-            _ => return Err(Errno(libc::EPROTO)),
+            _ => return Err(refused(libc::EPROTO)),
         }
 
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Answer>>>> = Arc::default();
         let dead = CancellationToken::new();
         let last_heard = Arc::new(Mutex::new(Instant::now()));
+        let went_silent = Arc::new(AtomicBool::new(false));
 
         // Writer.
         let d = dead.clone();
@@ -244,8 +323,13 @@ impl BrickConn {
         });
         // Pinger: keeps the brick from dropping an idle connection, and declares the
         // brick gone when nothing was heard from it for the ping timeout.
-        let (d, heard, ping_tx, timeout) =
-            (dead.clone(), last_heard, tx.clone(), self.ping_timeout);
+        let (d, heard, ping_tx, timeout, silent) = (
+            dead.clone(),
+            last_heard,
+            tx.clone(),
+            self.ping_timeout,
+            went_silent.clone(),
+        );
         let addr = self.brick.addr.clone();
         tokio::spawn(async move {
             let ping = proto::encode_frame(0, &Op::Ping, 0).expect("small frame");
@@ -255,9 +339,10 @@ impl BrickConn {
                     _ = d.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                let silent = heard.lock().expect("heard").elapsed();
-                if silent > timeout {
-                    tracing::warn!("brick {addr} silent for {silent:?}: disconnecting");
+                let silent_for = heard.lock().expect("heard").elapsed();
+                if silent_for > timeout {
+                    tracing::warn!("brick {addr} silent for {silent_for:?}: disconnecting");
+                    silent.store(true, Ordering::Release);
                     d.cancel();
                     break;
                 }
@@ -266,9 +351,17 @@ impl BrickConn {
                 }
             }
         });
-        Ok(Live { tx, pending, dead })
+        Ok(Live {
+            tx,
+            pending,
+            dead,
+            went_silent,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod silent_tests;

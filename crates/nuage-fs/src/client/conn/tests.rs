@@ -13,14 +13,14 @@ use crate::gfid::Gfid;
 use crate::markers::AfrState;
 use crate::proto::{Creds, NewObject, Target};
 
-struct TestBrick {
+pub(super) struct TestBrick {
     _dir: tempfile::TempDir,
-    addr: String,
+    pub(super) addr: String,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn start_brick() -> TestBrick {
+pub(super) async fn start_brick() -> TestBrick {
     let dir = tempfile::tempdir().unwrap();
     let identity = BrickIdentity {
         volume: "vol".into(),
