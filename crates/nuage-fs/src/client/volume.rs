@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::client::conn::{BrickAddr, BrickConn};
@@ -57,14 +57,143 @@ pub struct OpenFile {
 }
 
 pub struct Volume {
-    spec: VolumeSpec,
-    subvols: Vec<Arc<Replica>>,
+    /// The volume as this client sees it now; replaced whole by [`Volume::update`].
+    topo: RwLock<Arc<Topology>>,
+    /// Who this client is, and its ping timeout (new brick connections need them).
+    client: String,
+    ping_timeout: Duration,
     /// Where the data of a non-directory is (learned by lookups, creations, searches).
     located: Mutex<HashMap<Gfid, u32>>,
     /// Directory layouts by directory id.
     layouts: Mutex<HashMap<Gfid, Layout>>,
     next_handle: AtomicU64,
     wb: WriteBehind,
+}
+
+/// What a subvolume slot of a mount is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// Names hash to it.
+    Live,
+    /// Being removed (remove-brick start): its files are still found, no name hashes to it.
+    Draining,
+    /// No longer part of the volume (remove-brick commit); kept so slots keep their numbers.
+    Removed,
+}
+
+struct Slot {
+    /// Ids of its bricks, in set order (a subvolume is known by its first brick's id).
+    bricks: Vec<u32>,
+    addrs: Vec<String>,
+    replica: Arc<Replica>,
+    state: SlotState,
+}
+
+/// The subvolumes of a mount. Slot k is subvolume k of the definition the mount started
+/// with; subvolumes added later get new slots at the end.
+struct Topology {
+    spec: VolumeSpec,
+    slots: Vec<Slot>,
+}
+
+impl Topology {
+    fn new(
+        spec: VolumeSpec,
+        old: Option<&Topology>,
+        client: &str,
+        ping_timeout: Duration,
+    ) -> anyhow::Result<Topology> {
+        spec.validate().map_err(anyhow::Error::msg)?;
+        let quorum = match spec.quorum_type.as_deref() {
+            None => QuorumType::Auto,
+            Some(q) => QuorumType::parse(q).ok_or_else(|| {
+                anyhow::anyhow!("volume {}: unknown cluster.quorum-type {q:?}", spec.name)
+            })?,
+        };
+        let make = |k: usize| -> Slot {
+            let set = spec.subvolume(k);
+            let conns = set
+                .iter()
+                .map(|b| {
+                    let (conn, _notes) = BrickConn::new(
+                        BrickAddr {
+                            addr: b.addr.clone(),
+                            volume_id: spec.volume_id.clone(),
+                            brick_id: b.id,
+                        },
+                        client.to_owned(),
+                        ping_timeout,
+                    );
+                    conn
+                })
+                .collect();
+            let ids: Vec<u32> = set.iter().map(|b| b.id).collect();
+            Slot {
+                replica: Arc::new(Replica::new(conns, ids.clone(), quorum)),
+                bricks: ids,
+                addrs: set.iter().map(|b| b.addr.clone()).collect(),
+                state: if spec.draining.contains(&(k as u32)) {
+                    SlotState::Draining
+                } else {
+                    SlotState::Live
+                },
+            }
+        };
+        let mut slots: Vec<Slot> = match old {
+            None => (0..spec.subvolume_count()).map(make).collect(),
+            Some(old) => {
+                // Every old slot stays, as removed unless the new definition has it.
+                let mut slots: Vec<Slot> = old
+                    .slots
+                    .iter()
+                    .map(|s| Slot {
+                        bricks: s.bricks.clone(),
+                        addrs: s.addrs.clone(),
+                        replica: s.replica.clone(),
+                        state: SlotState::Removed,
+                    })
+                    .collect();
+                for k in 0..spec.subvolume_count() {
+                    let fresh = make(k);
+                    match slots.iter().position(|s| s.bricks[0] == fresh.bricks[0]) {
+                        Some(i) => {
+                            // A brick offline now (port 0) keeps its old address: its
+                            // server may come back there, and the set's other copies
+                            // keep serving the files open on them.
+                            let moved = slots[i]
+                                .addrs
+                                .iter()
+                                .zip(&fresh.addrs)
+                                .any(|(a, b)| a != b && !b.ends_with(":0"));
+                            let same = slots[i].bricks == fresh.bricks && !moved;
+                            if same {
+                                slots[i].state = fresh.state;
+                            } else {
+                                // Another replica count or brick address: new
+                                // connections (files open on the old ones stay open
+                                // there only; see docs/storage.md).
+                                slots[i] = fresh;
+                            }
+                        }
+                        None => slots.push(fresh),
+                    }
+                }
+                slots
+            }
+        };
+        assert!(
+            slots.iter().any(|s| s.state == SlotState::Live),
+            "a valid volume has a subvolume names hash to"
+        );
+        slots.shrink_to_fit();
+        Ok(Topology { spec, slots })
+    }
+
+    fn slots_where(&self, keep: impl Fn(SlotState) -> bool) -> Vec<u32> {
+        (0..self.slots.len() as u32)
+            .filter(|k| keep(self.slots[*k as usize].state))
+            .collect()
+    }
 }
 
 pub(crate) fn unexpected_reply(r: Reply) -> Errno {
@@ -95,41 +224,11 @@ impl Volume {
         client: &str,
         ping_timeout: Duration,
     ) -> anyhow::Result<Arc<Volume>> {
-        spec.validate().map_err(anyhow::Error::msg)?;
-        let quorum = match spec.quorum_type.as_deref() {
-            None => QuorumType::Auto,
-            Some(q) => QuorumType::parse(q).ok_or_else(|| {
-                anyhow::anyhow!("volume {}: unknown cluster.quorum-type {q:?}", spec.name)
-            })?,
-        };
-        let subvols = (0..spec.subvolume_count())
-            .map(|k| {
-                let set = spec.subvolume(k);
-                let conns = set
-                    .iter()
-                    .map(|b| {
-                        let (conn, _notes) = BrickConn::new(
-                            BrickAddr {
-                                addr: b.addr.clone(),
-                                volume_id: spec.volume_id.clone(),
-                                brick_id: b.id,
-                            },
-                            client.to_owned(),
-                            ping_timeout,
-                        );
-                        conn
-                    })
-                    .collect();
-                Arc::new(Replica::new(
-                    conns,
-                    set.iter().map(|b| b.id).collect(),
-                    quorum,
-                ))
-            })
-            .collect();
+        let topo = Topology::new(spec, None, client, ping_timeout)?;
         let v = Arc::new(Volume {
-            spec,
-            subvols,
+            topo: RwLock::new(Arc::new(topo)),
+            client: client.to_owned(),
+            ping_timeout,
             located: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -138,27 +237,65 @@ impl Volume {
         v.dir_layout(Gfid::ROOT).await.map_err(|e| {
             anyhow::anyhow!(
                 "volume {}: cannot read the root directory of every brick: {}",
-                v.spec.name,
+                v.spec().name,
                 e.describe()
             )
         })?;
         Ok(v)
     }
 
-    pub fn spec(&self) -> &VolumeSpec {
-        &self.spec
+    /// Switches to a new definition of the volume (add-brick, remove-brick, a layout
+    /// fixed by rebalance) without a remount: subvolumes whose bricks did not change keep
+    /// their connections and open files; new ones are added; removed ones stay as dead
+    /// slots (so handles held by the kernel never point at another subvolume); cached
+    /// layouts and file locations are dropped, to be read again from the bricks.
+    pub fn update(&self, spec: VolumeSpec) -> anyhow::Result<()> {
+        let mut topo = self.topo.write().expect("topology");
+        if spec.volume_id != topo.spec.volume_id {
+            anyhow::bail!(
+                "volume {} was deleted and made again (another id); remount",
+                spec.name
+            );
+        }
+        let new = Topology::new(spec, Some(&topo), &self.client, self.ping_timeout)?;
+        *topo = Arc::new(new);
+        self.layouts.lock().expect("layouts").clear();
+        self.located.lock().expect("located").clear();
+        Ok(())
     }
 
+    /// The definition this client uses now.
+    pub fn spec(&self) -> VolumeSpec {
+        self.topo().spec.clone()
+    }
+
+    fn topo(&self) -> Arc<Topology> {
+        self.topo.read().expect("topology").clone()
+    }
+
+    /// The layout epoch of the volume: layouts written at another one are not trusted
+    /// to say that a name is absent.
+    fn epoch(&self) -> u64 {
+        self.topo().spec.layout_epoch
+    }
+
+    /// Number of subvolume slots (removed ones included: slots are never renumbered).
     fn n(&self) -> u32 {
-        self.subvols.len() as u32
+        self.topo().slots.len() as u32
     }
 
-    fn sv(&self, k: u32) -> &Replica {
-        &self.subvols[k as usize]
+    fn sv(&self, k: u32) -> Arc<Replica> {
+        self.topo().slots[k as usize].replica.clone()
     }
 
+    /// The subvolumes that are part of the volume (files may be on any of them).
     fn all(&self) -> Vec<u32> {
-        (0..self.n()).collect()
+        self.topo().slots_where(|s| s != SlotState::Removed)
+    }
+
+    /// The subvolumes new layouts spread names over (not those being removed).
+    fn hashable(&self) -> Vec<u32> {
+        self.topo().slots_where(|s| s == SlotState::Live)
     }
 
     /// Sends one request to several subvolumes at once.
@@ -166,7 +303,7 @@ impl Volume {
         let futs: Vec<_> = to
             .iter()
             .map(|k| {
-                let conn = self.subvols[*k as usize].clone();
+                let conn = self.sv(*k);
                 let op = op(*k);
                 let k = *k;
                 tokio::spawn(async move { (k, conn.req(op).await) })
@@ -210,24 +347,38 @@ impl Volume {
                 fd: None,
             })
             .await;
-        let total = answers.len();
         let mut ranges = Vec::new();
-        for (k, r) in Self::reachable(answers)? {
-            let e = entry_of(r)?;
-            if !e.attr.is_dir() {
-                return Err(Errno(libc::ENOTDIR));
+        let mut incomplete = false;
+        let mut down = false;
+        for (k, r) in answers {
+            match r.and_then(entry_of) {
+                Ok(e) if !e.attr.is_dir() => return Err(Errno(libc::ENOTDIR)),
+                Ok(e) => ranges.push((k, e.meta.layout)),
+                Err(Errno(libc::ENOTCONN)) => (incomplete, down) = (true, true),
+                // No copy there yet (a subvolume added since, or down at mkdir): it
+                // owns nothing until rebalance fix-layout (or a lookup) makes it.
+                Err(Errno(libc::ENOENT)) | Err(Errno(libc::ESTALE)) => incomplete = true,
+                Err(e) => return Err(e),
             }
-            ranges.push((k, e.meta.layout));
         }
-        let complete = ranges.len() == total;
+        if ranges.is_empty() {
+            return Err(Errno(if down { libc::ENOTCONN } else { libc::ENOENT }));
+        }
         let mut layout = Layout { ranges };
-        if !complete {
+        if incomplete {
             // Names hashed to a down subvolume fail with ENOTCONN; the rest works. Not
             // cached, so the full layout is read once every subvolume is back.
             return Ok(layout);
         }
         if layout.check().is_err() {
-            layout = self.fix_layout(dir).await?;
+            // Trusted to say a name is absent only if no layout change happened since
+            // the directory's ranges were written.
+            let epoch = self.epoch();
+            let same_epoch = layout
+                .ranges
+                .iter()
+                .all(|(_, l)| l.is_none_or(|l| l.epoch == epoch));
+            layout = self.fix_layout(dir, same_epoch).await?;
         }
         self.layouts
             .lock()
@@ -236,9 +387,22 @@ impl Volume {
         Ok(layout)
     }
 
-    /// Writes even ranges for `dir` on every subvolume.
-    async fn fix_layout(&self, dir: Gfid) -> Res<Layout> {
-        let layout = Layout::even(&self.all(), dir, self.spec.layout_epoch, true);
+    /// Writes even ranges for `dir` over the subvolumes names hash to (none for those
+    /// being removed) on every subvolume.
+    async fn fix_layout(&self, dir: Gfid, committed: bool) -> Res<Layout> {
+        let epoch = self.epoch();
+        let mut layout = Layout::even(&self.hashable(), dir, epoch, committed);
+        for k in self.all() {
+            if layout.of(k).is_none() {
+                let none = DirLayout {
+                    epoch,
+                    committed,
+                    range: None,
+                };
+                layout.ranges.push((k, Some(none)));
+            }
+        }
+        layout.ranges.sort_by_key(|(k, _)| *k);
         let l2 = layout.clone();
         for (_, r) in self
             .fan_out(&self.all(), |k| Op::SetMeta {
@@ -289,9 +453,13 @@ impl Volume {
     /// Attributes of a directory: the copies merged (times: the latest of any copy).
     async fn dir_attr(&self, g: Gfid) -> Res<Attr> {
         let mut attr: Option<Attr> = None;
-        let answers = self
+        let mut answers = self
             .fan_out(&self.all(), |_| Op::Stat { gfid: g, fd: None })
             .await;
+        // A copy not made yet on a subvolume added since (rebalance fix-layout makes it).
+        if answers.iter().any(|(_, r)| r.is_ok()) {
+            answers.retain(|(_, r)| !matches!(r, Err(Errno(libc::ENOENT))));
+        }
         for (_, r) in Self::reachable(answers)? {
             let e = entry_of(r)?;
             attr = Some(match attr {
@@ -345,7 +513,7 @@ impl Volume {
                 })
             }
             Ok(e) => self.found_file(parent, name, hashed, e).await,
-            Err(Errno(libc::ENOENT)) if layout.is_committed(self.spec.layout_epoch) => {
+            Err(Errno(libc::ENOENT)) if layout.is_committed(self.epoch()) => {
                 Err(Errno(libc::ENOENT))
             }
             Err(Errno(libc::ENOENT)) => {
@@ -599,7 +767,7 @@ impl Volume {
         let layout = self.dir_layout(parent).await?;
         let hashed = layout.hashed(name).ok_or(Errno(libc::ENOTCONN))?;
         let g = Gfid::random();
-        let new_layout = Layout::even(&self.all(), g, self.spec.layout_epoch, true);
+        let new_layout = Layout::even(&self.hashable(), g, self.epoch(), true);
         // The hashed subvolume first: it decides (EEXIST) for everyone.
         obj.layout = new_layout.of(hashed);
         let mk = |k: u32, obj: &NewObject| Op::Mknod {
@@ -673,7 +841,7 @@ impl Volume {
             }
             Ok(Reply::Unlinked { .. }) => Ok(()),
             Ok(r) => Err(unexpected(r)),
-            Err(Errno(libc::ENOENT)) if !layout.is_committed(self.spec.layout_epoch) => {
+            Err(Errno(libc::ENOENT)) if !layout.is_committed(self.epoch()) => {
                 // Not committed: the name may be on another subvolume.
                 let found = self.lookup(parent, name).await?;
                 if found.attr.is_dir() {
@@ -1029,7 +1197,7 @@ impl Volume {
             offset,
             op: None,
         };
-        let conn = self.subvols[f.subvol as usize].clone();
+        let conn = self.sv(f.subvol);
         let data = data.to_vec();
         let len = data.len() as u32;
         self.wb
