@@ -224,15 +224,43 @@ fn add_brick_rebalance_remove_brick_under_a_live_mount() {
     files.extend(populate(&mnt, "g"));
     assert!(files_on(&b3).is_empty(), "no range on the new brick yet");
 
+    // Files held open across the rebalance are left where they are (and keep working).
+    use std::io::Write;
+    // (Three root files whose names hash to the new, third subvolume.)
+    let layout = nuage_fs::layout::Layout::even(&[0, 1, 2], nuage_fs::gfid::Gfid::ROOT, 1, true);
+    let moving: Vec<String> = (0..30)
+        .map(|i| format!("f{i}"))
+        .filter(|n| layout.hashed(n.as_bytes()) == Some(2))
+        .take(3)
+        .collect();
+    assert_eq!(moving.len(), 3);
+    let mut held: Vec<(String, std::fs::File)> = moving
+        .into_iter()
+        .map(|name| {
+            let f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(mnt.join(&name))
+                .unwrap();
+            (name, f)
+        })
+        .collect();
     let out = ok(&api, &["volume", "rebalance", "ev", "start"]);
     assert!(out.contains("has been started successfully"), "{out}");
+    let e = refused(&api, &["volume", "rebalance", "ev", "start"]);
+    assert!(e.contains("already started"), "{e}");
     let status = wait_completed(
         &api,
         &["volume", "rebalance", "ev", "status"],
         Duration::from_secs(120),
     );
     assert!(status.contains("Rebalanced-files"), "{status}");
-    assert!(status.contains("localhost"), "{status}");
+    let row = status.lines().find(|l| l.starts_with("localhost")).unwrap();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert!(
+        cols[5].parse::<u32>().unwrap() >= 3,
+        "the open files skipped: {status}"
+    );
+    assert_eq!(cols[4], "0", "no failures: {status}");
     let on3 = files_on(&b3);
     assert!(
         on3.len() >= files.len() / 6,
@@ -247,6 +275,28 @@ fn add_brick_rebalance_remove_brick_under_a_live_mount() {
         everywhere,
         files.keys().cloned().collect::<Vec<_>>(),
         "each file on exactly one brick"
+    );
+    check_all(&mnt, &files);
+    for (name, f) in &mut held {
+        f.write_all(b"+appended").unwrap();
+        f.sync_all().unwrap();
+        files.get_mut(name).unwrap().extend_from_slice(b"+appended");
+    }
+    drop(held);
+    check_all(&mnt, &files);
+    // Once closed, a second rebalance moves them if they hash elsewhere.
+    ok(&api, &["volume", "rebalance", "ev", "start"]);
+    let status = wait_completed(
+        &api,
+        &["volume", "rebalance", "ev", "status"],
+        Duration::from_secs(120),
+    );
+    let mut everywhere: Vec<String> = [&b1, &b2, &b3].iter().flat_map(|b| files_on(b)).collect();
+    everywhere.sort();
+    assert_eq!(
+        everywhere,
+        files.keys().cloned().collect::<Vec<_>>(),
+        "{status}"
     );
     check_all(&mnt, &files);
     // New files through the same mount land on the new brick too (it follows the layout).
@@ -337,6 +387,9 @@ fn replica_raised_by_add_brick_and_filled_by_heal_full() {
     let info = ok(&api, &["volume", "info", "rv1"]);
     assert!(info.contains("Type: Replicate"), "{info}");
     assert!(info.contains("Number of Bricks: 1 x 2 = 2"), "{info}");
+    // Before any heal, the mount (switched to two copies by now) still reads everything.
+    std::thread::sleep(Duration::from_secs(5));
+    check_all(&mnt, &files);
     let out = ok(&api, &["volume", "heal", "rv1", "full"]);
     assert!(out.contains("full self heal"), "{out}");
     assert!(out.contains("still needing heal: 0"), "{out}");
