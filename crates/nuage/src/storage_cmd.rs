@@ -581,6 +581,26 @@ mod tests {
         assert!(create_args("gv0".into(), vec!["force".into()]).is_err());
         assert!(create_args("gv0".into(), vec!["a-b".into()]).is_err());
     }
+
+    #[test]
+    fn add_and_remove_brick_arguments_follow_gluster() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let r = add_brick_args("gv0", v(&["replica", "3", "c:/b3", "force"])).unwrap();
+        assert_eq!((r.replica, r.force), (Some(3), true));
+        assert_eq!(r.bricks, vec!["c:/b3"]);
+        let r = add_brick_args("gv0", v(&["c:/b3"])).unwrap();
+        assert_eq!((r.replica, r.force), (None, false));
+        assert!(add_brick_args("gv0", v(&["force"])).is_err());
+        let r = remove_brick_args("gv0", v(&["a:/b1", "start"])).unwrap();
+        assert_eq!((r.action.as_str(), r.replica), ("start", None));
+        let r = remove_brick_args("gv0", v(&["replica", "1", "a:/b1", "force"])).unwrap();
+        assert_eq!((r.action.as_str(), r.replica), ("force", Some(1)));
+        let e = remove_brick_args("gv0", v(&["a:/b1", "now"])).unwrap_err();
+        assert!(e.to_string().contains("usage"), "{e}");
+        assert!(remove_brick_args("gv0", v(&["commit"])).is_err());
+        assert_eq!(human_size(0), "0Bytes");
+        assert_eq!(human_size(3 << 20), "3.0MB");
+    }
 }
 
 /// What `volume heal` shows.

@@ -1476,3 +1476,87 @@ pub fn new_object(mode: u32, creds: Creds) -> NewObject {
         lock: false,
     }
 }
+
+#[cfg(test)]
+mod topology_tests {
+    use super::*;
+    use crate::client::spec::BrickSpec;
+
+    fn spec(bricks: &[(u32, u16)], replica: u32) -> VolumeSpec {
+        VolumeSpec {
+            name: "v".into(),
+            volume_id: "id".into(),
+            replica,
+            bricks: bricks
+                .iter()
+                .map(|(id, port)| BrickSpec {
+                    id: *id,
+                    host: "h".into(),
+                    path: format!("/b{id}"),
+                    addr: format!("127.0.0.1:{port}"),
+                })
+                .collect(),
+            layout_epoch: 1,
+            ping_timeout: None,
+            quorum_type: None,
+            generation: 1,
+            draining: Vec::new(),
+        }
+    }
+
+    fn topo(s: VolumeSpec, old: Option<&Topology>) -> Topology {
+        Topology::new(s, old, "t", Duration::from_secs(1)).unwrap()
+    }
+
+    fn states(t: &Topology) -> Vec<SlotState> {
+        t.slots.iter().map(|s| s.state).collect()
+    }
+
+    #[test]
+    fn slots_keep_their_numbers_and_connections_across_changes() {
+        use SlotState::*;
+        let t1 = topo(spec(&[(0, 10), (1, 11)], 1), None);
+        // add-brick: a new slot at the end, the others untouched.
+        let t2 = topo(spec(&[(0, 10), (1, 11), (2, 12)], 1), Some(&t1));
+        assert_eq!(states(&t2), vec![Live, Live, Live]);
+        assert!(Arc::ptr_eq(&t1.slots[0].replica, &t2.slots[0].replica));
+        assert!(Arc::ptr_eq(&t1.slots[1].replica, &t2.slots[1].replica));
+        // remove-brick start: subvolume 0 drains; commit: it is gone from the spec, and
+        // the mount keeps its slot (removed) so the others keep their numbers.
+        let mut draining = spec(&[(0, 10), (1, 11), (2, 12)], 1);
+        draining.draining = vec![0];
+        let t3 = topo(draining, Some(&t2));
+        assert_eq!(states(&t3), vec![Draining, Live, Live]);
+        let t4 = topo(spec(&[(1, 11), (2, 12)], 1), Some(&t3));
+        assert_eq!(states(&t4), vec![Removed, Live, Live]);
+        assert!(Arc::ptr_eq(&t2.slots[2].replica, &t4.slots[2].replica));
+        assert_eq!(t4.slots_where(|s| s != Removed), vec![1, 2]);
+        assert_eq!(t4.slots_where(|s| s == Live), vec![1, 2]);
+        // A brick now offline (port 0) keeps its connection; one on a new port gets a new one.
+        let t5 = topo(spec(&[(1, 0), (2, 12)], 1), Some(&t4));
+        assert!(Arc::ptr_eq(&t4.slots[1].replica, &t5.slots[1].replica));
+        let t6 = topo(spec(&[(1, 21), (2, 12)], 1), Some(&t5));
+        assert!(!Arc::ptr_eq(&t5.slots[1].replica, &t6.slots[1].replica));
+        // A higher replica count: the same slots, each a bigger set.
+        let t7 = topo(spec(&[(1, 21), (3, 13), (2, 12), (4, 14)], 2), Some(&t6));
+        assert_eq!(states(&t7), vec![Removed, Live, Live]);
+        assert_eq!(t7.slots[1].replica.ids(), &[1, 3]);
+        assert_eq!(t7.slots[2].replica.ids(), &[2, 4]);
+    }
+
+    #[test]
+    fn a_spec_that_breaks_the_rules_is_refused() {
+        let mut s = spec(&[(0, 10), (1, 11)], 1);
+        s.draining = vec![0, 1];
+        assert!(Topology::new(s, None, "t", Duration::from_secs(1)).is_err());
+        assert!(
+            Topology::new(
+                spec(&[(0, 10), (1, 11), (2, 1)], 2),
+                None,
+                "t",
+                Duration::from_secs(1)
+            )
+            .is_err()
+        );
+    }
+}

@@ -219,3 +219,33 @@ pub struct StartRebalance {
     pub name: String,
     pub kind: RebalanceKind,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draining_subvolumes_are_whole_sets_being_removed() {
+        let v = VolumeDef {
+            name: "v".into(),
+            id: "id".into(),
+            replica: 2,
+            bricks: (0..6)
+                .map(|id| BrickDef {
+                    id,
+                    host: "h".into(),
+                    node: "n".into(),
+                    path: format!("/b{id}"),
+                })
+                .collect(),
+            state: VolumeState::Started,
+            options: BTreeMap::new(),
+            layout_epoch: 1,
+            version: 1,
+            removing: vec![2, 3, 4],
+            next_brick_id: 6,
+        };
+        assert_eq!(v.draining(), vec![1]);
+        assert_eq!(v.kind(), "Distributed-Replicate");
+    }
+}
