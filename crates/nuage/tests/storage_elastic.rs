@@ -474,3 +474,53 @@ fn replica_raised_by_add_brick_and_filled_by_heal_full() {
     signal(&run.node.child, Signal::SIGTERM);
     assert!(wait_exit(&mut run.node.child, Duration::from_secs(30)).success());
 }
+
+#[test]
+fn a_copy_added_by_add_brick_is_filled_by_the_self_heal_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut run = up(tmp.path(), "el3");
+    let api = run.node.api.clone();
+    let (b1, a1) = brick(tmp.path(), "s1");
+    let (b2, a2) = brick(tmp.path(), "s2");
+    ok(&api, &["volume", "create", "sv", &a1, "force"]);
+    ok(&api, &["volume", "set", "sv", "cluster.heal-timeout", "1"]);
+    ok(&api, &["volume", "start", "sv"]);
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    ok(
+        &api,
+        &["mount", &format!("{api}:/sv"), mnt.to_str().unwrap()],
+    );
+    run.mounts.push(mnt.clone());
+    let files = populate(&mnt, "f");
+    ok(&api, &["umount", mnt.to_str().unwrap()]);
+    run.mounts.clear();
+
+    ok(
+        &api,
+        &["volume", "add-brick", "sv", "replica", "2", &a2, "force"],
+    );
+    // No `heal full`: the daemon (every second here) heals from the root down.
+    let t0 = Instant::now();
+    while files_on(&b2) != files_on(&b1) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "the daemon did not fill the new copy: {:?}",
+            files_on(&b2)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let t0 = Instant::now();
+    loop {
+        let same = files
+            .iter()
+            .all(|(name, data)| std::fs::read(b2.join(name)).is_ok_and(|d| d == *data));
+        if same {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "data not healed");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    signal(&run.node.child, Signal::SIGTERM);
+    assert!(wait_exit(&mut run.node.child, Duration::from_secs(30)).success());
+}
