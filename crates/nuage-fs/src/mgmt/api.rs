@@ -78,7 +78,7 @@ pub fn router(m: Arc<Mgmt>) -> Router {
         .route("/v1/storage/volumes/{name}/add-brick", post(add_brick))
         .route(
             "/v1/storage/volumes/{name}/remove-brick",
-            get(rebalance_status).post(remove_brick),
+            get(remove_brick_status).post(remove_brick),
         )
         .route(
             "/v1/storage/volumes/{name}/rebalance",
@@ -242,7 +242,19 @@ async fn rebalance_status(
     Path(name): Path<String>,
 ) -> Res<Vec<NodeRebalance>> {
     m.volume(&name)?;
-    Ok(Json(m.rebalance_rows(&name).await))
+    let mut rows = m.rebalance_rows(&name).await;
+    rows.retain(|r| r.kind != RebalanceKind::RemoveBrick);
+    Ok(Json(rows))
+}
+
+async fn remove_brick_status(
+    State(m): State<Arc<Mgmt>>,
+    Path(name): Path<String>,
+) -> Res<Vec<NodeRebalance>> {
+    m.volume(&name)?;
+    let mut rows = m.rebalance_rows(&name).await;
+    rows.retain(|r| r.kind == RebalanceKind::RemoveBrick);
+    Ok(Json(rows))
 }
 
 async fn start_rebalance(

@@ -187,6 +187,11 @@ impl Mgmt {
                 "volume {verb}: {name}: failed: a remove-brick is in progress; commit or stop it first"
             )));
         }
+        if self.running_rebalance_anywhere(name).await {
+            return Err(ApiError::conflict(format!(
+                "volume {verb}: {name}: failed: a rebalance is in progress; wait for it or stop it first"
+            )));
+        }
         if req.bricks.is_empty() {
             return Err(fail(verb, name, "no bricks given (HOST:/PATH …)"));
         }
@@ -442,7 +447,7 @@ impl Mgmt {
                         format!("Volume {name} needs to be started to move its files"),
                     ));
                 }
-                if self.running_rebalance(name) {
+                if self.running_rebalance_anywhere(name).await {
                     return Err(ApiError::conflict(format!(
                         "volume {verb}: {name}: failed: a rebalance is in progress"
                     )));
