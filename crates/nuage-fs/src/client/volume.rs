@@ -431,6 +431,25 @@ impl Volume {
         self.search(g).await.map(|(k, _)| k)
     }
 
+    /// Sends `op` (about non-directory `g`) to the subvolume holding `g`'s data; if the
+    /// data is no longer there (moved by a rebalance since this client learned where it
+    /// was), finds it again and retries once.
+    async fn on_data(&self, g: Gfid, op: Op) -> Res<Reply> {
+        let k = self.locate(g).await?;
+        match self.sv(k).req(op.clone()).await {
+            Err(e @ Errno(libc::ENOENT)) | Err(e @ Errno(libc::ESTALE)) => {
+                self.located.lock().expect("located").remove(&g);
+                let (k2, _) = self.search(g).await?;
+                if k2 == k {
+                    // Still there: the error was about something else.
+                    return Err(e);
+                }
+                self.sv(k2).req(op).await
+            }
+            r => r,
+        }
+    }
+
     /// Asks every subvolume for a file by id (its data, not a link file).
     async fn search(&self, g: Gfid) -> Res<(u32, Entry)> {
         let mut first_err = None;
@@ -702,19 +721,16 @@ impl Volume {
             return attr.ok_or(Errno(libc::EIO));
         }
         self.wb.drain(g).await?;
-        let (k, fd) = match fh {
-            Some(f) => (f.subvol, Some(f.fd)),
-            None => (self.locate(g).await?, None),
+        let op = |fd| Op::Setattr {
+            target: Target { gfid: g, fd },
+            set: set.clone(),
+            op: None,
         };
-        match self
-            .sv(k)
-            .req(Op::Setattr {
-                target: Target { gfid: g, fd },
-                set,
-                op: None,
-            })
-            .await?
-        {
+        let r = match fh {
+            Some(f) => self.sv(f.subvol).req(op(Some(f.fd))).await?,
+            None => self.on_data(g, op(None)).await?,
+        };
+        match r {
             Reply::Attr(a) => Ok(a),
             r => Err(unexpected(r)),
         }
@@ -1132,8 +1148,7 @@ impl Volume {
     }
 
     pub async fn readlink(&self, g: Gfid) -> Res<Vec<u8>> {
-        let k = self.locate(g).await?;
-        match self.sv(k).req(Op::Readlink { gfid: g }).await? {
+        match self.on_data(g, Op::Readlink { gfid: g }).await? {
             Reply::Link(t) => Ok(t),
             r => Err(unexpected(r)),
         }
@@ -1290,33 +1305,36 @@ impl Volume {
         Ok(total)
     }
 
-    /// Where an extended-attribute call goes: every copy of a directory, the data of a file.
-    async fn xattr_targets(&self, g: Gfid, is_dir: bool) -> Res<Vec<u32>> {
-        if is_dir {
-            Ok(self.all())
-        } else {
-            Ok(vec![self.locate(g).await?])
-        }
+    /// Extended attributes: a directory's are read from its first copy and written to
+    /// every copy; a file's go to its data ([`Volume::on_data`]).
+    fn first_dir_copy(&self) -> Res<u32> {
+        self.all().first().copied().ok_or(Errno(libc::ENOTCONN))
     }
 
     pub async fn getxattr(&self, g: Gfid, is_dir: bool, name: &[u8]) -> Res<Vec<u8>> {
-        let k = self.xattr_targets(g, is_dir).await?[0];
-        match self
-            .sv(k)
-            .req(Op::Getxattr {
-                gfid: g,
-                name: name.to_vec(),
-            })
-            .await?
-        {
+        let op = Op::Getxattr {
+            gfid: g,
+            name: name.to_vec(),
+        };
+        let r = if is_dir {
+            self.sv(self.first_dir_copy()?).req(op).await?
+        } else {
+            self.on_data(g, op).await?
+        };
+        match r {
             Reply::Xattr(v) => Ok(v),
             r => Err(unexpected(r)),
         }
     }
 
     pub async fn listxattr(&self, g: Gfid, is_dir: bool) -> Res<Vec<Vec<u8>>> {
-        let k = self.xattr_targets(g, is_dir).await?[0];
-        match self.sv(k).req(Op::Listxattr { gfid: g }).await? {
+        let op = Op::Listxattr { gfid: g };
+        let r = if is_dir {
+            self.sv(self.first_dir_copy()?).req(op).await?
+        } else {
+            self.on_data(g, op).await?
+        };
+        match r {
             Reply::XattrNames(v) => Ok(v),
             r => Err(unexpected(r)),
         }
@@ -1330,32 +1348,32 @@ impl Volume {
         value: &[u8],
         flags: i32,
     ) -> Res<()> {
-        let to = self.xattr_targets(g, is_dir).await?;
-        for (_, r) in self
-            .fan_out(&to, |_| Op::Setxattr {
-                gfid: g,
-                name: name.to_vec(),
-                value: value.to_vec(),
-                flags,
-                op: None,
-            })
-            .await
-        {
+        let op = |_| Op::Setxattr {
+            gfid: g,
+            name: name.to_vec(),
+            value: value.to_vec(),
+            flags,
+            op: None,
+        };
+        if !is_dir {
+            return self.on_data(g, op(0)).await.map(drop);
+        }
+        for (_, r) in self.fan_out(&self.all(), op).await {
             r?;
         }
         Ok(())
     }
 
     pub async fn removexattr(&self, g: Gfid, is_dir: bool, name: &[u8]) -> Res<()> {
-        let to = self.xattr_targets(g, is_dir).await?;
-        for (_, r) in self
-            .fan_out(&to, |_| Op::Removexattr {
-                gfid: g,
-                name: name.to_vec(),
-                op: None,
-            })
-            .await
-        {
+        let op = |_| Op::Removexattr {
+            gfid: g,
+            name: name.to_vec(),
+            op: None,
+        };
+        if !is_dir {
+            return self.on_data(g, op(0)).await.map(drop);
+        }
+        for (_, r) in self.fan_out(&self.all(), op).await {
             r?;
         }
         Ok(())
