@@ -60,6 +60,8 @@ fn start(n: u32) -> Cluster {
         layout_epoch: 1,
         ping_timeout: None,
         quorum_type: None,
+        generation: 1,
+        draining: Vec::new(),
     };
     Cluster {
         rt,

@@ -44,6 +44,8 @@ impl Cluster {
                 layout_epoch: 1,
                 ping_timeout: None,
                 quorum_type: None,
+                generation: 1,
+                draining: Vec::new(),
             },
         };
         for i in 0..n {

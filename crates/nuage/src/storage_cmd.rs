@@ -80,12 +80,35 @@ pub enum VolumeCmd {
     },
     /// Show a volume option, or `all` of them with their values
     Get { name: String, option: String },
-    /// Heal replicated copies now, or show what needs heal: NAME [info [summary|split-brain]]
+    /// Heal replicated copies now, or show what needs heal: NAME [full|info [summary|split-brain]]
     Heal {
         name: String,
-        /// `info`, optionally followed by `summary` or `split-brain`
+        /// `full`, or `info` optionally followed by `summary` or `split-brain`
         #[arg(num_args = 0..=2)]
         args: Vec<String>,
+    },
+    /// Add bricks: NAME [replica N] HOST:/PATH… [force] (new subvolumes, or a higher
+    /// replica count: one more copy per replica set, filled by heal)
+    #[command(name = "add-brick")]
+    AddBrick {
+        name: String,
+        /// `[replica N] HOST:/PATH… [force]`
+        #[arg(num_args = 1.., required = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Remove bricks: NAME [replica N] HOST:/PATH… start|status|stop|commit|force
+    #[command(name = "remove-brick")]
+    RemoveBrick {
+        name: String,
+        /// `[replica N] HOST:/PATH… start|status|stop|commit|force`
+        #[arg(num_args = 2.., required = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Spread files over the volume's subvolumes: NAME fix-layout|start|stop|status
+    Rebalance {
+        name: String,
+        #[arg(value_parser = ["fix-layout", "start", "stop", "status"])]
+        action: String,
     },
 }
 
@@ -165,34 +188,125 @@ pub async fn pool(cmd: PoolCmd, api: ApiArg) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Splits gluster's `[replica N] BRICK…` (the trailing keyword already taken off).
+fn replica_and_bricks(
+    verb: &str,
+    mut args: Vec<String>,
+) -> anyhow::Result<(Option<u32>, Vec<String>)> {
+    let mut replica = None;
+    if args.first().is_some_and(|a| a == "replica") {
+        let n = args
+            .get(1)
+            .ok_or_else(|| anyhow::anyhow!("`replica` needs a count"))?;
+        replica = Some(
+            n.parse()
+                .map_err(|_| anyhow::anyhow!("replica count `{n}` is not a number"))?,
+        );
+        args.drain(..2);
+    }
+    if args.is_empty() {
+        bail!("volume {verb}: no bricks given (HOST:/PATH …)");
+    }
+    for b in &args {
+        nuage_fs::mgmt::check_brick_arg(b)?;
+    }
+    Ok((replica, args))
+}
+
 /// Splits gluster's `[replica N] BRICK… [force]`.
 fn create_args(name: String, mut args: Vec<String>) -> anyhow::Result<CreateVolume> {
     let force = args.last().is_some_and(|a| a == "force");
     if force {
         args.pop();
     }
-    let mut replica = 1;
-    if args.first().is_some_and(|a| a == "replica") {
-        let n = args
-            .get(1)
-            .ok_or_else(|| anyhow::anyhow!("`replica` needs a count"))?;
-        replica = n
-            .parse()
-            .map_err(|_| anyhow::anyhow!("replica count `{n}` is not a number"))?;
-        args.drain(..2);
-    }
-    if args.is_empty() {
-        bail!("volume create {name}: no bricks given (HOST:/PATH …)");
-    }
-    for b in &args {
-        nuage_fs::mgmt::check_brick_arg(b)?;
-    }
+    let (replica, bricks) = replica_and_bricks(&format!("create {name}"), args)?;
     Ok(CreateVolume {
         name,
-        replica,
-        bricks: args,
+        replica: replica.unwrap_or(1),
+        bricks,
         force,
     })
+}
+
+fn add_brick_args(name: &str, mut args: Vec<String>) -> anyhow::Result<AddBrick> {
+    let force = args.last().is_some_and(|a| a == "force");
+    if force {
+        args.pop();
+    }
+    let (replica, bricks) = replica_and_bricks(&format!("add-brick {name}"), args)?;
+    Ok(AddBrick {
+        replica,
+        bricks,
+        force,
+    })
+}
+
+fn remove_brick_args(name: &str, mut args: Vec<String>) -> anyhow::Result<RemoveBrick> {
+    let action = args.pop().unwrap_or_default();
+    if !["start", "status", "stop", "commit", "force"].contains(&action.as_str()) {
+        bail!(
+            "usage: volume remove-brick NAME [replica N] HOST:/PATH… start|status|stop|commit|force"
+        );
+    }
+    let (replica, bricks) = replica_and_bricks(&format!("remove-brick {name}"), args)?;
+    Ok(RemoveBrick {
+        replica,
+        bricks,
+        action,
+    })
+}
+
+/// gluster's rebalance status table.
+fn print_rebalance(rows: &[NodeRebalance]) {
+    let mut t = crate::table::Table::new(&[
+        "Node",
+        "Rebalanced-files",
+        "size",
+        "scanned",
+        "failures",
+        "skipped",
+        "status",
+        "run time in h:m:s",
+    ]);
+    for r in rows {
+        let p = r.progress;
+        t.row(vec![
+            r.host.clone(),
+            p.moved.to_string(),
+            human_size(p.bytes),
+            p.scanned.to_string(),
+            p.failed.to_string(),
+            p.skipped.to_string(),
+            r.state.name(r.kind).to_owned(),
+            format!(
+                "{}:{:02}:{:02}",
+                r.run_secs / 3600,
+                r.run_secs / 60 % 60,
+                r.run_secs % 60
+            ),
+        ]);
+    }
+    print!("{}", t.render());
+    for r in rows {
+        if let Some(e) = &r.error {
+            println!("{}: {e}", r.host);
+        }
+    }
+}
+
+fn human_size(b: u64) -> String {
+    const UNITS: [&str; 5] = ["Bytes", "KB", "MB", "GB", "TB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b}{}", UNITS[0])
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
 }
 
 fn print_info(v: &VolumeDef) {
@@ -294,6 +408,52 @@ pub async fn volume(cmd: VolumeCmd, api: ApiArg) -> anyhow::Result<()> {
             println!("{}", d.message);
         }
         VolumeCmd::Heal { name, args } => heal(&c, &name, &args).await?,
+        VolumeCmd::AddBrick { name, args } => {
+            let req = add_brick_args(&name, args)?;
+            let _: VolumeDef = c
+                .post(&format!("/v1/storage/volumes/{name}/add-brick"), &req)
+                .await?;
+            println!("volume add-brick: success");
+        }
+        VolumeCmd::RemoveBrick { name, args } => {
+            let req = remove_brick_args(&name, args)?;
+            if req.action == "status" {
+                let rows: Vec<NodeRebalance> = c
+                    .get(&format!("/v1/storage/volumes/{name}/remove-brick"))
+                    .await?;
+                if rows.is_empty() {
+                    bail!("volume remove-brick status: failed: remove-brick not started");
+                }
+                print_rebalance(&rows);
+            } else {
+                let d: Done = c
+                    .post(&format!("/v1/storage/volumes/{name}/remove-brick"), &req)
+                    .await?;
+                println!("{}", d.message);
+            }
+        }
+        VolumeCmd::Rebalance { name, action } => {
+            if action == "status" {
+                let rows: Vec<NodeRebalance> = c
+                    .get(&format!("/v1/storage/volumes/{name}/rebalance"))
+                    .await?;
+                if rows.is_empty() {
+                    bail!(
+                        "volume rebalance: {name}: failed: Rebalance not started for volume {name}"
+                    );
+                }
+                print_rebalance(&rows);
+                println!("volume rebalance: {name}: success");
+            } else {
+                let d: Done = c
+                    .post(
+                        &format!("/v1/storage/volumes/{name}/rebalance"),
+                        &RebalanceRequest { action },
+                    )
+                    .await?;
+                println!("{}", d.message);
+            }
+        }
         VolumeCmd::Get { name, option } => {
             if option.is_empty()
                 || !option
@@ -421,6 +581,26 @@ mod tests {
         assert!(create_args("gv0".into(), vec!["force".into()]).is_err());
         assert!(create_args("gv0".into(), vec!["a-b".into()]).is_err());
     }
+
+    #[test]
+    fn add_and_remove_brick_arguments_follow_gluster() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let r = add_brick_args("gv0", v(&["replica", "3", "c:/b3", "force"])).unwrap();
+        assert_eq!((r.replica, r.force), (Some(3), true));
+        assert_eq!(r.bricks, vec!["c:/b3"]);
+        let r = add_brick_args("gv0", v(&["c:/b3"])).unwrap();
+        assert_eq!((r.replica, r.force), (None, false));
+        assert!(add_brick_args("gv0", v(&["force"])).is_err());
+        let r = remove_brick_args("gv0", v(&["a:/b1", "start"])).unwrap();
+        assert_eq!((r.action.as_str(), r.replica), ("start", None));
+        let r = remove_brick_args("gv0", v(&["replica", "1", "a:/b1", "force"])).unwrap();
+        assert_eq!((r.action.as_str(), r.replica), ("force", Some(1)));
+        let e = remove_brick_args("gv0", v(&["a:/b1", "now"])).unwrap_err();
+        assert!(e.to_string().contains("usage"), "{e}");
+        assert!(remove_brick_args("gv0", v(&["commit"])).is_err());
+        assert_eq!(human_size(0), "0Bytes");
+        assert_eq!(human_size(3 << 20), "3.0MB");
+    }
 }
 
 /// What `volume heal` shows.
@@ -428,6 +608,8 @@ mod tests {
 enum HealView {
     /// `heal NAME`: heal, then report what is left.
     Heal,
+    /// `heal NAME full`: crawl every directory, not just the heal index.
+    Full,
     Info,
     Summary,
     SplitBrain,
@@ -437,10 +619,11 @@ async fn heal(c: &ApiClient, name: &str, args: &[String]) -> anyhow::Result<()> 
     use nuage_fs::client::heal_index::{self, State};
     let view = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         [] => HealView::Heal,
+        ["full"] => HealView::Full,
         ["info"] => HealView::Info,
         ["info", "summary"] => HealView::Summary,
         ["info", "split-brain"] => HealView::SplitBrain,
-        _ => bail!("usage: volume heal NAME [info [summary|split-brain]]"),
+        _ => bail!("usage: volume heal NAME [full|info [summary|split-brain]]"),
     };
     if name.is_empty()
         || !name
@@ -455,6 +638,24 @@ async fn heal(c: &ApiClient, name: &str, args: &[String]) -> anyhow::Result<()> 
         bail!("Volume {name} is not of type replicate");
     }
     let client = format!("heal-{}", std::process::id());
+    if view == HealView::Full {
+        let r = heal_index::full(&spec, &client).await?;
+        println!(
+            "Launching heal operation to perform full self heal on volume {name} has been successful"
+        );
+        println!(
+            "Files and directories crawled: {}; names made on copies that lacked them: {}; still needing heal: {}; in split-brain: {}; bricks not connected: {}",
+            r.scanned,
+            r.created,
+            r.pending,
+            r.split_brain,
+            r.not_connected.len()
+        );
+        for b in &r.not_connected {
+            println!("Brick {b}: Transport endpoint is not connected");
+        }
+        return Ok(());
+    }
     let report = heal_index::run(&spec, &client, view == HealView::Heal).await?;
     if view == HealView::Heal {
         println!(
@@ -511,7 +712,7 @@ async fn heal(c: &ApiClient, name: &str, args: &[String]) -> anyhow::Result<()> 
                 println!("Status: {status}");
                 println!("Number of entries in split-brain: {split}");
             }
-            HealView::Heal => unreachable!("handled above"),
+            HealView::Heal | HealView::Full => unreachable!("handled above"),
         }
         println!();
     }

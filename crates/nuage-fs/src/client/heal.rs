@@ -306,7 +306,10 @@ pub async fn heal_entries(
 }
 
 /// Every name of a directory on one brick, with its entry.
-async fn list(b: &BrickConn, dir: Gfid) -> Res<std::collections::BTreeMap<Vec<u8>, Entry>> {
+pub(crate) async fn list(
+    b: &BrickConn,
+    dir: Gfid,
+) -> Res<std::collections::BTreeMap<Vec<u8>, Entry>> {
     let mut out = std::collections::BTreeMap::new();
     let mut cookie = 0;
     loop {
@@ -339,7 +342,7 @@ async fn list(b: &BrickConn, dir: Gfid) -> Res<std::collections::BTreeMap<Vec<u8
 }
 
 /// Makes `name` on the sink as it is on the source (same id, type, owner, mode).
-async fn make_copy(
+pub(crate) async fn make_copy(
     from: &BrickConn,
     to: &BrickConn,
     sink_id: u32,

@@ -206,3 +206,112 @@ async fn path_of(r: &Replica, i: usize, g: Gfid) -> String {
         _ => format!("<gfid:{g}>"),
     }
 }
+
+/// What `volume heal NAME full` did.
+#[derive(Debug, Clone, Default)]
+pub struct FullReport {
+    /// Files and directories looked at (each once per replica set).
+    pub scanned: u64,
+    /// Names made on copies that lacked them.
+    pub created: u64,
+    /// Left needing heal (no source reachable, or a heal that failed).
+    pub pending: u64,
+    pub split_brain: u64,
+    /// Bricks that could not be reached.
+    pub not_connected: Vec<String>,
+}
+
+/// `volume heal NAME full`: crawls every directory of every replica set from the root,
+/// not just the heal index. A name that some copies of a directory have and others lack
+/// (with or without markers saying so: a copy added by `add-brick … replica N` has no
+/// markers at all) is made on the copies that lack it, its source then accusing them;
+/// every file and directory is then examined and healed as `volume heal` does. Names
+/// are only ever added by the crawl, never removed (removals need markers saying which
+/// copy is right: the index heal does those).
+pub async fn full(spec: &VolumeSpec, client: &str) -> anyhow::Result<FullReport> {
+    spec.validate().map_err(anyhow::Error::msg)?;
+    let mut report = FullReport::default();
+    for k in 0..spec.subvolume_count() {
+        let set = spec.subvolume(k);
+        let conns: Vec<Arc<BrickConn>> = set
+            .iter()
+            .map(|b| {
+                BrickConn::new(
+                    BrickAddr {
+                        addr: b.addr.clone(),
+                        volume_id: spec.volume_id.clone(),
+                        brick_id: b.id,
+                    },
+                    client.to_owned(),
+                    HEAL_PING_TIMEOUT,
+                )
+                .0
+            })
+            .collect();
+        let r = Replica::new(conns, set.iter().map(|b| b.id).collect(), QuorumType::None);
+        for (i, b) in set.iter().enumerate() {
+            if r.brick(i).req(Op::Ping).await.is_err() {
+                report.not_connected.push(format!("{}:{}", b.host, b.path));
+            }
+        }
+        crawl_set(&r, &mut report).await;
+    }
+    Ok(report)
+}
+
+/// Most directories queued by one crawl of a replica set.
+const MAX_CRAWL_DIRS: usize = 1_000_000;
+
+async fn crawl_set(r: &Replica, report: &mut FullReport) {
+    let tally = |report: &mut FullReport, s: Option<State>| match s {
+        Some(State::Pending) => report.pending += 1,
+        Some(State::SplitBrain) => report.split_brain += 1,
+        None => {}
+    };
+    let s = examine(r, Gfid::ROOT, true).await;
+    tally(report, s);
+    report.scanned += 1;
+    let mut queue = std::collections::VecDeque::from([Gfid::ROOT]);
+    while let Some(dir) = queue.pop_front() {
+        // Every copy's names.
+        let mut lists = Vec::new();
+        for i in 0..r.n() {
+            if let Ok(l) = heal::list(r.brick(i), dir).await {
+                lists.push((i, l));
+            }
+        }
+        let mut names: std::collections::BTreeMap<Vec<u8>, (usize, crate::proto::Entry)> =
+            Default::default();
+        for (i, l) in &lists {
+            for (name, e) in l {
+                names.entry(name.clone()).or_insert((*i, e.clone()));
+            }
+        }
+        for (name, (from, e)) in &names {
+            let Some(g) = e.meta.gfid else { continue };
+            for (j, l) in &lists {
+                if l.contains_key(name) {
+                    continue;
+                }
+                let made =
+                    heal::make_copy(r.brick(*from), r.brick(*j), r.ids()[*j], dir, name, g, e)
+                        .await;
+                match made {
+                    Ok(()) => report.created += 1,
+                    Err(err) => tracing::warn!(
+                        "heal full: making {:?} in {dir} on brick {}: {}",
+                        String::from_utf8_lossy(name),
+                        r.ids()[*j],
+                        err.describe()
+                    ),
+                }
+            }
+            report.scanned += 1;
+            let s = examine(r, g, true).await;
+            tally(report, s);
+            if e.attr.is_dir() && queue.len() < MAX_CRAWL_DIRS {
+                queue.push_back(g);
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@ pub mod fuse;
 pub mod heal;
 pub mod heal_index;
 pub mod mount;
+pub mod rebalance;
 pub mod replica;
 pub mod spec;
 pub mod volume;

@@ -14,6 +14,8 @@ use crate::client::volume::Volume;
 pub const DEFAULT_MGMT_PORT: u16 = 7070;
 /// Longest wait for a background mount to appear.
 pub const MOUNT_WAIT: Duration = Duration::from_secs(60);
+/// How often a mount asks for the volume's definition, to follow changes.
+pub const SPEC_POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// Where background mounts log (one file per mount point), as gluster's /var/log/glusterfs.
 pub const LOG_DIR: &str = "/var/log/nuage";
 
@@ -78,13 +80,47 @@ pub async fn run_foreground(
         .unwrap_or(crate::client::conn::DEFAULT_PING_TIMEOUT);
     let client = format!("{}-{}", hostname(), std::process::id());
     let volume = Volume::connect(spec, &client, ping_timeout).await?;
+    let follow = tokio::spawn(follow_changes(src.clone(), volume.clone()));
     let rt = tokio::runtime::Handle::current();
     let (fsname, mp) = (src.fsname(), mountpoint.to_owned());
-    tokio::task::spawn_blocking(move || {
+    let served = tokio::task::spawn_blocking(move || {
         crate::client::fuse::mount_foreground(volume, rt, &fsname, &mp)
     })
-    .await?
-    .with_context(|| format!("mounting on {}", mountpoint.display()))
+    .await;
+    follow.abort();
+    served?.with_context(|| format!("mounting on {}", mountpoint.display()))
+}
+
+/// Asks the pool member the volume was mounted from for the volume's definition every
+/// `SPEC_POLL_INTERVAL` and switches the mount to a newer one (add-brick, remove-brick,
+/// rebalance's new layouts, options). A member that does not answer is asked again at
+/// the next tick; the mount goes on with what it has.
+pub async fn follow_changes(src: Source, volume: std::sync::Arc<Volume>) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(SPEC_POLL_INTERVAL).await;
+        let spec = match fetch_spec(&src).await {
+            Ok(s) => {
+                failing = false;
+                s
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!("following volume {}: {e:#}", src.volume);
+                }
+                failing = true;
+                continue;
+            }
+        };
+        if spec.generation == volume.spec().generation {
+            continue;
+        }
+        let generation = spec.generation;
+        match volume.update(spec) {
+            Ok(()) => tracing::info!("volume {}: switched to generation {generation}", src.volume),
+            Err(e) => tracing::warn!("volume {}: not switching: {e:#}", src.volume),
+        }
+    }
 }
 
 fn hostname() -> String {

@@ -34,6 +34,14 @@ pub struct VolumeSpec {
     /// `cluster.quorum-type` of the volume (None: the default, `auto`).
     #[serde(default)]
     pub quorum_type: Option<String>,
+    /// The definition's version: raised by every change of the volume, so a mount that
+    /// polls the spec knows when to switch ([`crate::client::mount`]).
+    #[serde(default)]
+    pub generation: u64,
+    /// Subvolumes being removed (`remove-brick … start`): their files are still found
+    /// there, but new layouts give them no hash range.
+    #[serde(default)]
+    pub draining: Vec<u32>,
 }
 
 impl VolumeSpec {
@@ -59,6 +67,13 @@ impl VolumeSpec {
                 self.name,
                 self.bricks.len(),
                 self.replica
+            ));
+        }
+        let n = self.subvolume_count() as u32;
+        if self.draining.iter().any(|k| *k >= n) || self.draining.len() as u32 >= n {
+            return Err(format!(
+                "volume {}: subvolumes being removed {:?} out of {n}",
+                self.name, self.draining
             ));
         }
         let mut ids: Vec<u32> = self.bricks.iter().map(|b| b.id).collect();
@@ -91,6 +106,8 @@ mod tests {
             layout_epoch: 1,
             ping_timeout: None,
             quorum_type: None,
+            generation: 1,
+            draining: Vec::new(),
         }
     }
 
@@ -108,5 +125,12 @@ mod tests {
         let mut dup = spec(2, 1);
         dup.bricks[1].id = 0;
         assert!(dup.validate().is_err());
+        let mut all_draining = spec(2, 1);
+        all_draining.draining = vec![0, 1];
+        assert!(all_draining.validate().is_err());
+        all_draining.draining = vec![1];
+        assert!(all_draining.validate().is_ok());
+        all_draining.draining = vec![2];
+        assert!(all_draining.validate().is_err());
     }
 }

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::client::conn::{BrickAddr, BrickConn};
@@ -57,14 +57,143 @@ pub struct OpenFile {
 }
 
 pub struct Volume {
-    spec: VolumeSpec,
-    subvols: Vec<Arc<Replica>>,
+    /// The volume as this client sees it now; replaced whole by [`Volume::update`].
+    topo: RwLock<Arc<Topology>>,
+    /// Who this client is, and its ping timeout (new brick connections need them).
+    client: String,
+    ping_timeout: Duration,
     /// Where the data of a non-directory is (learned by lookups, creations, searches).
     located: Mutex<HashMap<Gfid, u32>>,
     /// Directory layouts by directory id.
     layouts: Mutex<HashMap<Gfid, Layout>>,
     next_handle: AtomicU64,
     wb: WriteBehind,
+}
+
+/// What a subvolume slot of a mount is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// Names hash to it.
+    Live,
+    /// Being removed (remove-brick start): its files are still found, no name hashes to it.
+    Draining,
+    /// No longer part of the volume (remove-brick commit); kept so slots keep their numbers.
+    Removed,
+}
+
+struct Slot {
+    /// Ids of its bricks, in set order (a subvolume is known by its first brick's id).
+    bricks: Vec<u32>,
+    addrs: Vec<String>,
+    replica: Arc<Replica>,
+    state: SlotState,
+}
+
+/// The subvolumes of a mount. Slot k is subvolume k of the definition the mount started
+/// with; subvolumes added later get new slots at the end.
+struct Topology {
+    spec: VolumeSpec,
+    slots: Vec<Slot>,
+}
+
+impl Topology {
+    fn new(
+        spec: VolumeSpec,
+        old: Option<&Topology>,
+        client: &str,
+        ping_timeout: Duration,
+    ) -> anyhow::Result<Topology> {
+        spec.validate().map_err(anyhow::Error::msg)?;
+        let quorum = match spec.quorum_type.as_deref() {
+            None => QuorumType::Auto,
+            Some(q) => QuorumType::parse(q).ok_or_else(|| {
+                anyhow::anyhow!("volume {}: unknown cluster.quorum-type {q:?}", spec.name)
+            })?,
+        };
+        let make = |k: usize| -> Slot {
+            let set = spec.subvolume(k);
+            let conns = set
+                .iter()
+                .map(|b| {
+                    let (conn, _notes) = BrickConn::new(
+                        BrickAddr {
+                            addr: b.addr.clone(),
+                            volume_id: spec.volume_id.clone(),
+                            brick_id: b.id,
+                        },
+                        client.to_owned(),
+                        ping_timeout,
+                    );
+                    conn
+                })
+                .collect();
+            let ids: Vec<u32> = set.iter().map(|b| b.id).collect();
+            Slot {
+                replica: Arc::new(Replica::new(conns, ids.clone(), quorum)),
+                bricks: ids,
+                addrs: set.iter().map(|b| b.addr.clone()).collect(),
+                state: if spec.draining.contains(&(k as u32)) {
+                    SlotState::Draining
+                } else {
+                    SlotState::Live
+                },
+            }
+        };
+        let mut slots: Vec<Slot> = match old {
+            None => (0..spec.subvolume_count()).map(make).collect(),
+            Some(old) => {
+                // Every old slot stays, as removed unless the new definition has it.
+                let mut slots: Vec<Slot> = old
+                    .slots
+                    .iter()
+                    .map(|s| Slot {
+                        bricks: s.bricks.clone(),
+                        addrs: s.addrs.clone(),
+                        replica: s.replica.clone(),
+                        state: SlotState::Removed,
+                    })
+                    .collect();
+                for k in 0..spec.subvolume_count() {
+                    let fresh = make(k);
+                    match slots.iter().position(|s| s.bricks[0] == fresh.bricks[0]) {
+                        Some(i) => {
+                            // A brick offline now (port 0) keeps its old address: its
+                            // server may come back there, and the set's other copies
+                            // keep serving the files open on them.
+                            let moved = slots[i]
+                                .addrs
+                                .iter()
+                                .zip(&fresh.addrs)
+                                .any(|(a, b)| a != b && !b.ends_with(":0"));
+                            let same = slots[i].bricks == fresh.bricks && !moved;
+                            if same {
+                                slots[i].state = fresh.state;
+                            } else {
+                                // Another replica count or brick address: new
+                                // connections (files open on the old ones stay open
+                                // there only; see docs/storage.md).
+                                slots[i] = fresh;
+                            }
+                        }
+                        None => slots.push(fresh),
+                    }
+                }
+                slots
+            }
+        };
+        assert!(
+            slots.iter().any(|s| s.state == SlotState::Live),
+            "a valid volume has a subvolume names hash to"
+        );
+        slots.shrink_to_fit();
+        Ok(Topology { spec, slots })
+    }
+
+    fn slots_where(&self, keep: impl Fn(SlotState) -> bool) -> Vec<u32> {
+        (0..self.slots.len() as u32)
+            .filter(|k| keep(self.slots[*k as usize].state))
+            .collect()
+    }
 }
 
 pub(crate) fn unexpected_reply(r: Reply) -> Errno {
@@ -95,41 +224,11 @@ impl Volume {
         client: &str,
         ping_timeout: Duration,
     ) -> anyhow::Result<Arc<Volume>> {
-        spec.validate().map_err(anyhow::Error::msg)?;
-        let quorum = match spec.quorum_type.as_deref() {
-            None => QuorumType::Auto,
-            Some(q) => QuorumType::parse(q).ok_or_else(|| {
-                anyhow::anyhow!("volume {}: unknown cluster.quorum-type {q:?}", spec.name)
-            })?,
-        };
-        let subvols = (0..spec.subvolume_count())
-            .map(|k| {
-                let set = spec.subvolume(k);
-                let conns = set
-                    .iter()
-                    .map(|b| {
-                        let (conn, _notes) = BrickConn::new(
-                            BrickAddr {
-                                addr: b.addr.clone(),
-                                volume_id: spec.volume_id.clone(),
-                                brick_id: b.id,
-                            },
-                            client.to_owned(),
-                            ping_timeout,
-                        );
-                        conn
-                    })
-                    .collect();
-                Arc::new(Replica::new(
-                    conns,
-                    set.iter().map(|b| b.id).collect(),
-                    quorum,
-                ))
-            })
-            .collect();
+        let topo = Topology::new(spec, None, client, ping_timeout)?;
         let v = Arc::new(Volume {
-            spec,
-            subvols,
+            topo: RwLock::new(Arc::new(topo)),
+            client: client.to_owned(),
+            ping_timeout,
             located: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -138,27 +237,65 @@ impl Volume {
         v.dir_layout(Gfid::ROOT).await.map_err(|e| {
             anyhow::anyhow!(
                 "volume {}: cannot read the root directory of every brick: {}",
-                v.spec.name,
+                v.spec().name,
                 e.describe()
             )
         })?;
         Ok(v)
     }
 
-    pub fn spec(&self) -> &VolumeSpec {
-        &self.spec
+    /// Switches to a new definition of the volume (add-brick, remove-brick, a layout
+    /// fixed by rebalance) without a remount: subvolumes whose bricks did not change keep
+    /// their connections and open files; new ones are added; removed ones stay as dead
+    /// slots (so handles held by the kernel never point at another subvolume); cached
+    /// layouts and file locations are dropped, to be read again from the bricks.
+    pub fn update(&self, spec: VolumeSpec) -> anyhow::Result<()> {
+        let mut topo = self.topo.write().expect("topology");
+        if spec.volume_id != topo.spec.volume_id {
+            anyhow::bail!(
+                "volume {} was deleted and made again (another id); remount",
+                spec.name
+            );
+        }
+        let new = Topology::new(spec, Some(&topo), &self.client, self.ping_timeout)?;
+        *topo = Arc::new(new);
+        self.layouts.lock().expect("layouts").clear();
+        self.located.lock().expect("located").clear();
+        Ok(())
     }
 
+    /// The definition this client uses now.
+    pub fn spec(&self) -> VolumeSpec {
+        self.topo().spec.clone()
+    }
+
+    fn topo(&self) -> Arc<Topology> {
+        self.topo.read().expect("topology").clone()
+    }
+
+    /// The layout epoch of the volume: layouts written at another one are not trusted
+    /// to say that a name is absent.
+    fn epoch(&self) -> u64 {
+        self.topo().spec.layout_epoch
+    }
+
+    /// Number of subvolume slots (removed ones included: slots are never renumbered).
     fn n(&self) -> u32 {
-        self.subvols.len() as u32
+        self.topo().slots.len() as u32
     }
 
-    fn sv(&self, k: u32) -> &Replica {
-        &self.subvols[k as usize]
+    fn sv(&self, k: u32) -> Arc<Replica> {
+        self.topo().slots[k as usize].replica.clone()
     }
 
+    /// The subvolumes that are part of the volume (files may be on any of them).
     fn all(&self) -> Vec<u32> {
-        (0..self.n()).collect()
+        self.topo().slots_where(|s| s != SlotState::Removed)
+    }
+
+    /// The subvolumes new layouts spread names over (not those being removed).
+    fn hashable(&self) -> Vec<u32> {
+        self.topo().slots_where(|s| s == SlotState::Live)
     }
 
     /// Sends one request to several subvolumes at once.
@@ -166,7 +303,7 @@ impl Volume {
         let futs: Vec<_> = to
             .iter()
             .map(|k| {
-                let conn = self.subvols[*k as usize].clone();
+                let conn = self.sv(*k);
                 let op = op(*k);
                 let k = *k;
                 tokio::spawn(async move { (k, conn.req(op).await) })
@@ -210,24 +347,38 @@ impl Volume {
                 fd: None,
             })
             .await;
-        let total = answers.len();
         let mut ranges = Vec::new();
-        for (k, r) in Self::reachable(answers)? {
-            let e = entry_of(r)?;
-            if !e.attr.is_dir() {
-                return Err(Errno(libc::ENOTDIR));
+        let mut incomplete = false;
+        let mut down = false;
+        for (k, r) in answers {
+            match r.and_then(entry_of) {
+                Ok(e) if !e.attr.is_dir() => return Err(Errno(libc::ENOTDIR)),
+                Ok(e) => ranges.push((k, e.meta.layout)),
+                Err(Errno(libc::ENOTCONN)) => (incomplete, down) = (true, true),
+                // No copy there yet (a subvolume added since, or down at mkdir): it
+                // owns nothing until rebalance fix-layout (or a lookup) makes it.
+                Err(Errno(libc::ENOENT)) | Err(Errno(libc::ESTALE)) => incomplete = true,
+                Err(e) => return Err(e),
             }
-            ranges.push((k, e.meta.layout));
         }
-        let complete = ranges.len() == total;
+        if ranges.is_empty() {
+            return Err(Errno(if down { libc::ENOTCONN } else { libc::ENOENT }));
+        }
         let mut layout = Layout { ranges };
-        if !complete {
+        if incomplete {
             // Names hashed to a down subvolume fail with ENOTCONN; the rest works. Not
             // cached, so the full layout is read once every subvolume is back.
             return Ok(layout);
         }
         if layout.check().is_err() {
-            layout = self.fix_layout(dir).await?;
+            // Trusted to say a name is absent only if no layout change happened since
+            // the directory's ranges were written.
+            let epoch = self.epoch();
+            let same_epoch = layout
+                .ranges
+                .iter()
+                .all(|(_, l)| l.is_none_or(|l| l.epoch == epoch));
+            layout = self.fix_layout(dir, same_epoch).await?;
         }
         self.layouts
             .lock()
@@ -236,9 +387,22 @@ impl Volume {
         Ok(layout)
     }
 
-    /// Writes even ranges for `dir` on every subvolume.
-    async fn fix_layout(&self, dir: Gfid) -> Res<Layout> {
-        let layout = Layout::even(&self.all(), dir, self.spec.layout_epoch, true);
+    /// Writes even ranges for `dir` over the subvolumes names hash to (none for those
+    /// being removed) on every subvolume.
+    async fn fix_layout(&self, dir: Gfid, committed: bool) -> Res<Layout> {
+        let epoch = self.epoch();
+        let mut layout = Layout::even(&self.hashable(), dir, epoch, committed);
+        for k in self.all() {
+            if layout.of(k).is_none() {
+                let none = DirLayout {
+                    epoch,
+                    committed,
+                    range: None,
+                };
+                layout.ranges.push((k, Some(none)));
+            }
+        }
+        layout.ranges.sort_by_key(|(k, _)| *k);
         let l2 = layout.clone();
         for (_, r) in self
             .fan_out(&self.all(), |k| Op::SetMeta {
@@ -267,6 +431,25 @@ impl Volume {
         self.search(g).await.map(|(k, _)| k)
     }
 
+    /// Sends `op` (about non-directory `g`) to the subvolume holding `g`'s data; if the
+    /// data is no longer there (moved by a rebalance since this client learned where it
+    /// was), finds it again and retries once.
+    async fn on_data(&self, g: Gfid, op: Op) -> Res<Reply> {
+        let k = self.locate(g).await?;
+        match self.sv(k).req(op.clone()).await {
+            Err(e @ Errno(libc::ENOENT)) | Err(e @ Errno(libc::ESTALE)) => {
+                self.located.lock().expect("located").remove(&g);
+                let (k2, _) = self.search(g).await?;
+                if k2 == k {
+                    // Still there: the error was about something else.
+                    return Err(e);
+                }
+                self.sv(k2).req(op).await
+            }
+            r => r,
+        }
+    }
+
     /// Asks every subvolume for a file by id (its data, not a link file).
     async fn search(&self, g: Gfid) -> Res<(u32, Entry)> {
         let mut first_err = None;
@@ -289,9 +472,13 @@ impl Volume {
     /// Attributes of a directory: the copies merged (times: the latest of any copy).
     async fn dir_attr(&self, g: Gfid) -> Res<Attr> {
         let mut attr: Option<Attr> = None;
-        let answers = self
+        let mut answers = self
             .fan_out(&self.all(), |_| Op::Stat { gfid: g, fd: None })
             .await;
+        // A copy not made yet on a subvolume added since (rebalance fix-layout makes it).
+        if answers.iter().any(|(_, r)| r.is_ok()) {
+            answers.retain(|(_, r)| !matches!(r, Err(Errno(libc::ENOENT))));
+        }
         for (_, r) in Self::reachable(answers)? {
             let e = entry_of(r)?;
             attr = Some(match attr {
@@ -345,7 +532,7 @@ impl Volume {
                 })
             }
             Ok(e) => self.found_file(parent, name, hashed, e).await,
-            Err(Errno(libc::ENOENT)) if layout.is_committed(self.spec.layout_epoch) => {
+            Err(Errno(libc::ENOENT)) if layout.is_committed(self.epoch()) => {
                 Err(Errno(libc::ENOENT))
             }
             Err(Errno(libc::ENOENT)) => {
@@ -534,19 +721,16 @@ impl Volume {
             return attr.ok_or(Errno(libc::EIO));
         }
         self.wb.drain(g).await?;
-        let (k, fd) = match fh {
-            Some(f) => (f.subvol, Some(f.fd)),
-            None => (self.locate(g).await?, None),
+        let op = |fd| Op::Setattr {
+            target: Target { gfid: g, fd },
+            set: set.clone(),
+            op: None,
         };
-        match self
-            .sv(k)
-            .req(Op::Setattr {
-                target: Target { gfid: g, fd },
-                set,
-                op: None,
-            })
-            .await?
-        {
+        let r = match fh {
+            Some(f) => self.sv(f.subvol).req(op(Some(f.fd))).await?,
+            None => self.on_data(g, op(None)).await?,
+        };
+        match r {
             Reply::Attr(a) => Ok(a),
             r => Err(unexpected(r)),
         }
@@ -599,7 +783,7 @@ impl Volume {
         let layout = self.dir_layout(parent).await?;
         let hashed = layout.hashed(name).ok_or(Errno(libc::ENOTCONN))?;
         let g = Gfid::random();
-        let new_layout = Layout::even(&self.all(), g, self.spec.layout_epoch, true);
+        let new_layout = Layout::even(&self.hashable(), g, self.epoch(), true);
         // The hashed subvolume first: it decides (EEXIST) for everyone.
         obj.layout = new_layout.of(hashed);
         let mk = |k: u32, obj: &NewObject| Op::Mknod {
@@ -673,7 +857,7 @@ impl Volume {
             }
             Ok(Reply::Unlinked { .. }) => Ok(()),
             Ok(r) => Err(unexpected(r)),
-            Err(Errno(libc::ENOENT)) if !layout.is_committed(self.spec.layout_epoch) => {
+            Err(Errno(libc::ENOENT)) if !layout.is_committed(self.epoch()) => {
                 // Not committed: the name may be on another subvolume.
                 let found = self.lookup(parent, name).await?;
                 if found.attr.is_dir() {
@@ -964,8 +1148,7 @@ impl Volume {
     }
 
     pub async fn readlink(&self, g: Gfid) -> Res<Vec<u8>> {
-        let k = self.locate(g).await?;
-        match self.sv(k).req(Op::Readlink { gfid: g }).await? {
+        match self.on_data(g, Op::Readlink { gfid: g }).await? {
             Reply::Link(t) => Ok(t),
             r => Err(unexpected(r)),
         }
@@ -1029,7 +1212,7 @@ impl Volume {
             offset,
             op: None,
         };
-        let conn = self.subvols[f.subvol as usize].clone();
+        let conn = self.sv(f.subvol);
         let data = data.to_vec();
         let len = data.len() as u32;
         self.wb
@@ -1122,33 +1305,36 @@ impl Volume {
         Ok(total)
     }
 
-    /// Where an extended-attribute call goes: every copy of a directory, the data of a file.
-    async fn xattr_targets(&self, g: Gfid, is_dir: bool) -> Res<Vec<u32>> {
-        if is_dir {
-            Ok(self.all())
-        } else {
-            Ok(vec![self.locate(g).await?])
-        }
+    /// Extended attributes: a directory's are read from its first copy and written to
+    /// every copy; a file's go to its data ([`Volume::on_data`]).
+    fn first_dir_copy(&self) -> Res<u32> {
+        self.all().first().copied().ok_or(Errno(libc::ENOTCONN))
     }
 
     pub async fn getxattr(&self, g: Gfid, is_dir: bool, name: &[u8]) -> Res<Vec<u8>> {
-        let k = self.xattr_targets(g, is_dir).await?[0];
-        match self
-            .sv(k)
-            .req(Op::Getxattr {
-                gfid: g,
-                name: name.to_vec(),
-            })
-            .await?
-        {
+        let op = Op::Getxattr {
+            gfid: g,
+            name: name.to_vec(),
+        };
+        let r = if is_dir {
+            self.sv(self.first_dir_copy()?).req(op).await?
+        } else {
+            self.on_data(g, op).await?
+        };
+        match r {
             Reply::Xattr(v) => Ok(v),
             r => Err(unexpected(r)),
         }
     }
 
     pub async fn listxattr(&self, g: Gfid, is_dir: bool) -> Res<Vec<Vec<u8>>> {
-        let k = self.xattr_targets(g, is_dir).await?[0];
-        match self.sv(k).req(Op::Listxattr { gfid: g }).await? {
+        let op = Op::Listxattr { gfid: g };
+        let r = if is_dir {
+            self.sv(self.first_dir_copy()?).req(op).await?
+        } else {
+            self.on_data(g, op).await?
+        };
+        match r {
             Reply::XattrNames(v) => Ok(v),
             r => Err(unexpected(r)),
         }
@@ -1162,32 +1348,32 @@ impl Volume {
         value: &[u8],
         flags: i32,
     ) -> Res<()> {
-        let to = self.xattr_targets(g, is_dir).await?;
-        for (_, r) in self
-            .fan_out(&to, |_| Op::Setxattr {
-                gfid: g,
-                name: name.to_vec(),
-                value: value.to_vec(),
-                flags,
-                op: None,
-            })
-            .await
-        {
+        let op = |_| Op::Setxattr {
+            gfid: g,
+            name: name.to_vec(),
+            value: value.to_vec(),
+            flags,
+            op: None,
+        };
+        if !is_dir {
+            return self.on_data(g, op(0)).await.map(drop);
+        }
+        for (_, r) in self.fan_out(&self.all(), op).await {
             r?;
         }
         Ok(())
     }
 
     pub async fn removexattr(&self, g: Gfid, is_dir: bool, name: &[u8]) -> Res<()> {
-        let to = self.xattr_targets(g, is_dir).await?;
-        for (_, r) in self
-            .fan_out(&to, |_| Op::Removexattr {
-                gfid: g,
-                name: name.to_vec(),
-                op: None,
-            })
-            .await
-        {
+        let op = |_| Op::Removexattr {
+            gfid: g,
+            name: name.to_vec(),
+            op: None,
+        };
+        if !is_dir {
+            return self.on_data(g, op(0)).await.map(drop);
+        }
+        for (_, r) in self.fan_out(&self.all(), op).await {
             r?;
         }
         Ok(())
@@ -1306,5 +1492,89 @@ pub fn new_object(mode: u32, creds: Creds) -> NewObject {
         linkto: None,
         open: None,
         lock: false,
+    }
+}
+
+#[cfg(test)]
+mod topology_tests {
+    use super::*;
+    use crate::client::spec::BrickSpec;
+
+    fn spec(bricks: &[(u32, u16)], replica: u32) -> VolumeSpec {
+        VolumeSpec {
+            name: "v".into(),
+            volume_id: "id".into(),
+            replica,
+            bricks: bricks
+                .iter()
+                .map(|(id, port)| BrickSpec {
+                    id: *id,
+                    host: "h".into(),
+                    path: format!("/b{id}"),
+                    addr: format!("127.0.0.1:{port}"),
+                })
+                .collect(),
+            layout_epoch: 1,
+            ping_timeout: None,
+            quorum_type: None,
+            generation: 1,
+            draining: Vec::new(),
+        }
+    }
+
+    fn topo(s: VolumeSpec, old: Option<&Topology>) -> Topology {
+        Topology::new(s, old, "t", Duration::from_secs(1)).unwrap()
+    }
+
+    fn states(t: &Topology) -> Vec<SlotState> {
+        t.slots.iter().map(|s| s.state).collect()
+    }
+
+    #[test]
+    fn slots_keep_their_numbers_and_connections_across_changes() {
+        use SlotState::*;
+        let t1 = topo(spec(&[(0, 10), (1, 11)], 1), None);
+        // add-brick: a new slot at the end, the others untouched.
+        let t2 = topo(spec(&[(0, 10), (1, 11), (2, 12)], 1), Some(&t1));
+        assert_eq!(states(&t2), vec![Live, Live, Live]);
+        assert!(Arc::ptr_eq(&t1.slots[0].replica, &t2.slots[0].replica));
+        assert!(Arc::ptr_eq(&t1.slots[1].replica, &t2.slots[1].replica));
+        // remove-brick start: subvolume 0 drains; commit: it is gone from the spec, and
+        // the mount keeps its slot (removed) so the others keep their numbers.
+        let mut draining = spec(&[(0, 10), (1, 11), (2, 12)], 1);
+        draining.draining = vec![0];
+        let t3 = topo(draining, Some(&t2));
+        assert_eq!(states(&t3), vec![Draining, Live, Live]);
+        let t4 = topo(spec(&[(1, 11), (2, 12)], 1), Some(&t3));
+        assert_eq!(states(&t4), vec![Removed, Live, Live]);
+        assert!(Arc::ptr_eq(&t2.slots[2].replica, &t4.slots[2].replica));
+        assert_eq!(t4.slots_where(|s| s != Removed), vec![1, 2]);
+        assert_eq!(t4.slots_where(|s| s == Live), vec![1, 2]);
+        // A brick now offline (port 0) keeps its connection; one on a new port gets a new one.
+        let t5 = topo(spec(&[(1, 0), (2, 12)], 1), Some(&t4));
+        assert!(Arc::ptr_eq(&t4.slots[1].replica, &t5.slots[1].replica));
+        let t6 = topo(spec(&[(1, 21), (2, 12)], 1), Some(&t5));
+        assert!(!Arc::ptr_eq(&t5.slots[1].replica, &t6.slots[1].replica));
+        // A higher replica count: the same slots, each a bigger set.
+        let t7 = topo(spec(&[(1, 21), (3, 13), (2, 12), (4, 14)], 2), Some(&t6));
+        assert_eq!(states(&t7), vec![Removed, Live, Live]);
+        assert_eq!(t7.slots[1].replica.ids(), &[1, 3]);
+        assert_eq!(t7.slots[2].replica.ids(), &[2, 4]);
+    }
+
+    #[test]
+    fn a_spec_that_breaks_the_rules_is_refused() {
+        let mut s = spec(&[(0, 10), (1, 11)], 1);
+        s.draining = vec![0, 1];
+        assert!(Topology::new(s, None, "t", Duration::from_secs(1)).is_err());
+        assert!(
+            Topology::new(
+                spec(&[(0, 10), (1, 11), (2, 1)], 2),
+                None,
+                "t",
+                Duration::from_secs(1)
+            )
+            .is_err()
+        );
     }
 }

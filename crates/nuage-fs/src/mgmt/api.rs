@@ -75,6 +75,21 @@ pub fn router(m: Arc<Mgmt>) -> Router {
             "/v1/storage/volumes/{name}/options",
             get(get_options).post(set_option),
         )
+        .route("/v1/storage/volumes/{name}/add-brick", post(add_brick))
+        .route(
+            "/v1/storage/volumes/{name}/remove-brick",
+            get(remove_brick_status).post(remove_brick),
+        )
+        .route(
+            "/v1/storage/volumes/{name}/rebalance",
+            get(rebalance_status).post(rebalance),
+        )
+        .route("/v1/storage/internal/rebalance", post(start_rebalance))
+        .route(
+            "/v1/storage/internal/rebalance/{name}",
+            get(local_rebalance),
+        )
+        .route("/v1/storage/internal/rebalance-stop", post(stop_rebalance))
         .route("/v1/storage/internal/whoami", get(whoami))
         .route("/v1/storage/internal/join", post(join))
         .route("/v1/storage/internal/peer", post(peer_change))
@@ -196,4 +211,69 @@ async fn get_options(
     axum::extract::Query(q): axum::extract::Query<OptionQuery>,
 ) -> Res<Vec<(String, String)>> {
     m.get_options(&name, &q.option).map(Json)
+}
+
+async fn add_brick(
+    State(m): State<Arc<Mgmt>>,
+    Path(name): Path<String>,
+    ApiJson(r): ApiJson<AddBrick>,
+) -> Res<VolumeDef> {
+    m.add_brick(&name, r).await.map(Json)
+}
+
+async fn remove_brick(
+    State(m): State<Arc<Mgmt>>,
+    Path(name): Path<String>,
+    ApiJson(r): ApiJson<RemoveBrick>,
+) -> Res<Done> {
+    m.remove_brick(&name, r).await.map(Json)
+}
+
+async fn rebalance(
+    State(m): State<Arc<Mgmt>>,
+    Path(name): Path<String>,
+    ApiJson(r): ApiJson<RebalanceRequest>,
+) -> Res<Done> {
+    m.rebalance(&name, &r.action).await.map(Json)
+}
+
+async fn rebalance_status(
+    State(m): State<Arc<Mgmt>>,
+    Path(name): Path<String>,
+) -> Res<Vec<NodeRebalance>> {
+    m.volume(&name)?;
+    let mut rows = m.rebalance_rows(&name).await;
+    rows.retain(|r| r.kind != RebalanceKind::RemoveBrick);
+    Ok(Json(rows))
+}
+
+async fn remove_brick_status(
+    State(m): State<Arc<Mgmt>>,
+    Path(name): Path<String>,
+) -> Res<Vec<NodeRebalance>> {
+    m.volume(&name)?;
+    let mut rows = m.rebalance_rows(&name).await;
+    rows.retain(|r| r.kind == RebalanceKind::RemoveBrick);
+    Ok(Json(rows))
+}
+
+async fn start_rebalance(
+    State(m): State<Arc<Mgmt>>,
+    ApiJson(r): ApiJson<StartRebalance>,
+) -> Res<Done> {
+    m.start_local(&r.name, r.kind).map(Json)
+}
+
+async fn local_rebalance(
+    State(m): State<Arc<Mgmt>>,
+    Path(name): Path<String>,
+) -> Res<Option<NodeRebalance>> {
+    Ok(Json(m.local_rebalance(&name)))
+}
+
+async fn stop_rebalance(State(m): State<Arc<Mgmt>>, ApiJson(n): ApiJson<Name>) -> Res<Done> {
+    m.stop_local(&n.name);
+    Ok(Json(Done {
+        message: "ok".into(),
+    }))
 }

@@ -7,6 +7,7 @@
 //! member runs the brick servers of its own bricks of started volumes.
 
 pub mod api;
+pub mod elastic;
 pub mod types;
 
 use std::collections::{BTreeMap, HashMap};
@@ -57,6 +58,9 @@ pub struct Mgmt {
     /// Serializes management operations started on this node.
     op_lock: tokio::sync::Mutex<()>,
     bricks: tokio::sync::Mutex<HashMap<(String, u32), RunningBrick>>,
+    /// This member's rebalance processes, by volume (the last one of each stays, for
+    /// `rebalance status`).
+    rebalances: Mutex<HashMap<String, Arc<elastic::LocalRebalance>>>,
     shutdown: CancellationToken,
 }
 
@@ -168,6 +172,7 @@ impl Mgmt {
             api_port,
             op_lock: tokio::sync::Mutex::new(()),
             bricks: tokio::sync::Mutex::new(HashMap::new()),
+            rebalances: Mutex::new(HashMap::new()),
             shutdown,
         }))
     }
@@ -553,67 +558,12 @@ impl Mgmt {
                 req.replica
             )));
         }
-        let mut bricks = Vec::new();
-        for (i, b) in req.bricks.iter().enumerate() {
-            let (host, path) =
-                parse_brick(b).map_err(|e| bad(format!("volume create: {name}: failed: {e}")))?;
-            let member = self.member_for(&host).ok_or_else(|| {
-                bad(format!(
-                    "volume create: {name}: failed: Host {host} is not in 'Peer in Cluster' state (run `nuage peer probe {host}` first)"
-                ))
-            })?;
-            if bricks
-                .iter()
-                .any(|x: &BrickDef| x.node == member.uuid && x.path == path)
-            {
-                return Err(bad(format!(
-                    "volume create: {name}: failed: brick {b} is given twice"
-                )));
-            }
-            bricks.push(BrickDef {
-                id: i as u32,
-                host,
-                node: member.uuid,
-                path,
-            });
-        }
-        let in_use: Vec<(String, String)> = self
-            .volumes()
-            .iter()
-            .flat_map(|v| v.bricks.iter().map(|b| (b.node.clone(), b.path.clone())))
-            .collect();
-        for b in &bricks {
-            if in_use.contains(&(b.node.clone(), b.path.clone())) {
-                return Err(bad(format!(
-                    "volume create: {name}: failed: {}:{} is already part of a volume",
-                    b.host, b.path
-                )));
-            }
-        }
-        // Each brick checked by its own node, before anything is changed anywhere.
-        for b in &bricks {
-            let r = if b.node == self.me.uuid {
-                self.check_brick(&b.path, req.force)
-            } else {
-                let host = self
-                    .peers()
-                    .into_iter()
-                    .find(|p| p.uuid == b.node)
-                    .map(|p| p.host)
-                    .unwrap_or_default();
-                let c = self.client(&host).map_err(|e| bad(format!("{e:#}")))?;
-                c.post::<_, Done>(
-                    "/v1/storage/internal/check-brick",
-                    &api::CheckBrick {
-                        path: b.path.clone(),
-                        force: req.force,
-                    },
-                )
-                .await
-                .map_err(|e| bad(format!("{e:#}")))
-            };
-            r.map_err(|e| bad(format!("volume create: {name}: failed: {e}")))?;
-        }
+        let bricks = self
+            .new_bricks(&req.bricks, 0)
+            .map_err(|e| bad(format!("volume create: {name}: failed: {e}")))?;
+        self.check_bricks(&bricks, req.force)
+            .await
+            .map_err(|e| bad(format!("volume create: {name}: failed: {e}")))?;
         let def = VolumeDef {
             name: name.clone(),
             id: Gfid::random().to_uuid(),
@@ -623,6 +573,8 @@ impl Mgmt {
             options: BTreeMap::new(),
             layout_epoch: 1,
             version: 1,
+            removing: Vec::new(),
+            next_brick_id: req.bricks.len() as u32,
         };
         self.publish(&def).await?;
         Ok(def)
@@ -851,6 +803,7 @@ impl Mgmt {
                 }
             })
             .collect();
+        let draining = v.draining();
         Ok(VolumeSpec {
             name: v.name,
             volume_id: v.id,
@@ -862,6 +815,8 @@ impl Mgmt {
                 .get(PING_TIMEOUT_OPTION)
                 .and_then(|t| t.parse().ok()),
             quorum_type: v.options.get(QUORUM_TYPE_OPTION).cloned(),
+            generation: v.version,
+            draining,
         })
     }
 
