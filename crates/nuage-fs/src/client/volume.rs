@@ -1112,6 +1112,34 @@ impl Volume {
             .await?
             .hashed(new_name)
             .ok_or(Errno(libc::ENOTCONN))?;
+        let e = match self.link_at(g, data, hashed, new_parent, new_name).await {
+            Err(e @ Errno(libc::ENOENT)) | Err(e @ Errno(libc::ESTALE)) => {
+                // Moved by a rebalance since this client learned where it was?
+                self.located.lock().expect("located").remove(&g);
+                let (moved_to, _) = self.search(g).await?;
+                if moved_to == data {
+                    return Err(e);
+                }
+                self.link_at(g, moved_to, hashed, new_parent, new_name)
+                    .await?
+            }
+            r => r?,
+        };
+        Ok(Found {
+            gfid: g,
+            attr: e.attr,
+        })
+    }
+
+    /// `link` with the data on subvolume `data` and the new name hashing to `hashed`.
+    async fn link_at(
+        &self,
+        g: Gfid,
+        data: u32,
+        hashed: u32,
+        new_parent: Gfid,
+        new_name: &[u8],
+    ) -> Res<Entry> {
         if hashed != data {
             // The name must be free on its hashed subvolume too.
             match self
@@ -1141,10 +1169,7 @@ impl Volume {
             self.put_linkto(new_parent, new_name, g, hashed, data)
                 .await?;
         }
-        Ok(Found {
-            gfid: g,
-            attr: e.attr,
-        })
+        Ok(e)
     }
 
     pub async fn readlink(&self, g: Gfid) -> Res<Vec<u8>> {
