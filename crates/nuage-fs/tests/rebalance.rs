@@ -1,7 +1,8 @@
 //! A client switching to a grown volume, and the rebalance moving files under it (brick
 //! servers on loopback, in this process; no FUSE): files keep their data, owner, mode,
-//! times and extended attributes, and a client that learned where files were before
-//! they moved still reaches them.
+//! times and extended attributes; a client that learned where files were before they
+//! moved still reaches them with every operation it sends by file id; files held open
+//! stay put; directories the new subvolume lacks before fix-layout stay usable.
 
 use std::sync::Arc;
 use std::time::Duration;
