@@ -1,7 +1,8 @@
 //! A client switching to a grown volume, and the rebalance moving files under it (brick
 //! servers on loopback, in this process; no FUSE): files keep their data, owner, mode,
-//! times and extended attributes, and a client that learned where files were before
-//! they moved still reaches them.
+//! times and extended attributes; a client that learned where files were before they
+//! moved still reaches them with every operation it sends by file id; files held open
+//! stay put; directories the new subvolume lacks before fix-layout stay usable.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,5 +176,333 @@ async fn files_move_to_a_new_subvolume_and_stay_reachable() {
         vol.lookup(Gfid::ROOT, b"nothing").await.unwrap_err().0,
         libc::ENOENT
     );
+    stop.cancel();
+}
+
+/// Creates `name` in the root holding `data`, with two extended attributes.
+async fn make_file(vol: &Volume, name: &str, data: &[u8]) -> Gfid {
+    let obj = nuage_fs::proto::NewObject {
+        open: Some(libc::O_RDWR),
+        ..new_object(libc::S_IFREG | 0o644, root())
+    };
+    let (found, open) = vol.create(Gfid::ROOT, name.as_bytes(), obj).await.unwrap();
+    let f = open.unwrap();
+    vol.write(f, 0, data).await.unwrap();
+    vol.release(f).await.unwrap();
+    vol.setxattr(found.gfid, false, b"user.a", name.as_bytes(), 0)
+        .await
+        .unwrap();
+    vol.setxattr(found.gfid, false, b"user.b", b"b", 0)
+        .await
+        .unwrap();
+    found.gfid
+}
+
+/// The whole contents of `g`, read through a fresh open.
+async fn read_all(vol: &Volume, g: Gfid) -> Vec<u8> {
+    let f = vol.open(g, libc::O_RDONLY).await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        let chunk = vol.read(f, got.len() as u64, 1 << 20).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        got.extend(chunk);
+    }
+    vol.release(f).await.unwrap();
+    got
+}
+
+/// The brick (index) each name of the root has its data on (link files left out).
+fn placement(dirs: &[tempfile::TempDir]) -> std::collections::HashMap<String, usize> {
+    use std::os::unix::fs::MetadataExt;
+    let mut at = std::collections::HashMap::new();
+    for (i, d) in dirs.iter().enumerate() {
+        for e in std::fs::read_dir(d.path()).unwrap() {
+            let e = e.unwrap();
+            let n = e.file_name().into_string().unwrap();
+            let link_file = e.metadata().unwrap().mode() == libc::S_IFREG | libc::S_ISVTX;
+            if !n.starts_with('.') && !link_file {
+                assert!(at.insert(n.clone(), i).is_none(), "{n} on two bricks");
+            }
+        }
+    }
+    at
+}
+
+fn content(name: &str) -> Vec<u8> {
+    format!("contents of {name};").repeat(100).into_bytes()
+}
+
+/// Every operation a mount sends by file id (the kernel holds inodes, not names) reaches
+/// a file the rebalance moved after this client learned where it was; files held open
+/// stay where they are (skipped) and keep taking writes; a second client, knowing
+/// nothing, sees each operation's effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_operation_reaches_a_file_moved_under_a_live_client() {
+    let stop = CancellationToken::new();
+    let b = bricks(3, &stop).await;
+    let vol: Arc<Volume> = Volume::connect(spec(&b.specs[..2], 1, 1), "t", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut files = Vec::new();
+    for i in 0..80 {
+        let name = format!("f{i}");
+        let g = make_file(&vol, &name, &content(&name)).await;
+        files.push((name, g));
+    }
+    let mut links = Vec::new();
+    for i in 0..20 {
+        let name = format!("s{i}");
+        let obj = nuage_fs::proto::NewObject {
+            target: Some(format!("f{i}").into_bytes()),
+            ..new_object(libc::S_IFLNK | 0o777, root())
+        };
+        let (found, _) = vol.create(Gfid::ROOT, name.as_bytes(), obj).await.unwrap();
+        links.push((name, found.gfid));
+    }
+    let mut held = Vec::new();
+    for i in 0..12 {
+        let name = format!("open{i}");
+        let g = make_file(&vol, &name, &content(&name)).await;
+        held.push((name, g, vol.open(g, libc::O_RDWR).await.unwrap()));
+    }
+
+    // The volume grows; the client learns where everything is, then the files move.
+    let grown = spec(&b.specs, 2, 2);
+    vol.update(grown.clone()).unwrap();
+    for (name, g) in files.iter().chain(&links) {
+        assert_eq!(
+            vol.lookup(Gfid::ROOT, name.as_bytes()).await.unwrap().gfid,
+            *g
+        );
+    }
+    let before = placement(&b.dirs);
+    let crawler = Crawler::new(grown.clone(), "rebalancer").unwrap();
+    crawler
+        .fix_layout(&stop, &Counters::default())
+        .await
+        .unwrap();
+    let local: Vec<Option<std::path::PathBuf>> =
+        b.dirs.iter().map(|d| Some(d.path().to_owned())).collect();
+    let c = Counters::default();
+    crawler
+        .migrate(&[0, 1, 2], &local, &stop, &c)
+        .await
+        .unwrap();
+    let after = placement(&b.dirs);
+    let moved = |list: &[(String, Gfid)]| -> Vec<(String, Gfid)> {
+        list.iter()
+            .filter(|(n, _)| before[n] != after[n])
+            .cloned()
+            .collect()
+    };
+    let (moved_files, moved_links) = (moved(&files), moved(&links));
+
+    // Open files stayed (skipped), the others that hash elsewhere now moved.
+    let hashed = nuage_fs::layout::Layout::even(&[0, 1, 2], Gfid::ROOT, 2, false);
+    let should_move: Vec<&String> = held
+        .iter()
+        .map(|(n, _, _)| n)
+        .filter(|n| hashed.hashed(n.as_bytes()) != Some(before[*n] as u32))
+        .collect();
+    assert!(!should_move.is_empty(), "no open file hashes elsewhere");
+    for (n, _, _) in &held {
+        assert_eq!(before[n], after[n], "{n} moved while open");
+    }
+    let p = c.snapshot();
+    assert_eq!(
+        (p.failed, p.skipped),
+        (0, should_move.len() as u64),
+        "{p:?}"
+    );
+    // The operations, each on a different moved file (its location in this client stale).
+    const OPS: usize = 11;
+    assert!(
+        moved_files.len() >= OPS,
+        "{} files moved",
+        moved_files.len()
+    );
+    assert!(!moved_links.is_empty());
+    let f = |i: usize| &moved_files[i];
+
+    // 0: stat
+    let (n, g) = f(0);
+    assert_eq!(
+        vol.getattr(*g, false, None).await.unwrap().size,
+        content(n).len() as u64
+    );
+    // 1: chmod
+    let (_, g) = f(1);
+    let set = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    vol.setattr(*g, false, set, None).await.unwrap();
+    // 2: truncate(2) by path
+    let (_, g) = f(2);
+    let set = SetAttr {
+        size: Some(7),
+        ..Default::default()
+    };
+    assert_eq!(vol.setattr(*g, false, set, None).await.unwrap().size, 7);
+    // 3: open, write, fsync, read back through the same handle
+    let (_, g) = f(3);
+    let h = vol.open(*g, libc::O_RDWR).await.unwrap();
+    vol.write(h, 0, b"NEW").await.unwrap();
+    vol.fsync(h, false).await.unwrap();
+    assert_eq!(vol.read(h, 0, 3).await.unwrap(), b"NEW");
+    vol.release(h).await.unwrap();
+    // 4-7: extended attributes
+    let (n, g) = f(4);
+    assert_eq!(
+        vol.getxattr(*g, false, b"user.a").await.unwrap(),
+        n.as_bytes()
+    );
+    let (_, g) = f(5);
+    let mut names = vol.listxattr(*g, false).await.unwrap();
+    names.sort();
+    assert_eq!(names, vec![b"user.a".to_vec(), b"user.b".to_vec()]);
+    let (_, g) = f(6);
+    vol.setxattr(*g, false, b"user.c", b"c", 0).await.unwrap();
+    let (_, g) = f(7);
+    vol.removexattr(*g, false, b"user.b").await.unwrap();
+    // 8: a hard link
+    let (_, g) = f(8);
+    assert_eq!(
+        vol.link(*g, Gfid::ROOT, b"hard").await.unwrap().attr.nlink,
+        2
+    );
+    // 9: rename
+    let (n, _) = f(9);
+    vol.rename(Gfid::ROOT, n.as_bytes(), Gfid::ROOT, b"renamed", 0)
+        .await
+        .unwrap();
+    // 10: unlink
+    let (n, _) = f(10);
+    vol.unlink(Gfid::ROOT, n.as_bytes()).await.unwrap();
+    // A moved symbolic link.
+    let (_, g) = &moved_links[0];
+    let want = links.iter().position(|(_, lg)| lg == g).unwrap();
+    assert_eq!(
+        vol.readlink(*g).await.unwrap(),
+        format!("f{want}").into_bytes()
+    );
+    // Files held open across the rebalance keep taking writes.
+    for (_, _, h) in &held {
+        vol.write(*h, 0, b"HELD").await.unwrap();
+        vol.release(*h).await.unwrap();
+    }
+
+    // A second client, knowing nothing: every effect is there, on the data.
+    let fresh: Arc<Volume> = Volume::connect(grown, "t2", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let look = |name: &str| {
+        let fresh = fresh.clone();
+        let name = name.to_owned();
+        async move { fresh.lookup(Gfid::ROOT, name.as_bytes()).await }
+    };
+    assert_eq!(look(&f(1).0).await.unwrap().attr.mode & 0o7777, 0o600);
+    assert_eq!(read_all(&fresh, f(2).1).await, content(&f(2).0)[..7]);
+    let mut want = content(&f(3).0);
+    want[..3].copy_from_slice(b"NEW");
+    assert_eq!(read_all(&fresh, f(3).1).await, want);
+    assert_eq!(
+        fresh.getxattr(f(6).1, false, b"user.c").await.unwrap(),
+        b"c"
+    );
+    assert_eq!(
+        fresh
+            .getxattr(f(7).1, false, b"user.b")
+            .await
+            .unwrap_err()
+            .0,
+        libc::ENODATA
+    );
+    let hard = look("hard").await.unwrap();
+    assert_eq!((hard.gfid, hard.attr.nlink), (f(8).1, 2));
+    assert_eq!(read_all(&fresh, hard.gfid).await, content(&f(8).0));
+    assert_eq!(look("renamed").await.unwrap().gfid, f(9).1);
+    assert_eq!(look(&f(9).0).await.unwrap_err().0, libc::ENOENT);
+    assert_eq!(look(&f(10).0).await.unwrap_err().0, libc::ENOENT);
+    for (n, g, _) in &held {
+        let mut want = content(n);
+        want[..4].copy_from_slice(b"HELD");
+        assert_eq!(read_all(&fresh, *g).await, want, "{n}");
+    }
+    // Closed now, the held files move too; nothing is lost, every name is found.
+    let c = Counters::default();
+    crawler
+        .migrate(&[0, 1, 2], &local, &stop, &c)
+        .await
+        .unwrap();
+    let p = c.snapshot();
+    // Also moved: "renamed" if its data is not where the new name hashes; skipped: the
+    // file with two hard links.
+    assert_eq!(p.failed, 0, "{p:?}");
+    assert!(p.moved >= should_move.len() as u64, "{p:?}");
+    assert!(p.skipped <= 1, "{p:?}");
+    let end = placement(&b.dirs);
+    for (n, g, _) in &held {
+        assert_eq!(hashed.hashed(n.as_bytes()), Some(end[n] as u32), "{n}");
+        assert_eq!(look(n).await.unwrap().gfid, *g);
+        let mut want = content(n);
+        want[..4].copy_from_slice(b"HELD");
+        assert_eq!(read_all(&fresh, *g).await, want, "{n}");
+    }
+    // Nothing is left behind: each name on exactly one brick (placement asserts it),
+    // the removed ones on none.
+    assert!(!end.contains_key(&f(10).0));
+    assert!(!end.contains_key(&f(9).0));
+    stop.cancel();
+}
+
+/// After add-brick and before any fix-layout, the new subvolume has no copy of `d`; a
+/// lookup *inside* `d` (the kernel keeps `d` cached, so it does not look `d` up again)
+/// still finds `d/e` and can create there: the copy of `e` that cannot be made on the
+/// new subvolume (no parent there) is left to fix-layout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn names_in_a_directory_the_new_subvolume_lacks_are_found() {
+    let stop = CancellationToken::new();
+    let b = bricks(3, &stop).await;
+    let vol: Arc<Volume> = Volume::connect(spec(&b.specs[..2], 1, 1), "t", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let dir = |mode| new_object(libc::S_IFDIR | mode, root());
+    let d = vol.mkdir(Gfid::ROOT, b"d", dir(0o755)).await.unwrap();
+    let e = vol.mkdir(d.gfid, b"e", dir(0o750)).await.unwrap();
+    vol.update(spec(&b.specs, 2, 2)).unwrap();
+    let found = vol.lookup(d.gfid, b"e").await.unwrap();
+    assert_eq!((found.gfid, found.attr.mode & 0o7777), (e.gfid, 0o750));
+    assert!(found.attr.is_dir());
+    // Still usable: a file and a directory made inside, found again.
+    let obj = new_object(libc::S_IFREG | 0o644, root());
+    let (f, _) = vol.create(e.gfid, b"new", obj).await.unwrap();
+    assert_eq!(vol.lookup(e.gfid, b"new").await.unwrap().gfid, f.gfid);
+    let sub = vol.mkdir(e.gfid, b"sub", dir(0o700)).await.unwrap();
+    assert_eq!(vol.lookup(e.gfid, b"sub").await.unwrap().gfid, sub.gfid);
+    for i in 0..12 {
+        let name = format!("x{i}");
+        let obj = new_object(libc::S_IFREG | 0o644, root());
+        let (x, _) = vol.create(sub.gfid, name.as_bytes(), obj).await.unwrap();
+        assert_eq!(
+            vol.lookup(sub.gfid, name.as_bytes()).await.unwrap().gfid,
+            x.gfid
+        );
+    }
+    // fix-layout then makes the copies, and the layout covers the new subvolume.
+    let crawler = Crawler::new(spec(&b.specs, 2, 2), "rebalancer").unwrap();
+    let c = Counters::default();
+    crawler.fix_layout(&stop, &c).await.unwrap();
+    assert_eq!(c.snapshot().failed, 0);
+    assert!(b.dirs[2].path().join("d/e/sub").is_dir());
+    // With the new ranges (a new generation drops cached layouts), every name is found.
+    vol.update(spec(&b.specs, 2, 3)).unwrap();
+    for i in 0..12 {
+        let name = format!("x{i}");
+        vol.lookup(sub.gfid, name.as_bytes()).await.unwrap();
+    }
+    assert_eq!(vol.lookup(e.gfid, b"new").await.unwrap().gfid, f.gfid);
     stop.cancel();
 }

@@ -641,7 +641,7 @@ impl Volume {
                 open: None,
                 lock: false,
             };
-            for (_, r) in self
+            for (k, r) in self
                 .fan_out(&missing, |_| Op::Mknod {
                     parent,
                     name: name.to_vec(),
@@ -654,6 +654,12 @@ impl Volume {
             {
                 match r {
                     Ok(_) | Err(Errno(libc::EEXIST)) => {}
+                    // The parent has no copy there either (a subvolume added since, the
+                    // parent's lookup cached by the kernel): made by fix-layout, or by
+                    // a lookup of the parent; the directory works without it meanwhile.
+                    Err(Errno(libc::ENOENT)) | Err(Errno(libc::ESTALE)) => {
+                        tracing::debug!("directory {g}: no parent copy on subvolume {k} yet")
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -802,17 +808,63 @@ impl Volume {
             return Err(unexpected(first));
         };
         let others: Vec<u32> = self.all().into_iter().filter(|k| *k != hashed).collect();
+        let mut made = vec![hashed];
+        let mut lacking = Vec::new();
         for (k, r) in self.fan_out(&others, |k| mk(k, &obj)).await {
-            if let Err(e) = r {
+            match r {
+                Ok(_) => made.push(k),
+                // No copy of the parent there (a subvolume added since, before
+                // fix-layout): no range there either, as gluster gives none to a
+                // subvolume where mkdir failed.
+                Err(Errno(libc::ENOENT)) | Err(Errno(libc::ESTALE)) => lacking.push(k),
                 // The next lookup repairs it; the directory exists for the user already.
-                tracing::warn!("mkdir on subvolume {k}: {}", e.describe());
+                Err(e) => tracing::warn!("mkdir on subvolume {k}: {}", e.describe()),
             }
         }
-        self.layouts.lock().expect("layouts").insert(g, new_layout);
+        if lacking.is_empty() {
+            self.layouts.lock().expect("layouts").insert(g, new_layout);
+        } else if let Err(e) = self.spread_new_dir(g, &made, &lacking).await {
+            // Not cached: the next use reads the ranges and repairs them.
+            tracing::warn!("mkdir: ranges of {g}: {}", e.describe());
+        }
         Ok(Found {
             gfid: g,
             attr: entry.attr,
         })
+    }
+
+    /// Gives new directory `g` even ranges over the subvolumes names hash to except
+    /// `lacking` (which have no copy of it), written on its copies `made`.
+    async fn spread_new_dir(&self, g: Gfid, made: &[u32], lacking: &[u32]) -> Res<()> {
+        let mut spread: Vec<u32> = self
+            .hashable()
+            .into_iter()
+            .filter(|k| !lacking.contains(k))
+            .collect();
+        if spread.is_empty() {
+            // Only subvolumes being removed have it (they hold the parent): names go
+            // there until fix-layout moves them.
+            spread = made.to_vec();
+        }
+        let layout = Layout::even(&spread, g, self.epoch(), true);
+        for (_, r) in self
+            .fan_out(made, |k| Op::SetMeta {
+                gfid: g,
+                set: SetMeta {
+                    layout: Some(layout.of(k).unwrap_or(DirLayout {
+                        epoch: self.epoch(),
+                        committed: true,
+                        range: None,
+                    })),
+                    ..Default::default()
+                },
+            })
+            .await
+        {
+            r?;
+        }
+        self.layouts.lock().expect("layouts").insert(g, layout);
+        Ok(())
     }
 
     /// Removes a non-directory name (and its link file, if any).
@@ -1112,6 +1164,34 @@ impl Volume {
             .await?
             .hashed(new_name)
             .ok_or(Errno(libc::ENOTCONN))?;
+        let e = match self.link_at(g, data, hashed, new_parent, new_name).await {
+            Err(e @ Errno(libc::ENOENT)) | Err(e @ Errno(libc::ESTALE)) => {
+                // Moved by a rebalance since this client learned where it was?
+                self.located.lock().expect("located").remove(&g);
+                let (moved_to, _) = self.search(g).await?;
+                if moved_to == data {
+                    return Err(e);
+                }
+                self.link_at(g, moved_to, hashed, new_parent, new_name)
+                    .await?
+            }
+            r => r?,
+        };
+        Ok(Found {
+            gfid: g,
+            attr: e.attr,
+        })
+    }
+
+    /// `link` with the data on subvolume `data` and the new name hashing to `hashed`.
+    async fn link_at(
+        &self,
+        g: Gfid,
+        data: u32,
+        hashed: u32,
+        new_parent: Gfid,
+        new_name: &[u8],
+    ) -> Res<Entry> {
         if hashed != data {
             // The name must be free on its hashed subvolume too.
             match self
@@ -1141,10 +1221,7 @@ impl Volume {
             self.put_linkto(new_parent, new_name, g, hashed, data)
                 .await?;
         }
-        Ok(Found {
-            gfid: g,
-            attr: e.attr,
-        })
+        Ok(e)
     }
 
     pub async fn readlink(&self, g: Gfid) -> Res<Vec<u8>> {
