@@ -419,3 +419,87 @@ fn three_machines_through_faults() {
     }
     let _ = c1.mb.private_group();
 }
+
+/// `nuage up` on each machine, with nothing about groups in nuage.toml: every node runs a
+/// group daemon on port 4803, the daemons are the node and its peers, and they form one
+/// ring; `nuage group status` inside a machine finds its own daemon (the lab gives each
+/// machine its own socket directory).
+#[test]
+fn nuage_up_on_three_machines_forms_one_group_ring_from_the_peers() {
+    let name = format!("gup-{}", std::process::id());
+    let lab = Lab::create(&name, 3).expect("creating the lab (needs root)");
+    let nuage = env!("CARGO_BIN_EXE_nuage");
+    // As an operator runs it: the group daemon's default applies (the nodes inherit this
+    // process's environment, where the common helpers' NUAGE_GROUP_ENABLED=false is not).
+    lab.start_nodes(std::path::Path::new(nuage)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for m in ["n1", "n2", "n3"] {
+        loop {
+            let out = lab.exec(m, nuage, &["group", "status", "--json"]).unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let st: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+            if let Some(st) = st.filter(|st| {
+                st["operational"] == true && st["members"] == serde_json::json!(["n1", "n2", "n3"])
+            }) {
+                assert_eq!(st["daemon"], m);
+                assert_eq!(st["port"], 4803);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{m}: no ring of n1, n2, n3 within 30 s: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    // A client on n1 and one on n3 (over TCP from the host) share a group.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let connect = |m: &str, user: &'static str| {
+            let target = format!("4803@{}", lab.addr(m).unwrap());
+            async move {
+                Mailbox::connect(&target, user, &ConnectOptions::default())
+                    .await
+                    .unwrap()
+            }
+        };
+        let a = connect("n1", "a").await;
+        let c = connect("n3", "c").await;
+        a.join("g").await.unwrap();
+        c.join("g").await.unwrap();
+        // Wait until a sees both members, then send.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(Instant::now() < deadline, "no view of a and c");
+            match tokio::time::timeout(Duration::from_secs(20), a.receive())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                Received::Membership(m) if m.members.len() == 2 => break,
+                _ => {}
+            }
+        }
+        a.multicast(Service::Agreed, &["g"], 7, b"through nuage up")
+            .await
+            .unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), c.receive())
+                .await
+                .expect("c receives within 20 s")
+                .unwrap()
+            {
+                Received::Message(m) => {
+                    assert_eq!(&m.data[..], b"through nuage up");
+                    assert_eq!(m.sender, "#a#n1");
+                    break;
+                }
+                Received::Membership(_) => {}
+            }
+        }
+    });
+}
