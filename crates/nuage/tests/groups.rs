@@ -544,6 +544,7 @@ fn shell_speaks_like_spuser_and_status_shows_the_groups() {
         panic!("the shell never printed {what:?}; it printed:\n{last}");
     };
     wait_for("User: connected to");
+    wait_for("\tm <group> -- send a multiline message to group. Terminate with empty line\n");
     writeln!(stdin, "j g").unwrap();
     wait_for(
         "Received REGULAR membership for group g with 1 members, where I am member 0:\n\t#alice#d1\ngrp id is ",
@@ -586,6 +587,21 @@ fn shell_speaks_like_spuser_and_status_shows_the_groups() {
                 .starts_with(format!("mess num {} ", i + 2).as_bytes())
         );
     }
+    // Alice's own burst comes back; then, with asynchronous reading off, `r` reads one
+    // message and spuser's prompt comes twice (after the message, after the command).
+    wait_for("(30 bytes): mess num 11 \n");
+    writeln!(stdin, "d").unwrap();
+    bob.multicast(Service::Reliable, &["g"], 3, b"ping")
+        .unwrap();
+    assert_eq!(&next_message(&bob).data[..], b"ping");
+    writeln!(stdin, "r").unwrap();
+    wait_for(
+        "received RELIABLE message from #bob#d1, of type 3, (endian 0) to 1 groups \n(4 bytes): ping\n\nUser> \nUser> ",
+    );
+    writeln!(stdin, "e").unwrap();
+    // Errors print as Spread's SP_error does, word for word.
+    writeln!(stdin, "j {}", "x".repeat(40)).unwrap();
+    wait_for("SP_error: (-14) Illegal group\n");
 
     let status = common::run(&[
         "group",
