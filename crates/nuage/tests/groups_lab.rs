@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,96 +86,41 @@ fn wait_view(c: &Client, members: &[&String]) -> (Cause, Vec<Vec<String>>) {
     (cause, vs)
 }
 
-/// Messages, as (sender, counter).
-type MsgSet = BTreeSet<(String, u64)>;
-
-/// The checker: the properties of the issue over every client's log.
+/// The checker of the issue's properties (nuage_group::check, the one the simulation
+/// uses) over every client's log: one order, FIFO, no duplicates, one view per message,
+/// virtual synchrony (to the end, for the clients that stay), SAFE, self-delivery. The
+/// senders alternate AGREED (odd counters) and SAFE (even ones).
 fn check(clients: &[&Client]) -> Result<(), String> {
-    // Where (view id, position) each client delivered each message.
-    let mut at: Vec<HashMap<(String, u64), (usize, GroupId)>> = Vec::new();
-    for c in clients {
-        let mut view = None;
-        let mut here = HashMap::new();
-        let mut last_n: HashMap<String, u64> = HashMap::new();
-        for (pos, r) in c.log.lock().unwrap().iter().enumerate() {
-            match r {
-                Rec::View { id, .. } => view = Some(*id),
-                Rec::Msg { sender, n } => {
-                    let v = view.ok_or(format!("{} got a message before any view", c.name))?;
-                    if here.insert((sender.clone(), *n), (pos, v)).is_some() {
-                        return Err(format!("{} got {sender}:{n} twice", c.name));
-                    }
-                    if let Some(prev) = last_n.insert(sender.clone(), *n)
-                        && prev >= *n
-                    {
-                        return Err(format!(
-                            "{} got {sender}:{n} after {sender}:{prev} (FIFO)",
-                            c.name
-                        ));
-                    }
-                }
-                Rec::Transitional | Rec::Closed => {}
+    let logs: Vec<nuage_group::check::MemberLog> = clients
+        .iter()
+        .map(|c| {
+            let log = c.log.lock().unwrap();
+            let recs = log
+                .iter()
+                .filter_map(|r| match r {
+                    Rec::View { id, members, .. } => Some(nuage_group::check::Rec::View {
+                        id: *id,
+                        members: members.clone(),
+                    }),
+                    Rec::Transitional => Some(nuage_group::check::Rec::Transitional),
+                    Rec::Msg { sender, n } => Some(nuage_group::check::Rec::Msg {
+                        sender: sender.clone(),
+                        n: *n,
+                        safe: n % 2 == 0,
+                    }),
+                    Rec::Closed => None,
+                })
+                .collect();
+            nuage_group::check::MemberLog {
+                label: c.name.clone(),
+                private_group: c.name.clone(),
+                recs,
+                sent: c.sent.lock().unwrap().clone(),
+                crashed: log.last() == Some(&Rec::Closed),
             }
-        }
-        at.push(here);
-    }
-    for a in 0..clients.len() {
-        for b in a + 1..clients.len() {
-            // The same view everywhere, and one order.
-            let mut common: Vec<(usize, usize)> = Vec::new();
-            for (k, (pa, va)) in &at[a] {
-                if let Some((pb, vb)) = at[b].get(k) {
-                    if va != vb {
-                        return Err(format!(
-                            "{}:{} is in view {va} at {} but {vb} at {}",
-                            k.0, k.1, clients[a].name, clients[b].name
-                        ));
-                    }
-                    common.push((*pa, *pb));
-                }
-            }
-            common.sort();
-            if common.windows(2).any(|w| w[0].1 > w[1].1) {
-                return Err(format!(
-                    "{} and {} disagree on the order",
-                    clients[a].name, clients[b].name
-                ));
-            }
-        }
-    }
-    // Members that go from one view to the next together got the same messages in it.
-    let mut between: HashMap<(GroupId, GroupId), (MsgSet, String)> = HashMap::new();
-    for c in clients {
-        let mut from = None;
-        let mut set = BTreeSet::new();
-        for r in c.log.lock().unwrap().iter() {
-            match r {
-                Rec::View { id, .. } => {
-                    if let Some(f) = from {
-                        match between.get(&(f, *id)) {
-                            Some((s, who)) if *s != set => {
-                                return Err(format!(
-                                    "{} and {who} go from view {f} to {id} together but got different messages",
-                                    c.name
-                                ));
-                            }
-                            Some(_) => {}
-                            None => {
-                                between.insert((f, *id), (set.clone(), c.name.clone()));
-                            }
-                        }
-                    }
-                    from = Some(*id);
-                    set.clear();
-                }
-                Rec::Msg { sender, n } => {
-                    set.insert((sender.clone(), *n));
-                }
-                Rec::Transitional | Rec::Closed => {}
-            }
-        }
-    }
-    Ok(())
+        })
+        .collect();
+    nuage_group::check::check(&logs)
 }
 
 #[test]
@@ -396,21 +340,9 @@ fn three_machines_through_faults() {
     if let Err(e) = check(&[&c1, &c2, &c3]) {
         panic!("{e}");
     }
-    // Self-delivery: c1 and c2 got every message they sent.
     for c in [&c1, &c2] {
-        let got: BTreeSet<u64> = c
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|r| match r {
-                Rec::Msg { sender, n } if *sender == c.name => Some(*n),
-                _ => None,
-            })
-            .collect();
-        let sent: BTreeSet<u64> = c.sent.lock().unwrap().iter().copied().collect();
-        assert!(sent.len() > 50, "{} sent only {}", c.name, sent.len());
-        assert_eq!(got, sent, "{} missed its own messages", c.name);
+        let sent = c.sent.lock().unwrap().len();
+        assert!(sent > 50, "{} sent only {sent}", c.name);
     }
     drop(rt);
     for mut d in daemons {
