@@ -22,7 +22,15 @@
 //!    delivered to all members that survive that view);
 //! 6. SAFE: a SAFE message delivered in a regular view, before that view's TRANSITIONAL
 //!    signal, is delivered in that view by every member of it that does not crash in it;
-//! 7. self-delivery: a member that does not crash delivers every message it sent.
+//! 7. self-delivery: a member that does not crash delivers every message it sent;
+//! 8. vs-sets name who came from where: in a view caused by the network, the vs-sets
+//!    partition the members, and the vs-set holding a member holds only members (among
+//!    those logged) whose previous view was the same as its own — so, with property 5,
+//!    members of one vs-set delivered the same messages since their common view. (Not
+//!    the converse: nuage draws vs-sets by daemon configuration, and when a
+//!    configuration change is interrupted before the clients are shown it, members that
+//!    left one view together may be placed in different vs-sets. The sets are then finer
+//!    than needed, which costs an application a state transfer, never correctness.)
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -31,8 +39,14 @@ use crate::wire::GroupId;
 /// One thing a member received, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rec {
-    /// A REGULAR membership.
-    View { id: GroupId, members: Vec<String> },
+    /// A REGULAR membership; `network` when caused by a configuration change (then its
+    /// `vs_sets` are checked; otherwise they are not looked at).
+    View {
+        id: GroupId,
+        members: Vec<String>,
+        network: bool,
+        vs_sets: Vec<Vec<String>>,
+    },
     /// A TRANSITIONAL membership: the view is ending; what follows until the next view is
     /// delivered in the transitional configuration.
     Transitional,
@@ -71,7 +85,8 @@ pub fn check(logs: &[MemberLog]) -> Result<(), String> {
     same_view_and_one_order(logs, &placed)?;
     virtual_synchrony(logs)?;
     safe_delivery(logs, &placed)?;
-    self_delivery(logs, &placed)
+    self_delivery(logs, &placed)?;
+    vs_sets(logs)
 }
 
 /// Properties 1–3 (per member, and group ids): where each member delivered each message.
@@ -86,7 +101,7 @@ fn place(logs: &[MemberLog]) -> Result<Vec<HashMap<Key, Placed>>, String> {
         let mut last_n: HashMap<&str, u64> = HashMap::new();
         for (pos, r) in log.recs.iter().enumerate() {
             match r {
-                Rec::View { id, members } => {
+                Rec::View { id, members, .. } => {
                     match members_of.get(id) {
                         Some((m, other)) if *m != members.as_slice() => {
                             return Err(format!(
@@ -273,6 +288,62 @@ fn self_delivery(logs: &[MemberLog], placed: &[HashMap<Key, Placed>]) -> Result<
     Ok(())
 }
 
+/// Property 8.
+fn vs_sets(logs: &[MemberLog]) -> Result<(), String> {
+    // Each logged member's view before each view it installed (None: its first).
+    let mut previous: HashMap<(&str, GroupId), Option<GroupId>> = HashMap::new();
+    for log in logs {
+        let mut prev = None;
+        for r in &log.recs {
+            if let Rec::View { id, .. } = r {
+                previous.insert((&log.private_group, *id), prev);
+                prev = Some(*id);
+            }
+        }
+    }
+    for log in logs {
+        let me = log.private_group.as_str();
+        for r in &log.recs {
+            let Rec::View {
+                id,
+                members,
+                network: true,
+                vs_sets,
+            } = r
+            else {
+                continue;
+            };
+            let mut all: Vec<&String> = vs_sets.iter().flatten().collect();
+            all.sort();
+            let mut want: Vec<&String> = members.iter().collect();
+            want.sort();
+            if all != want {
+                return Err(format!(
+                    "the vs-sets {vs_sets:?} of view {id} at {} do not partition its members {members:?}",
+                    log.label
+                ));
+            }
+            let mine_before = previous[&(me, *id)];
+            let Some(mine) = vs_sets.iter().find(|v| v.iter().any(|m| m == me)) else {
+                return Err(format!("no vs-set of view {id} at {} holds it", log.label));
+            };
+            for other in members {
+                let Some(theirs_before) = previous.get(&(other.as_str(), *id)) else {
+                    continue; // not logged
+                };
+                let together = mine_before.is_some() && *theirs_before == mine_before;
+                if mine.contains(other) && !together && other != me {
+                    return Err(format!(
+                        "view {id} at {}: {other} is in its vs-set {mine:?}, but came from view {theirs_before:?} while it came from {mine_before:?}",
+                        log.label
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +352,23 @@ mod tests {
         Rec::View {
             id: GroupId([0, id, 1]),
             members: members.iter().map(|s| (*s).to_owned()).collect(),
+            network: false,
+            vs_sets: Vec::new(),
+        }
+    }
+
+    fn network_view(id: i32, vs_sets: &[&[&str]]) -> Rec {
+        let vs_sets: Vec<Vec<String>> = vs_sets
+            .iter()
+            .map(|v| v.iter().map(|s| (*s).to_owned()).collect())
+            .collect();
+        let mut members: Vec<String> = vs_sets.iter().flatten().cloned().collect();
+        members.sort();
+        Rec::View {
+            id: GroupId([0, id, 1]),
+            members,
+            network: true,
+            vs_sets,
         }
     }
 
@@ -395,5 +483,36 @@ mod tests {
         let mut l = good();
         l[0].sent.push(2);
         expect(l, "never got its own message 2");
+
+        // A merge: a and b were together, c apart.
+        let merge = |sets: &[&[&str]]| {
+            let ab = ["a", "b"];
+            vec![
+                member("a", vec![view(1, &ab), network_view(3, sets)], &[], false),
+                member("b", vec![view(1, &ab), network_view(3, sets)], &[], false),
+                member(
+                    "c",
+                    vec![view(2, &["c"]), network_view(3, sets)],
+                    &[],
+                    false,
+                ),
+            ]
+        };
+        check(&merge(&[&["a", "b"], &["c"]])).unwrap();
+        // Finer than needed is allowed (see the module documentation).
+        check(&merge(&[&["a"], &["b"], &["c"]])).unwrap();
+        expect(merge(&[&["a", "b", "c"]]), "is in its vs-set");
+        let mut l = merge(&[&["a", "b"], &["c"]]);
+        for m in &mut l {
+            if let Rec::View { vs_sets, .. } = &mut m.recs[1] {
+                vs_sets.pop();
+            }
+        }
+        expect(l, "do not partition");
+        let mut l = merge(&[&["a", "b"], &["c"]]);
+        if let Rec::View { members, .. } = &mut l[2].recs[1] {
+            members.push("d".into());
+        }
+        expect(l, "names");
     }
 }

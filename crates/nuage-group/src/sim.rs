@@ -160,9 +160,11 @@ impl SimUpper {
                     sender: m.sender,
                 },
                 Ok(Received::Membership(m)) => match m.kind {
-                    MembershipKind::Regular { .. } => ClientRec::View {
+                    MembershipKind::Regular { cause, .. } => ClientRec::View {
                         id: m.group_id.expect("regular views have ids"),
                         members: m.members,
+                        network: cause == crate::client::Cause::Network,
+                        vs_sets: m.vs_sets,
                     },
                     MembershipKind::Transitional => ClientRec::Transitional,
                     MembershipKind::SelfLeave => continue,
