@@ -6,10 +6,15 @@
 #
 # Run as root from the repository root after `cargo build --release -p nuage` and
 # `cargo build --release -p nuage-group --example groups_bench`:
-#   bench/groups/run.sh [RUNS]        (default 3 runs; medians are printed)
+#   bench/groups/run.sh [RUNS]        (default 5 runs; medians are printed)
+# For AGREED, nuage and corosync runs alternate (nuage first in odd runs, corosync first
+# in even ones); each run gives the ratios nuage/corosync, and their medians are printed
+# with every per-run ratio, so a drifting machine load does not favour either side.
+# Environment: COUNT, LATENCY, SERVICES, SIZES; NUAGE_RT=1 runs nuage's daemons with
+# realtime scheduling, as corosync runs itself (see below).
 set -euo pipefail
 
-RUNS=${1:-3}
+RUNS=${1:-5}
 ROOT=$(pwd)
 NUAGE=$ROOT/target/release/nuage
 CLIENT=$ROOT/target/release/examples/groups_bench
@@ -39,9 +44,15 @@ Spread_Segment $NET.255:4803 {
   n3 $A3
 }
 CONF
+# corosync gives itself round-robin realtime scheduling at the highest priority (its
+# default, `sched_rr: yes`); on a busy machine that alone shortens its latency tail.
+# NUAGE_RT=1 runs nuage's daemons the same way (chrt --rr 99), so the two protocols can
+# be compared on equal terms; NUAGE_RT=0 (default) leaves them at normal priority.
+RT=()
+if [ "${NUAGE_RT:-0}" = 1 ]; then RT=(chrt --rr 99); fi
 for m in n1 n2 n3; do
   mkdir -p "$WORK/$m"
-  "$NUAGE" lab exec --name "$LAB" "$m" -- "$NUAGE" group daemon -l n -n "$m" -c "$WORK/spread.conf" --runtime-dir "$WORK/$m" >"$WORK/$m.log" 2>&1 &
+  "$NUAGE" lab exec --name "$LAB" "$m" -- "${RT[@]}" "$NUAGE" group daemon -l n -n "$m" -c "$WORK/spread.conf" --runtime-dir "$WORK/$m" >"$WORK/$m.log" 2>&1 &
 done
 sleep 4
 
@@ -111,6 +122,9 @@ CONF
       >"$WORK/corosync.$m.log" 2>&1 &
   done
   sleep 5
+  # Say how each daemon is scheduled (class RR = realtime round robin, TS = normal).
+  ps -eo cls=,rtprio=,args= | awk -v w="$WORK" 'index($0, w) && ($3 ~ /corosync$/ || $4 == "group") && $3 != "sh" {
+    print "scheduling: " $1 " " $2 "  " ($3 ~ /corosync$/ ? "corosync" : "nuage group daemon") }' | sort | uniq -c
 else
   echo "corosync or libcpg-dev missing: no corosync figures (apt-get install corosync libcpg-dev)"
 fi
@@ -130,29 +144,49 @@ run_cpg() { # size -> "msgs_per_s mbit p50 p99"
   echo "$(field msgs_per_s <"$out.all" | median) $(field mbit_per_s <"$out.all" | median) $(field p50_us <"$out.all" | median) $(field p99_us <"$out.all" | median)"
 }
 
-echo "groups benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r); $COUNT messages per run, $LATENCY latency probes, median of $RUNS runs"
-printf '%-9s %6s | %12s %10s %8s %8s\n' "system/service" size "msgs/s" "Mbit/s" "p50 us" "p99 us"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f\n", a / b; else print "nan" }'; }
+sorted() { tr ' ' '\n' | grep -v '^$' | sort -n | tr '\n' ' '; }
+
+echo "groups benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); $COUNT messages per run, $LATENCY latency probes, $RUNS runs; NUAGE_RT=${NUAGE_RT:-0}"
+echo "(AGREED: nuage and corosync runs interleaved, alternating which goes first; ratios are per run, then the median)"
+printf '%-14s %6s | %12s %10s %8s %8s\n' "system/service" size "msgs/s" "Mbit/s" "p50 us" "p99 us"
 for svc in ${SERVICES:-reliable agreed safe}; do
   for size in ${SIZES:-100 1000 8000}; do
     rs=(); ms=(); p5=(); p9=()
+    crs=(); cms=(); cp5=(); cp9=()
+    rt=(); r5=(); r9=()
+    compare=0
+    if [ "$svc" = agreed ] && [ "$COROSYNC" = 1 ]; then compare=1; fi
     for r in $(seq "$RUNS"); do
-      read -r a b c d < <(run_nuage "$svc" "$size")
+      if [ "$compare" = 1 ]; then
+        # Interleaved, alternating the order: the machine's load drifts, and each
+        # ratio compares two runs made a few seconds apart.
+        if [ $((r % 2)) = 1 ]; then
+          read -r a b c d < <(run_nuage "$svc" "$size")
+          read -r ca cb cc cd < <(run_cpg "$size")
+        else
+          read -r ca cb cc cd < <(run_cpg "$size")
+          read -r a b c d < <(run_nuage "$svc" "$size")
+        fi
+        crs+=("$ca"); cms+=("$cb"); cp5+=("$cc"); cp9+=("$cd")
+        rt+=("$(ratio "$a" "$ca")"); r5+=("$(ratio "$c" "$cc")"); r9+=("$(ratio "$d" "$cd")")
+      else
+        read -r a b c d < <(run_nuage "$svc" "$size")
+      fi
       rs+=("$a"); ms+=("$b"); p5+=("$c"); p9+=("$d")
     done
-    nr=$(printf '%s\n' "${rs[@]}" | median); np50=$(printf '%s\n' "${p5[@]}" | median)
     printf '%-14s %6s | %12s %10s %8s %8s\n' "nuage/$svc" "$size" \
-      "$nr" "$(printf '%s\n' "${ms[@]}" | median)" "$np50" "$(printf '%s\n' "${p9[@]}" | median)"
-    if [ "$svc" = agreed ] && [ "$COROSYNC" = 1 ]; then
-      rs=(); ms=(); p5=(); p9=()
-      for r in $(seq "$RUNS"); do
-        read -r a b c d < <(run_cpg "$size")
-        rs+=("$a"); ms+=("$b"); p5+=("$c"); p9+=("$d")
-      done
-      cr=$(printf '%s\n' "${rs[@]}" | median); cp50=$(printf '%s\n' "${p5[@]}" | median)
+      "$(printf '%s\n' "${rs[@]}" | median)" "$(printf '%s\n' "${ms[@]}" | median)" \
+      "$(printf '%s\n' "${p5[@]}" | median)" "$(printf '%s\n' "${p9[@]}" | median)"
+    if [ "$compare" = 1 ]; then
       printf '%-14s %6s | %12s %10s %8s %8s\n' "corosync/cpg" "$size" \
-        "$cr" "$(printf '%s\n' "${ms[@]}" | median)" "$cp50" "$(printf '%s\n' "${p9[@]}" | median)"
-      awk -v a="$nr" -v b="$cr" -v c="$np50" -v d="$cp50" -v s="$size" \
-        'BEGIN { printf "%-14s %6s | throughput nuage/corosync = %.2f   p50 latency nuage/corosync = %.2f\n", "ratio", s, (b>0?a/b:0), (d>0?c/d:0) }'
+        "$(printf '%s\n' "${crs[@]}" | median)" "$(printf '%s\n' "${cms[@]}" | median)" \
+        "$(printf '%s\n' "${cp5[@]}" | median)" "$(printf '%s\n' "${cp9[@]}" | median)"
+      printf '%-14s %6s | nuage/corosync per run, median: throughput %s  p50 %s  p99 %s\n' "ratio" "$size" \
+        "$(printf '%s\n' "${rt[@]}" | median)" "$(printf '%s\n' "${r5[@]}" | median)" "$(printf '%s\n' "${r9[@]}" | median)"
+      printf '%-14s %6s |   throughput: %s\n' "" "" "$(echo "${rt[*]}" | sorted)"
+      printf '%-14s %6s |   p50:        %s\n' "" "" "$(echo "${r5[*]}" | sorted)"
+      printf '%-14s %6s |   p99:        %s\n' "" "" "$(echo "${r9[*]}" | sorted)"
     fi
   done
 done

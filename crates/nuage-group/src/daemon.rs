@@ -51,7 +51,13 @@ pub struct DaemonConfig {
     pub me: usize,
     /// Directory of the Unix socket `<port>` and the status socket `<port>.status`.
     pub runtime_dir: PathBuf,
+    /// Where the port, address and socket directory are chosen, named by errors such as
+    /// "address in use" (default: [`DAEMON_SETTINGS_HINT`]).
+    pub settings_hint: &'static str,
 }
+
+/// Where `nuage group daemon`'s port, address and socket directory are chosen.
+pub const DAEMON_SETTINGS_HINT: &str = "this daemon's line in spread.conf (-c) or --runtime-dir";
 
 impl DaemonConfig {
     /// Chooses this daemon (by `name`, else by local address) and the socket directory
@@ -72,6 +78,7 @@ impl DaemonConfig {
             conf,
             me,
             runtime_dir: runtime_dir.unwrap_or_else(default_runtime_dir),
+            settings_hint: DAEMON_SETTINGS_HINT,
         })
     }
 
@@ -153,12 +160,8 @@ impl Daemon {
             addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), entry.port));
         }
         for a in addrs {
-            let l = nuage_core::net::bind_tcp(
-                a,
-                "the group daemon's clients",
-                "this daemon's line in spread.conf (-c)",
-            )
-            .await?;
+            let l = nuage_core::net::bind_tcp(a, "the group daemon's clients", cfg.settings_hint)
+                .await?;
             tcp.push(l);
         }
         std::fs::create_dir_all(&cfg.runtime_dir).with_context(|| {
@@ -167,16 +170,12 @@ impl Daemon {
                 cfg.runtime_dir.display()
             )
         })?;
-        let unix = bind_unix(&cfg.socket_path())?;
-        let status = bind_unix(&cfg.status_path())?;
+        let unix = bind_unix(&cfg.socket_path(), cfg.settings_hint)?;
+        let status = bind_unix(&cfg.status_path(), cfg.settings_hint)?;
         let udp = if cfg.conf.daemons.len() > 1 {
             let a = SocketAddr::new(entry.addr, entry.port);
-            let s = nuage_core::net::bind_udp(
-                a,
-                "the group daemon's ring",
-                "this daemon's line in spread.conf (-c)",
-            )
-            .await?;
+            let s =
+                nuage_core::net::bind_udp(a, "the group daemon's ring", cfg.settings_hint).await?;
             set_socket_buffers(&s);
             Some(s)
         } else {
@@ -325,11 +324,11 @@ fn set_socket_buffers(s: &UdpSocket) {
 }
 
 /// Binds a Unix socket, replacing a stale socket file nobody listens on.
-fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+fn bind_unix(path: &Path, settings_hint: &str) -> anyhow::Result<UnixListener> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!(
-                "{} is in use: another daemon listens there (stop it, or choose another port or --runtime-dir)",
+                "{} is in use: another daemon listens there; stop it, or choose another port or socket directory with {settings_hint}",
                 path.display()
             );
         }

@@ -6,9 +6,12 @@
 //! - [`group`]: groups and members over the ring, what each local client receives.
 //! - [`daemon`]: the daemon: client sessions, the ring over UDP, the core task.
 //! - [`sim`]: the seeded simulator of the ring and the checker of virtual synchrony.
+//! - [`check`]: the checker of the group guarantees over what every member received
+//!   (the simulation's group mode and the lab fault tests).
 //! - [`service`]: the daemon as a service of `nuage up` (`[group]` in nuage.toml).
 //! - [`client`]: the client library (async, with a blocking wrapper).
 
+pub mod check;
 pub mod client;
 pub mod conf;
 pub mod daemon;

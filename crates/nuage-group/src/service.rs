@@ -1,6 +1,13 @@
 //! The group daemon as a service of `nuage up`, configured by the `[group]` table of
 //! nuage.toml. The daemons are this node and its peers (sorted by name, so every node
 //! numbers them alike), all on the same port.
+//!
+//! The daemon runs by default, on Spread's port 4803, so that Spread programs on the
+//! machine find it where they expect it. If that port is taken (a Spread daemon, another
+//! node on the same host), `nuage up` fails with an error saying so and how to choose:
+//! a node half-started without the service an operator counts on is worse than a clear
+//! refusal. `[group] enabled = false` (or `NUAGE_GROUP_ENABLED=false` in the environment,
+//! for hosts running many nodes, such as test machines) turns it off.
 
 use std::net::{IpAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -17,13 +24,18 @@ use crate::wire::{self, DEFAULT_PORT};
 
 /// The table name in nuage.toml.
 pub const SECTION: &str = "group";
+/// Environment variable giving the default of `[group] enabled` (`true` or `false`); an
+/// `enabled` key in nuage.toml wins over it.
+pub const ENABLED_ENV: &str = "NUAGE_GROUP_ENABLED";
+/// Where the port and socket directory of `nuage up`'s daemon are chosen, for errors.
+const SETTINGS_HINT: &str = "[group] port or runtime_dir in nuage.toml (or turn the daemon off with [group] enabled = false)";
 
 /// `[group]` in nuage.toml.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GroupSection {
-    /// Run a group daemon in this node (default false: a daemon on a fixed port is opt-in).
-    pub enabled: bool,
+    /// Run a group daemon in this node (default true, or `$NUAGE_GROUP_ENABLED`).
+    pub enabled: Option<bool>,
     /// Port of every daemon (clients on TCP and the Unix socket, the ring on UDP).
     pub port: u16,
     /// Directory of the Unix socket `<port>` (default `$NUAGE_GROUP_RUNTIME_DIR` or /tmp).
@@ -37,7 +49,7 @@ pub struct GroupSection {
 impl Default for GroupSection {
     fn default() -> Self {
         GroupSection {
-            enabled: false,
+            enabled: None,
             port: DEFAULT_PORT,
             runtime_dir: None,
             max_session_messages: DEFAULT_MAX_SESSION_MESSAGES,
@@ -46,12 +58,36 @@ impl Default for GroupSection {
     }
 }
 
-/// Whether `nuage up` should include the group service: when `[group] enabled = true`,
-/// or when the table is malformed (so that starting reports the error).
+impl GroupSection {
+    /// Whether the daemon runs: `enabled` from nuage.toml, else `$NUAGE_GROUP_ENABLED`,
+    /// else true.
+    pub fn enabled(&self) -> anyhow::Result<bool> {
+        if let Some(on) = self.enabled {
+            return Ok(on);
+        }
+        enabled_from_env(std::env::var(ENABLED_ENV).ok().as_deref())
+    }
+}
+
+/// The default of `enabled` given the value of `$NUAGE_GROUP_ENABLED` (unset: true).
+fn enabled_from_env(value: Option<&str>) -> anyhow::Result<bool> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(true),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some("false" | "0" | "no" | "off") => Ok(false),
+        Some(other) => anyhow::bail!(
+            "{ENABLED_ENV}=`{other}` is neither true nor false (nor 1/0, yes/no, on/off)"
+        ),
+    }
+}
+
+/// Whether `nuage up` should include the group service: unless it is turned off (see
+/// [`GroupSection::enabled`]); when the table or the variable is malformed it is included,
+/// so that starting reports the error.
 pub fn wanted(config: &Config) -> bool {
     config
         .section::<GroupSection>(SECTION)
-        .map_or(true, |s| s.enabled)
+        .map_or(true, |s| s.enabled().unwrap_or(true))
 }
 
 /// The spread configuration of a node: itself and its peers, sorted by name.
@@ -111,16 +147,18 @@ impl Service for GroupService {
     fn start(self: Box<Self>, ctx: ServiceContext) -> BoxFuture<anyhow::Result<Started>> {
         Box::pin(async move {
             let s: GroupSection = ctx.config.section(SECTION)?;
+            s.enabled()?;
             if s.max_session_messages == 0 {
                 anyhow::bail!("[group] max_session_messages must be at least 1");
             }
             let conf = derive_conf(&ctx.config, &s)?;
             let me = ctx.config.name.as_str().to_owned();
-            let cfg = DaemonConfig::new(
+            let mut cfg = DaemonConfig::new(
                 conf,
                 Some(&me),
                 Some(s.runtime_dir.clone().unwrap_or_else(default_runtime_dir)),
             )?;
+            cfg.settings_hint = SETTINGS_HINT;
             let daemon = Daemon::bind(cfg).await?;
             let endpoints = daemon.endpoints();
             let handle = daemon.status_handle();
@@ -185,9 +223,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("group.portt") || e.contains("portt"), "{e}");
-        std::fs::write(&path, "name = \"n2\"\n").unwrap();
+        std::fs::write(&path, "name = \"n2\"\n[group]\nenabled = false\n").unwrap();
         assert!(!wanted(
             &Config::load(&path, &Overrides::default()).unwrap()
         ));
+    }
+
+    #[test]
+    fn enabled_by_default_unless_the_environment_says_otherwise() {
+        assert!(enabled_from_env(None).unwrap());
+        assert!(enabled_from_env(Some("")).unwrap());
+        for on in ["true", "1", "yes", "on"] {
+            assert!(enabled_from_env(Some(on)).unwrap(), "{on}");
+        }
+        for off in ["false", "0", "no", "off", " false "] {
+            assert!(!enabled_from_env(Some(off)).unwrap(), "{off}");
+        }
+        let e = enabled_from_env(Some("maybe")).unwrap_err().to_string();
+        assert!(e.contains("NUAGE_GROUP_ENABLED=`maybe`"), "{e}");
+        // The file wins over the environment.
+        let s = GroupSection {
+            enabled: Some(true),
+            ..GroupSection::default()
+        };
+        assert!(s.enabled().unwrap());
     }
 }

@@ -29,7 +29,7 @@ use crate::client::{MembershipKind, Received};
 use crate::group::{GroupLayer, Op};
 use crate::ring::packet;
 use crate::ring::{Event, NodeId, NodeSet, Outgoing, Ring, RingConfig, RingId, Send, Upper};
-use crate::wire::{self, GroupId, service};
+use crate::wire::{self, service};
 
 const CONFIG_HASH: u32 = 0x5157;
 
@@ -130,13 +130,8 @@ pub enum Delivered {
     Regular { ring: RingId, members: NodeSet },
 }
 
-/// What a simulated client received (group mode).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientRec {
-    View { id: GroupId, members: Vec<String> },
-    Transitional,
-    Msg { n: u32 },
-}
+/// What a client received (group mode): the checker's record.
+pub use crate::check::Rec as ClientRec;
 
 /// The layer above a simulated ring: raw messages, or (group mode) the real group layer
 /// with two clients per daemon.
@@ -148,6 +143,8 @@ struct SimUpper {
     group: Option<GroupLayer>,
     /// Group mode: what each local client received.
     clients: BTreeMap<String, Vec<ClientRec>>,
+    /// Group mode: the numbers of the messages each local client sent, in order.
+    client_sent: BTreeMap<String, Vec<u64>>,
 }
 
 impl SimUpper {
@@ -158,12 +155,16 @@ impl SimUpper {
         for d in g.take_deliveries() {
             let rec = match crate::client::decode_received(&d.frame, &d.to) {
                 Ok(Received::Message(m)) => ClientRec::Msg {
-                    n: u32::from_le_bytes(m.data[..4].try_into().expect("4")),
+                    n: u64::from(u32::from_le_bytes(m.data[..4].try_into().expect("4"))),
+                    safe: m.service() == Some(crate::client::Service::Safe),
+                    sender: m.sender,
                 },
                 Ok(Received::Membership(m)) => match m.kind {
-                    MembershipKind::Regular { .. } => ClientRec::View {
+                    MembershipKind::Regular { cause, .. } => ClientRec::View {
                         id: m.group_id.expect("regular views have ids"),
                         members: m.members,
+                        network: cause == crate::client::Cause::Network,
+                        vs_sets: m.vs_sets,
                     },
                     MembershipKind::Transitional => ClientRec::Transitional,
                     MembershipKind::SelfLeave => continue,
@@ -236,6 +237,8 @@ pub struct Incarnation {
     pub crashed: bool,
     /// Group mode: what each client of this incarnation received.
     pub clients: BTreeMap<String, Vec<ClientRec>>,
+    /// Group mode: the numbers of the messages each client of this incarnation sent.
+    pub client_sent: BTreeMap<String, Vec<u64>>,
 }
 
 struct Node {
@@ -385,6 +388,7 @@ impl Sim {
                 log: Vec::new(),
                 group,
                 clients: BTreeMap::new(),
+                client_sent: BTreeMap::new(),
             },
             incarnation,
             sent: Vec::new(),
@@ -403,6 +407,7 @@ impl Sim {
                 sent: n.sent,
                 crashed: true,
                 clients: n.upper.clients,
+                client_sent: n.upper.client_sent,
             });
         }
     }
@@ -435,15 +440,15 @@ impl Sim {
                 } else {
                     service::AGREED_MESS
                 };
-                let frame = wire::encode_message(
-                    svc,
-                    &format!("#c{client}#d{i}"),
-                    &["g"],
-                    wire::hint_for(0),
-                    &body,
-                );
+                let sender = format!("#c{client}#d{i}");
+                let frame = wire::encode_message(svc, &sender, &["g"], wire::hint_for(0), &body);
                 let g = n.upper.group.as_mut().expect("group mode");
                 g.submit(&Op::Data { frame });
+                n.upper
+                    .client_sent
+                    .entry(sender)
+                    .or_default()
+                    .push(u64::from(n_id));
                 if now >= n.paused_until {
                     n.ring.notify_pending(now, &mut n.upper, out);
                 }
@@ -655,6 +660,7 @@ pub fn simulate(seed: u64, p: &SimParams) -> Outcome {
                 sent: n.sent,
                 crashed: false,
                 clients: n.upper.clients,
+                client_sent: n.upper.client_sent,
             });
         }
     }
@@ -852,105 +858,26 @@ pub fn check(o: &Outcome) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks what the clients received (group mode): a message is delivered once, in the
-/// same view (group id) everywhere, in one order; clients that go from one view to the
-/// next together got the same messages in between; a group id names one member list.
+/// Checks what the clients received (group mode) with [`crate::check`], the checker the
+/// lab fault tests use: each client of each incarnation is one member; a client of an
+/// incarnation that crashed crashed with it.
 pub fn check_clients(o: &Outcome) -> Result<(), String> {
-    let logs: Vec<(String, &Vec<ClientRec>)> = o
+    let logs: Vec<crate::check::MemberLog> = o
         .incarnations
         .iter()
         .flat_map(|x| {
             x.clients
                 .iter()
-                .map(move |(c, l)| (format!("{c} (incarnation {})", x.incarnation), l))
+                .map(move |(c, recs)| crate::check::MemberLog {
+                    label: format!("{c} (incarnation {})", x.incarnation),
+                    private_group: c.clone(),
+                    recs: recs.clone(),
+                    sent: x.client_sent.get(c).cloned().unwrap_or_default(),
+                    crashed: x.crashed,
+                })
         })
         .collect();
-    let mut members_of: HashMap<GroupId, (Vec<String>, String)> = HashMap::default();
-    let mut placed: Vec<HashMap<u32, (usize, GroupId)>> = Vec::new();
-    for (who, log) in &logs {
-        let mut view = None;
-        let mut here = HashMap::default();
-        for (pos, r) in log.iter().enumerate() {
-            match r {
-                ClientRec::View { id, members } => {
-                    match members_of.get(id) {
-                        Some((m, other)) if m != members => {
-                            return Err(format!(
-                                "group id {id} names {m:?} at {other} but {members:?} at {who}"
-                            ));
-                        }
-                        Some(_) => {}
-                        None => {
-                            members_of.insert(*id, (members.clone(), who.clone()));
-                        }
-                    }
-                    view = Some(*id);
-                }
-                ClientRec::Transitional => {}
-                ClientRec::Msg { n } => {
-                    let v = view.ok_or(format!("{who} got message {n} before any view"))?;
-                    if here.insert(*n, (pos, v)).is_some() {
-                        return Err(format!("{who} got message {n} twice"));
-                    }
-                }
-            }
-        }
-        placed.push(here);
-    }
-    for a in 0..logs.len() {
-        for b in a + 1..logs.len() {
-            let mut common: Vec<(usize, usize)> = Vec::new();
-            for (n, (pa, va)) in &placed[a] {
-                if let Some((pb, vb)) = placed[b].get(n) {
-                    if va != vb {
-                        return Err(format!(
-                            "message {n} is in view {va} at {} but {vb} at {}",
-                            logs[a].0, logs[b].0
-                        ));
-                    }
-                    common.push((*pa, *pb));
-                }
-            }
-            common.sort_unstable();
-            if common.windows(2).any(|w| w[0].1 > w[1].1) {
-                return Err(format!(
-                    "{} and {} disagree on the order",
-                    logs[a].0, logs[b].0
-                ));
-            }
-        }
-    }
-    let mut between: HashMap<(GroupId, GroupId), (BTreeSet<u32>, String)> = HashMap::default();
-    for (who, log) in &logs {
-        let mut from = None;
-        let mut set = BTreeSet::new();
-        for r in log.iter() {
-            match r {
-                ClientRec::View { id, .. } => {
-                    if let Some(f) = from {
-                        match between.get(&(f, *id)) {
-                            Some((s, other)) if *s != set => {
-                                return Err(format!(
-                                    "{who} and {other} go from view {f} to {id} together but got different messages"
-                                ));
-                            }
-                            Some(_) => {}
-                            None => {
-                                between.insert((f, *id), (set.clone(), who.clone()));
-                            }
-                        }
-                    }
-                    from = Some(*id);
-                    set.clear();
-                }
-                ClientRec::Msg { n } => {
-                    set.insert(*n);
-                }
-                ClientRec::Transitional => {}
-            }
-        }
-    }
-    Ok(())
+    crate::check::check(&logs)
 }
 
 #[cfg(test)]
@@ -1166,6 +1093,7 @@ mod tests {
             sent: Vec::new(),
             crashed: false,
             clients: BTreeMap::new(),
+            client_sent: BTreeMap::new(),
         };
         let outcome = |a: Vec<Delivered>, b: Vec<Delivered>| Outcome {
             incarnations: vec![inc(0, a), inc(1, b)],

@@ -93,27 +93,32 @@ pub mod code {
     pub const NET_ERROR_ON_SESSION: i32 = -18;
 }
 
-/// Spread's text for an error code (what `SP_error` prints).
+/// Spread's text for an error code: what `SP_error` prints after `SP_error: (CODE) `,
+/// word for word (programs and scripts match on these lines).
 pub fn code_text(code: i32) -> &'static str {
     match code {
-        code::ILLEGAL_SPREAD => "Illegal spread name provided.",
-        code::COULD_NOT_CONNECT => "Could not connect.",
-        code::REJECT_QUOTA => "Connection rejected, too many users.",
-        code::REJECT_NO_NAME => "Connection rejected, no name was supplied.",
-        code::REJECT_ILLEGAL_NAME => "Connection rejected, illegal name.",
-        code::REJECT_NOT_UNIQUE => "Connection rejected, name not unique.",
-        code::REJECT_VERSION => "Connection rejected, client library incompatible with daemon.",
-        code::CONNECTION_CLOSED => "Connection closed by Spread.",
-        code::REJECT_AUTH => "Connection rejected, authentication failed.",
-        code::ILLEGAL_SESSION => "Illegal session was supplied.",
-        code::ILLEGAL_SERVICE => "Illegal service request.",
-        code::ILLEGAL_MESSAGE => "Illegal message.",
-        code::ILLEGAL_GROUP => "Illegal group.",
-        code::BUFFER_TOO_SHORT => "Buffer too short.",
-        code::GROUPS_TOO_SHORT => "Groups list too short.",
-        code::MESSAGE_TOO_LONG => "Message (body + group names) too large.",
-        code::NET_ERROR_ON_SESSION => "Network socket error. SP_kill() the mailbox.",
-        _ => "Unrecognized error.",
+        code::ILLEGAL_SPREAD => "Illegal spread was provided",
+        code::COULD_NOT_CONNECT => "Could not connect. Is Spread running?",
+        code::REJECT_QUOTA => "Connection rejected, too many users",
+        code::REJECT_NO_NAME => "Connection rejected, no name was supplied",
+        code::REJECT_ILLEGAL_NAME => "Connection rejected, illegal name",
+        code::REJECT_NOT_UNIQUE => "Connection rejected, name not unique",
+        code::REJECT_VERSION => "Connection rejected, library does not fit daemon",
+        code::CONNECTION_CLOSED => "Connection closed by spread",
+        code::REJECT_AUTH => "Connection rejected, authentication failed",
+        code::ILLEGAL_SESSION => "Illegal session was supplied",
+        code::ILLEGAL_SERVICE => "Illegal service request",
+        code::ILLEGAL_MESSAGE => "Illegal message",
+        code::ILLEGAL_GROUP => "Illegal group",
+        code::BUFFER_TOO_SHORT => "The supplied buffer was too short",
+        code::GROUPS_TOO_SHORT => "The supplied groups list was too short",
+        code::MESSAGE_TOO_LONG => {
+            "The message body + group names was too large to fit in a message"
+        }
+        code::NET_ERROR_ON_SESSION => {
+            "The network socket experienced an error. This Spread mailbox will no longer work until the connection is disconnected and then reconnected"
+        }
+        _ => "unrecognized error",
     }
 }
 

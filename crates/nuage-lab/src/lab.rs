@@ -302,7 +302,8 @@ impl Lab {
     }
 
     /// A command that runs `program` inside `machine` (its network and its hostname).
-    /// It inherits this process's environment, plus `NUAGE_LAB` and `NUAGE_MACHINE`.
+    /// It inherits this process's environment, plus `NUAGE_LAB`, `NUAGE_MACHINE` and
+    /// `NUAGE_GROUP_RUNTIME_DIR` (the machine's directory).
     pub fn command(
         &self,
         machine: &str,
@@ -312,7 +313,10 @@ impl Lab {
         let m = self.machine(machine)?;
         let mut cmd = Command::new(program);
         cmd.env("NUAGE_LAB", &self.state.name)
-            .env("NUAGE_MACHINE", &m.name);
+            .env("NUAGE_MACHINE", &m.name)
+            // Machines share the host's file system: each keeps the group daemon's Unix
+            // sockets (Spread's /tmp/<port>) in its own directory (docs/groups.md).
+            .env("NUAGE_GROUP_RUNTIME_DIR", &m.dir);
         ns::enter(&mut cmd, &m.netns_path(), &m.uts_pin()).with_context(|| {
             format!(
                 "machine {} of lab `{}` is not set up; recreate the lab",

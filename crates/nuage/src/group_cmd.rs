@@ -139,7 +139,7 @@ User Menu:
 \tl <group> -- leave a group
 
 \ts <group> -- send a message
-\tm <group> -- send a multiline message (end with an empty line)
+\tm <group> -- send a multiline message to group. Terminate with empty line
 \tb <group> -- send a burst of messages
 
 \tr -- receive a message (stuck) 
@@ -231,14 +231,20 @@ async fn shell(a: ShellArgs) -> anyhow::Result<()> {
         let Some(line) = line else {
             return sh.bye().await;
         };
-        let mut words = line.split_whitespace();
-        let cmd = words.next().unwrap_or("");
-        let args: Vec<&str> = words.collect();
+        // As spuser: the first character is the command, its arguments start at the
+        // third (so `j g` and `jxg` both join g; an empty line is an unknown command).
+        let cmd = line.chars().next().unwrap_or('\n');
+        let args: Vec<&str> = line
+            .get(2..)
+            .or_else(|| line.char_indices().nth(2).map(|(i, _)| &line[i..]))
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
         match cmd {
-            "j" | "l" => match args.first() {
+            'j' | 'l' => match args.first() {
                 None => out(" invalid group \n"),
                 Some(g) => {
-                    let r = if cmd == "j" {
+                    let r = if cmd == 'j' {
                         sh.mb.join(g).await
                     } else {
                         sh.mb.leave(g).await
@@ -248,7 +254,7 @@ async fn shell(a: ShellArgs) -> anyhow::Result<()> {
                     }
                 }
             },
-            "s" | "m" => {
+            's' | 'm' => {
                 let groups: Vec<&str> = args.iter().take(SHELL_MAX_GROUPS).copied().collect();
                 if groups.is_empty() {
                     out(" invalid group \n");
@@ -259,12 +265,12 @@ async fn shell(a: ShellArgs) -> anyhow::Result<()> {
                         let Some(l) = sh.lines.recv().await else {
                             return sh.bye().await;
                         };
-                        if cmd == "m" && l.is_empty() {
+                        if cmd == 'm' && l.is_empty() {
                             break;
                         }
                         mess.push_str(&l);
                         mess.push('\n');
-                        if cmd == "s" {
+                        if cmd == 's' {
                             break;
                         }
                     }
@@ -279,15 +285,13 @@ async fn shell(a: ShellArgs) -> anyhow::Result<()> {
                     sh.sent += 1;
                 }
             }
-            "b" => {
+            'b' => {
                 let group = args.first().copied().unwrap_or("dummy_group_name");
                 out("enter size of each message: ");
                 let Some(l) = sh.lines.recv().await else {
                     return sh.bye().await;
                 };
-                let len = l
-                    .trim()
-                    .parse::<usize>()
+                let len = leading_number(&l)
                     .unwrap_or(sh.previous_len)
                     .min(SHELL_MAX_MESSLEN);
                 sh.previous_len = len;
@@ -303,19 +307,20 @@ async fn shell(a: ShellArgs) -> anyhow::Result<()> {
                     out(&format!("sent message {} (total {})\n", i + 1, sh.sent));
                 }
             }
-            "r" => {
+            'r' => {
+                // spuser prints the prompt twice here: once after the message, once
+                // after the command.
                 if !print_received(sh.mb.receive().await) {
                     return Ok(());
                 }
-                continue;
             }
-            "p" => match sh.mb.poll().await {
+            'p' => match sh.mb.poll().await {
                 Ok(n) => out(&format!("Polling sais: {n}\n")),
                 Err(e) => out(&format!("Polling sais: {}\n", e.code)),
             },
-            "e" => async_read = true,
-            "d" => async_read = false,
-            "q" => return sh.bye().await,
+            'e' => async_read = true,
+            'd' => async_read = false,
+            'q' => return sh.bye().await,
             _ => {
                 out("\nUnknown commnad\n");
                 out(MENU);
@@ -331,6 +336,13 @@ impl Shell {
         let _ = self.mb.disconnect().await;
         Ok(())
     }
+}
+
+/// What C's `sscanf(s, "%u")` reads: leading blanks, then digits (the rest ignored).
+fn leading_number(s: &str) -> Option<usize> {
+    let s = s.trim_start();
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    s[..end].parse().ok()
 }
 
 fn sp_error(e: &nuage_group::client::SpError) {

@@ -544,6 +544,7 @@ fn shell_speaks_like_spuser_and_status_shows_the_groups() {
         panic!("the shell never printed {what:?}; it printed:\n{last}");
     };
     wait_for("User: connected to");
+    wait_for("\tm <group> -- send a multiline message to group. Terminate with empty line\n");
     writeln!(stdin, "j g").unwrap();
     wait_for(
         "Received REGULAR membership for group g with 1 members, where I am member 0:\n\t#alice#d1\ngrp id is ",
@@ -586,6 +587,21 @@ fn shell_speaks_like_spuser_and_status_shows_the_groups() {
                 .starts_with(format!("mess num {} ", i + 2).as_bytes())
         );
     }
+    // Alice's own burst comes back; then, with asynchronous reading off, `r` reads one
+    // message and spuser's prompt comes twice (after the message, after the command).
+    wait_for("(30 bytes): mess num 11 \n");
+    writeln!(stdin, "d").unwrap();
+    bob.multicast(Service::Reliable, &["g"], 3, b"ping")
+        .unwrap();
+    assert_eq!(&next_message(&bob).data[..], b"ping");
+    writeln!(stdin, "r").unwrap();
+    wait_for(
+        "received RELIABLE message from #bob#d1, of type 3, (endian 0) to 1 groups \n(4 bytes): ping\n\nUser> \nUser> ",
+    );
+    writeln!(stdin, "e").unwrap();
+    // Errors print as Spread's SP_error does, word for word.
+    writeln!(stdin, "j {}", "x".repeat(40)).unwrap();
+    wait_for("SP_error: (-14) Illegal group\n");
 
     let status = common::run(&[
         "group",
@@ -804,20 +820,66 @@ fn three_daemons_agree_and_survive_a_daemon_crash() {
     assert_eq!(v1.group_id, v.group_id);
 }
 
+/// `nuage up -c CONFIG` as an operator runs it: without the test helpers'
+/// `NUAGE_GROUP_ENABLED=false`, so the group daemon's default applies.
+fn up_as_operator(config: &Path) -> std::process::Command {
+    let mut cmd = common::nuage();
+    cmd.env_remove(nuage_group::service::ENABLED_ENV)
+        .args(["up", "--config"])
+        .arg(config)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Starts `cmd` (a `nuage up`) and reads its stdout up to the API line.
+fn start_node(mut cmd: std::process::Command) -> common::UpNode {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let api = loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("nuage up exited before printing its API address: {lines:?} {err}");
+        }
+        lines.push(line.trim_end().to_owned());
+        if let Some(url) = line.strip_prefix("api").map(str::trim) {
+            break url.strip_prefix("http://").unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in reader.lines() {});
+    common::UpNode {
+        child,
+        api,
+        stdout_lines: lines,
+    }
+}
+
 #[test]
-fn nuage_up_runs_a_group_daemon_when_the_config_asks() {
+fn nuage_up_runs_a_group_daemon_by_default() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = tmp.path().join("nuage.toml");
+    // No `enabled` key: on by default. (A free port, as tests on a shared host must.)
     std::fs::write(
         &config,
         format!(
-            "name = \"solo\"\naddress = \"127.0.0.1\"\ndata_dir = \"state\"\n[listen]\napi = \"127.0.0.1:0\"\n[group]\nenabled = true\nport = {port}\nruntime_dir = \"{}\"\n",
+            "name = \"solo\"\naddress = \"127.0.0.1\"\ndata_dir = \"state\"\n[listen]\napi = \"127.0.0.1:0\"\n[group]\nport = {port}\nruntime_dir = \"{}\"\n",
             tmp.path().display()
         ),
     )
     .unwrap();
-    let mut node = common::start_up(&["--config", config.to_str().unwrap()]);
+    let mut node = start_node(up_as_operator(&config));
     let info: serde_json::Value =
         serde_json::from_str(&common::http_get(&node.api, "/v1/node").1).unwrap();
     let services = info["services"].to_string();
@@ -852,4 +914,74 @@ fn nuage_up_runs_a_group_daemon_when_the_config_asks() {
         !tmp.path().join(port.to_string()).exists(),
         "the socket is removed"
     );
+}
+
+#[test]
+fn nuage_up_refuses_to_start_when_the_group_port_is_taken_and_can_turn_the_daemon_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Another program (say, a Spread daemon) holds the port.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let config = tmp.path().join("nuage.toml");
+    let write = |group_extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "name = \"solo\"\naddress = \"127.0.0.1\"\ndata_dir = \"state\"\n[listen]\napi = \"127.0.0.1:0\"\n[group]\nport = {port}\nruntime_dir = \"{}\"\n{group_extra}",
+                tmp.path().display()
+            ),
+        )
+        .unwrap();
+    };
+    write("");
+    let out = up_as_operator(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("nuage: error: "), "{err}");
+    for part in [
+        "group",
+        &format!("127.0.0.1:{port}"),
+        "already in use",
+        "[group] port",
+        "enabled = false",
+    ] {
+        assert!(last.contains(part), "`{part}` missing from: {err}");
+    }
+
+    // `enabled = false`: the node starts without it.
+    write("enabled = false\n");
+    let mut node = start_node(up_as_operator(&config));
+    let info: serde_json::Value =
+        serde_json::from_str(&common::http_get(&node.api, "/v1/node").1).unwrap();
+    let services = info["services"].to_string();
+    assert!(!services.contains("\"group\""), "{services}");
+    assert_eq!(common::http_get(&node.api, "/v1/group/status").0, 404);
+    common::signal(&node.child, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        common::wait_exit(&mut node.child, Duration::from_secs(15)).code(),
+        Some(0)
+    );
+
+    // So does NUAGE_GROUP_ENABLED=false when nuage.toml does not say; a value that is
+    // not a boolean is an error.
+    write("");
+    let mut cmd = up_as_operator(&config);
+    cmd.env(nuage_group::service::ENABLED_ENV, "false");
+    let mut node = start_node(cmd);
+    common::signal(&node.child, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        common::wait_exit(&mut node.child, Duration::from_secs(15)).code(),
+        Some(0)
+    );
+    let mut cmd = up_as_operator(&config);
+    cmd.env(nuage_group::service::ENABLED_ENV, "maybe");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains("NUAGE_GROUP_ENABLED=`maybe` is neither true nor false"),
+        "{}",
+        common::stderr(&out)
+    );
+    drop(holder);
 }

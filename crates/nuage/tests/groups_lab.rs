@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,96 +86,48 @@ fn wait_view(c: &Client, members: &[&String]) -> (Cause, Vec<Vec<String>>) {
     (cause, vs)
 }
 
-/// Messages, as (sender, counter).
-type MsgSet = BTreeSet<(String, u64)>;
-
-/// The checker: the properties of the issue over every client's log.
+/// The checker of the issue's properties (nuage_group::check, the one the simulation
+/// uses) over every client's log: one order, FIFO, no duplicates, one view per message,
+/// virtual synchrony (to the end, for the clients that stay), SAFE, self-delivery. The
+/// senders alternate AGREED (odd counters) and SAFE (even ones).
 fn check(clients: &[&Client]) -> Result<(), String> {
-    // Where (view id, position) each client delivered each message.
-    let mut at: Vec<HashMap<(String, u64), (usize, GroupId)>> = Vec::new();
-    for c in clients {
-        let mut view = None;
-        let mut here = HashMap::new();
-        let mut last_n: HashMap<String, u64> = HashMap::new();
-        for (pos, r) in c.log.lock().unwrap().iter().enumerate() {
-            match r {
-                Rec::View { id, .. } => view = Some(*id),
-                Rec::Msg { sender, n } => {
-                    let v = view.ok_or(format!("{} got a message before any view", c.name))?;
-                    if here.insert((sender.clone(), *n), (pos, v)).is_some() {
-                        return Err(format!("{} got {sender}:{n} twice", c.name));
-                    }
-                    if let Some(prev) = last_n.insert(sender.clone(), *n)
-                        && prev >= *n
-                    {
-                        return Err(format!(
-                            "{} got {sender}:{n} after {sender}:{prev} (FIFO)",
-                            c.name
-                        ));
-                    }
-                }
-                Rec::Transitional | Rec::Closed => {}
+    let logs: Vec<nuage_group::check::MemberLog> = clients
+        .iter()
+        .map(|c| {
+            let log = c.log.lock().unwrap();
+            let recs = log
+                .iter()
+                .filter_map(|r| match r {
+                    Rec::View {
+                        id,
+                        members,
+                        cause,
+                        vs_sets,
+                    } => Some(nuage_group::check::Rec::View {
+                        id: *id,
+                        members: members.clone(),
+                        network: *cause == Cause::Network,
+                        vs_sets: vs_sets.clone(),
+                    }),
+                    Rec::Transitional => Some(nuage_group::check::Rec::Transitional),
+                    Rec::Msg { sender, n } => Some(nuage_group::check::Rec::Msg {
+                        sender: sender.clone(),
+                        n: *n,
+                        safe: n % 2 == 0,
+                    }),
+                    Rec::Closed => None,
+                })
+                .collect();
+            nuage_group::check::MemberLog {
+                label: c.name.clone(),
+                private_group: c.name.clone(),
+                recs,
+                sent: c.sent.lock().unwrap().clone(),
+                crashed: log.last() == Some(&Rec::Closed),
             }
-        }
-        at.push(here);
-    }
-    for a in 0..clients.len() {
-        for b in a + 1..clients.len() {
-            // The same view everywhere, and one order.
-            let mut common: Vec<(usize, usize)> = Vec::new();
-            for (k, (pa, va)) in &at[a] {
-                if let Some((pb, vb)) = at[b].get(k) {
-                    if va != vb {
-                        return Err(format!(
-                            "{}:{} is in view {va} at {} but {vb} at {}",
-                            k.0, k.1, clients[a].name, clients[b].name
-                        ));
-                    }
-                    common.push((*pa, *pb));
-                }
-            }
-            common.sort();
-            if common.windows(2).any(|w| w[0].1 > w[1].1) {
-                return Err(format!(
-                    "{} and {} disagree on the order",
-                    clients[a].name, clients[b].name
-                ));
-            }
-        }
-    }
-    // Members that go from one view to the next together got the same messages in it.
-    let mut between: HashMap<(GroupId, GroupId), (MsgSet, String)> = HashMap::new();
-    for c in clients {
-        let mut from = None;
-        let mut set = BTreeSet::new();
-        for r in c.log.lock().unwrap().iter() {
-            match r {
-                Rec::View { id, .. } => {
-                    if let Some(f) = from {
-                        match between.get(&(f, *id)) {
-                            Some((s, who)) if *s != set => {
-                                return Err(format!(
-                                    "{} and {who} go from view {f} to {id} together but got different messages",
-                                    c.name
-                                ));
-                            }
-                            Some(_) => {}
-                            None => {
-                                between.insert((f, *id), (set.clone(), c.name.clone()));
-                            }
-                        }
-                    }
-                    from = Some(*id);
-                    set.clear();
-                }
-                Rec::Msg { sender, n } => {
-                    set.insert((sender.clone(), *n));
-                }
-                Rec::Transitional | Rec::Closed => {}
-            }
-        }
-    }
-    Ok(())
+        })
+        .collect();
+    nuage_group::check::check(&logs)
 }
 
 #[test]
@@ -324,11 +275,15 @@ fn three_machines_through_faults() {
     let mut victim = victim.spawn().unwrap();
     writeln!(victim.stdin.as_mut().unwrap(), "j g").unwrap();
     let v = "#victim#n2".to_owned();
-    wait_view(&c1, &[p1, p2, &v, p3]);
+    for c in [&c1, &c2, &c3] {
+        wait_view(c, &[p1, p2, &v, p3]);
+    }
     victim.kill().unwrap();
     victim.wait().unwrap();
-    let (cause, _) = wait_view(&c1, &[p1, p2, p3]);
-    assert_eq!(cause, Cause::Disconnect);
+    for c in [&c1, &c2, &c3] {
+        let (cause, _) = wait_view(c, &[p1, p2, p3]);
+        assert_eq!(cause, Cause::Disconnect, "at {}", c.name);
+    }
 
     // (c) A partition {n1,n2} | {n3}: both sides go on; healing merges them.
     lab.partition(&[vec!["n1", "n2"], vec!["n3"]]).unwrap();
@@ -363,31 +318,44 @@ fn three_machines_through_faults() {
 
     // (d) n2 paused past the token timeout is excluded; resumed, it comes back.
     lab.pause("n2").unwrap();
-    wait_view(&c1, &[p1, p3]);
+    for c in [&c1, &c3] {
+        let (cause, _) = wait_view(c, &[p1, p3]);
+        assert_eq!(cause, Cause::Network, "at {}", c.name);
+    }
     lab.resume("n2").unwrap();
-    wait_view(&c1, &[p1, p2, p3]);
-    wait_view(&c2, &[p1, p2, p3]);
+    for c in [&c1, &c2, &c3] {
+        // The vs-sets depend on the configurations each went through (n2 waking up
+        // with a stale ring may cut the others apart once more); the checker verifies
+        // them against each member's previous view.
+        let (cause, _) = wait_view(c, &[p1, p2, p3]);
+        assert_eq!(cause, Cause::Network, "at {}", c.name);
+    }
 
     // (b) n3's daemon killed: TRANSITIONAL then a NETWORK view at n1 and n2; c3's
     // connection is closed.
-    let before = c1.log.lock().unwrap().len();
+    let before: Vec<usize> = [&c1, &c2]
+        .iter()
+        .map(|c| c.log.lock().unwrap().len())
+        .collect();
     lab.kill("n3").unwrap();
-    let (cause, _) = wait_view(&c1, &[p1, p2]);
-    assert_eq!(cause, Cause::Network);
-    wait_view(&c2, &[p1, p2]);
-    let tail: Vec<Rec> = c1.log.lock().unwrap()[before..].to_vec();
-    let t = tail
-        .iter()
-        .position(|r| *r == Rec::Transitional)
-        .expect("a transitional view");
-    let r = tail
-        .iter()
-        .position(|r| matches!(r, Rec::View { .. }))
-        .unwrap();
-    assert!(
-        t < r,
-        "TRANSITIONAL comes before the regular view: {tail:?}"
-    );
+    for (c, before) in [&c1, &c2].into_iter().zip(before) {
+        let (cause, _) = wait_view(c, &[p1, p2]);
+        assert_eq!(cause, Cause::Network, "at {}", c.name);
+        let tail: Vec<Rec> = c.log.lock().unwrap()[before..].to_vec();
+        let t = tail
+            .iter()
+            .position(|r| *r == Rec::Transitional)
+            .unwrap_or_else(|| panic!("no TRANSITIONAL at {}: {tail:?}", c.name));
+        let r = tail
+            .iter()
+            .position(|r| matches!(r, Rec::View { .. }))
+            .unwrap();
+        assert!(
+            t < r,
+            "TRANSITIONAL comes before the regular view at {}: {tail:?}",
+            c.name
+        );
+    }
     wait("c3 to see its connection closed", 20, || c3.closed());
 
     // Let the last messages arrive, then check everything.
@@ -396,21 +364,9 @@ fn three_machines_through_faults() {
     if let Err(e) = check(&[&c1, &c2, &c3]) {
         panic!("{e}");
     }
-    // Self-delivery: c1 and c2 got every message they sent.
     for c in [&c1, &c2] {
-        let got: BTreeSet<u64> = c
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|r| match r {
-                Rec::Msg { sender, n } if *sender == c.name => Some(*n),
-                _ => None,
-            })
-            .collect();
-        let sent: BTreeSet<u64> = c.sent.lock().unwrap().iter().copied().collect();
-        assert!(sent.len() > 50, "{} sent only {}", c.name, sent.len());
-        assert_eq!(got, sent, "{} missed its own messages", c.name);
+        let sent = c.sent.lock().unwrap().len();
+        assert!(sent > 50, "{} sent only {sent}", c.name);
     }
     drop(rt);
     for mut d in daemons {
@@ -418,4 +374,88 @@ fn three_machines_through_faults() {
         let _ = d.wait();
     }
     let _ = c1.mb.private_group();
+}
+
+/// `nuage up` on each machine, with nothing about groups in nuage.toml: every node runs a
+/// group daemon on port 4803, the daemons are the node and its peers, and they form one
+/// ring; `nuage group status` inside a machine finds its own daemon (the lab gives each
+/// machine its own socket directory).
+#[test]
+fn nuage_up_on_three_machines_forms_one_group_ring_from_the_peers() {
+    let name = format!("gup-{}", std::process::id());
+    let lab = Lab::create(&name, 3).expect("creating the lab (needs root)");
+    let nuage = env!("CARGO_BIN_EXE_nuage");
+    // As an operator runs it: the group daemon's default applies (the nodes inherit this
+    // process's environment, where the common helpers' NUAGE_GROUP_ENABLED=false is not).
+    lab.start_nodes(std::path::Path::new(nuage)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for m in ["n1", "n2", "n3"] {
+        loop {
+            let out = lab.exec(m, nuage, &["group", "status", "--json"]).unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let st: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+            if let Some(st) = st.filter(|st| {
+                st["operational"] == true && st["members"] == serde_json::json!(["n1", "n2", "n3"])
+            }) {
+                assert_eq!(st["daemon"], m);
+                assert_eq!(st["port"], 4803);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{m}: no ring of n1, n2, n3 within 30 s: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    // A client on n1 and one on n3 (over TCP from the host) share a group.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let connect = |m: &str, user: &'static str| {
+            let target = format!("4803@{}", lab.addr(m).unwrap());
+            async move {
+                Mailbox::connect(&target, user, &ConnectOptions::default())
+                    .await
+                    .unwrap()
+            }
+        };
+        let a = connect("n1", "a").await;
+        let c = connect("n3", "c").await;
+        a.join("g").await.unwrap();
+        c.join("g").await.unwrap();
+        // Wait until a sees both members, then send.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(Instant::now() < deadline, "no view of a and c");
+            match tokio::time::timeout(Duration::from_secs(20), a.receive())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                Received::Membership(m) if m.members.len() == 2 => break,
+                _ => {}
+            }
+        }
+        a.multicast(Service::Agreed, &["g"], 7, b"through nuage up")
+            .await
+            .unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), c.receive())
+                .await
+                .expect("c receives within 20 s")
+                .unwrap()
+            {
+                Received::Message(m) => {
+                    assert_eq!(&m.data[..], b"through nuage up");
+                    assert_eq!(m.sender, "#a#n1");
+                    break;
+                }
+                Received::Membership(_) => {}
+            }
+        }
+    });
 }

@@ -8,7 +8,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn nuage() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_nuage"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nuage"));
+    // `nuage up` runs a group daemon on the fixed port 4803 by default; nodes started by
+    // tests in parallel on one host would collide there. Off unless a test's nuage.toml
+    // says `[group] enabled = true` (docs/groups.md).
+    cmd.env("NUAGE_GROUP_ENABLED", "false");
+    cmd
 }
 
 pub fn run(args: &[&str]) -> Output {
