@@ -591,6 +591,10 @@ fn shell_speaks_like_spuser_and_status_shows_the_groups() {
     // message and spuser's prompt comes twice (after the message, after the command).
     wait_for("(30 bytes): mess num 11 \n");
     writeln!(stdin, "d").unwrap();
+    // `p` answers only once `d` has been read: bob's message must not reach the shell
+    // while it still reads asynchronously (it would print it, and `r` would wait forever).
+    writeln!(stdin, "p").unwrap();
+    wait_for("Polling sais: 0\n");
     bob.multicast(Service::Reliable, &["g"], 3, b"ping")
         .unwrap();
     assert_eq!(&next_message(&bob).data[..], b"ping");
