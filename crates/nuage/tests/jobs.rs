@@ -578,3 +578,110 @@ fn a_worker_stopped_cleanly_gives_its_task_back() {
             .any(|r| r[0] == id.to_string() && r[2] == "running" && r[3] == "w2")
     });
 }
+
+/// A client streaming from the manager: its stdout is read line by line in a thread.
+struct Streaming {
+    child: Child,
+    stdout: std::sync::mpsc::Receiver<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Streaming {
+    fn start(manager: &str, args: &[&str]) -> Streaming {
+        let mut child = nuage()
+            .arg("jobs")
+            .args(args)
+            .env("NUAGE_MANAGER", manager)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nuage jobs");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut err, &mut s);
+            s
+        });
+        Streaming {
+            child,
+            stdout: rx,
+            stderr,
+        }
+    }
+
+    fn line(&self, limit: Duration) -> String {
+        self.stdout
+            .recv_timeout(limit)
+            .expect("a line of output in time")
+    }
+
+    /// Waits for the end; the rest of stdout (lines), stderr and the exit code.
+    fn finish(mut self, limit: Duration) -> (Vec<String>, String, Option<i32>) {
+        let status = wait_exit(&mut self.child, limit);
+        let rest = self.stdout.iter().collect();
+        (rest, self.stderr.join().unwrap(), status.code())
+    }
+}
+
+#[test]
+fn submit_wait_and_logs_follow_survive_a_manager_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A restart shorter than the workers' lease: the task keeps running.
+    let long = ["--worker-timeout", "10s"];
+    let (mut m, addr) = manager(tmp.path(), "127.0.0.1:0", &long);
+    let _w1 = worker(&addr, "w1", &[]);
+    let _w2 = worker(&addr, "w2", &[]);
+    let script = "echo before; echo err-before >&2; sleep 5; echo after; exit 7";
+    let waiter = Streaming::start(&addr, &["submit", "r", "--wait", "--", "sh", "-c", script]);
+    assert_eq!(waiter.line(Duration::from_secs(30)), "before");
+    let follower = Streaming::start(&addr, &["logs", "1", "--follow"]);
+    assert_eq!(follower.line(Duration::from_secs(30)), "before");
+    let array = Streaming::start(
+        &addr,
+        &["submit", "a", "--array", "2", "--wait", "--", "sleep", "2"],
+    );
+    assert_eq!(array.line(Duration::from_secs(30)), "2");
+    assert_eq!(array.line(Duration::from_secs(30)), "3");
+
+    // The manager crashes mid-task and comes back on the same address and data.
+    m.0.kill().unwrap();
+    m.0.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (_m2, addr2) = manager(tmp.path(), &addr, &long);
+    assert_eq!(addr2, addr);
+
+    // Each client gets the rest of the output once, and the task's exit status.
+    let (rest, err, code) = waiter.finish(Duration::from_secs(60));
+    assert_eq!(rest, ["after"], "stderr: {err}");
+    assert_eq!(code, Some(7), "stderr: {err}");
+    assert_eq!(err.matches("err-before").count(), 1, "{err}");
+    assert!(err.contains("lost the jobs manager at"), "{err}");
+    assert!(err.contains("again"), "{err}");
+    assert!(err.contains("job 1 (r) failed on w"), "{err}");
+    assert!(err.contains("exit 7"), "{err}");
+    let (rest, err, code) = follower.finish(Duration::from_secs(60));
+    assert_eq!(rest, ["after"], "stderr: {err}");
+    assert_eq!(err.matches("err-before").count(), 1, "{err}");
+    assert_eq!(code, Some(0), "{err}");
+    let (rest, err, code) = array.finish(Duration::from_secs(60));
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("2 of 2 jobs succeeded"), "{err}");
+
+    // The task ran once: adopted by the new manager, not started again.
+    let show = ok(&jobs(&addr, &["show", "1"]));
+    assert!(show.contains("adopted"), "{show}");
+    let started = show
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("started"))
+        .count();
+    assert_eq!(started, 1, "{show}");
+}

@@ -51,6 +51,8 @@ pub const DB_FILE: &str = "jobs.db";
 #[derive(Debug, Clone)]
 pub struct LogEvent {
     pub job_id: u64,
+    /// The attempt that wrote it.
+    pub attempt: u32,
     pub stream: Stream,
     pub offset: u64,
     pub data: Arc<Vec<u8>>,
@@ -824,13 +826,13 @@ impl Core {
             }
             Some(Report::Output(o)) => {
                 self.running.get_mut(&id).expect("current").started = true;
-                self.store_output(id, &o)?;
+                self.store_output(id, req.attempt, &o)?;
             }
             Some(Report::Finished(f)) => {
                 let _span =
                     Span::child(parent, "manager.report", "manager", || format!("job {id}"));
                 if let Some(o) = &f.output {
-                    self.store_output(id, o)?;
+                    self.store_output(id, req.attempt, o)?;
                 }
                 if f.fenced {
                     self.requeue_or_fail(
@@ -909,7 +911,7 @@ impl Core {
         })
     }
 
-    fn store_output(&mut self, id: u64, o: &proto::Output) -> Result<(), Status> {
+    fn store_output(&mut self, id: u64, attempt: u32, o: &proto::Output) -> Result<(), Status> {
         let limit = self.opts.max_output_bytes;
         for (stream, offset, data) in [
             (Stream::Stdout, o.stdout_offset, &o.stdout),
@@ -923,6 +925,7 @@ impl Core {
                 if self.log_events.receiver_count() > 0 {
                     let _ = self.log_events.send(LogEvent {
                         job_id: id,
+                        attempt,
                         stream,
                         offset: at,
                         data: Arc::new(new),

@@ -43,8 +43,13 @@ impl ManagerArg {
         config::manager_url(self.manager.as_deref())
     }
     async fn connect(&self) -> anyhow::Result<Client> {
-        Client::connect(&self.url()?).await
+        Ok(Client::connect(&self.url()?).await?.with_notices(notice))
     }
+}
+
+/// What a streaming client says when it loses the manager and finds it again.
+fn notice(text: &str) {
+    eprintln!("nuage: {text}");
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
