@@ -22,6 +22,12 @@ impl Drop for Proc {
 
 /// Starts `nuage ARGS…` and returns it with its first stdout line.
 fn start(args: &[&str]) -> (Proc, String) {
+    let (p, mut lines) = start_lines(args, 1);
+    (p, lines.remove(0))
+}
+
+/// Starts `nuage ARGS…` and returns it with its first `n` stdout lines.
+fn start_lines(args: &[&str], n: usize) -> (Proc, Vec<String>) {
     let mut child = nuage()
         .args(args)
         .stdin(Stdio::null())
@@ -30,14 +36,19 @@ fn start(args: &[&str]) -> (Proc, String) {
         .spawn()
         .expect("start nuage");
     let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(
-        !line.is_empty(),
-        "nuage {args:?} exited before its first line"
-    );
+    let mut lines = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(
+            !line.is_empty(),
+            "nuage {args:?} exited before its line {}",
+            lines.len() + 1
+        );
+        lines.push(line.trim_end().to_owned());
+    }
     std::thread::spawn(move || for _ in reader.lines() {});
-    (Proc(child), line.trim_end().to_owned())
+    (Proc(child), lines)
 }
 
 /// For tests of behaviour without faults: a worker timeout long enough that a loaded
@@ -537,6 +548,19 @@ fn nuage_up_runs_the_manager_and_a_worker_when_configured() {
         stdout(&out)
     );
     assert!(data.join("jobs").join("jobs.db").exists());
+    // The manager's metrics are on the node's /metrics.
+    let (status, text) = common::http_get(&node.api, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(metric(&text, "nuage_jobs_submitted_total"), 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "nuage_jobs_finished_total{state=\"succeeded\"}"),
+        1.0
+    );
+    assert_eq!(metric(&text, "nuage_jobs_workers{state=\"idle\"}"), 1.0);
+    assert_eq!(
+        metric(&text, "nuage_jobs_queue_to_start_seconds_count"),
+        1.0
+    );
     signal(&node.child, Signal::SIGTERM);
     assert!(wait_exit(&mut node.child, Duration::from_secs(20)).success());
 
@@ -684,4 +708,85 @@ fn submit_wait_and_logs_follow_survive_a_manager_restart() {
         .filter(|l| l.split_whitespace().nth(1) == Some("started"))
         .count();
     assert_eq!(started, 1, "{show}");
+}
+
+/// The value of the series `series` (name and labels, as rendered) in Prometheus text.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_manager_serves_its_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().to_str().unwrap();
+    let args = [
+        "jobs",
+        "manager",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data,
+        "--worker-timeout",
+        "10s",
+        "--metrics",
+        "127.0.0.1:0",
+    ];
+    let (_m, lines) = start_lines(&args, 2);
+    let addr = lines[0].split_whitespace().nth(4).unwrap().to_owned();
+    let http = lines[1]
+        .strip_prefix("jobs manager metrics on http://")
+        .and_then(|l| l.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address in {lines:?}"))
+        .to_owned();
+    let scrape = || {
+        let (status, text) = common::http_get(&http, "/metrics");
+        assert_eq!(status, 200, "{text}");
+        text
+    };
+    // Nothing to run them yet: two jobs wait.
+    let ok_id = submit(&addr, &["ok", "--", "true"]);
+    let bad_id = submit(&addr, &["bad", "--", "false"]);
+    let text = scrape();
+    assert_eq!(metric(&text, "nuage_jobs_submitted_total"), 2.0);
+    assert_eq!(metric(&text, "nuage_jobs_queued"), 2.0);
+    assert_eq!(metric(&text, "nuage_jobs_running"), 0.0);
+    assert_eq!(metric(&text, "nuage_jobs_workers{state=\"idle\"}"), 0.0);
+    // A worker runs both; a third job stays running.
+    let _w = worker(&addr, "w1", &[]);
+    let long = submit(&addr, &["long", "--", "sleep", "300"]);
+    wait_for("the long job to start", Duration::from_secs(30), || {
+        ok(&jobs(&addr, &["show", &long.to_string()])).contains("\npid ")
+    });
+    let text = scrape();
+    assert_eq!(metric(&text, "nuage_jobs_submitted_total"), 3.0);
+    assert_eq!(metric(&text, "nuage_jobs_queued"), 0.0);
+    assert_eq!(metric(&text, "nuage_jobs_running"), 1.0);
+    assert_eq!(metric(&text, "nuage_jobs_workers{state=\"busy\"}"), 1.0);
+    assert_eq!(
+        metric(&text, "nuage_jobs_finished_total{state=\"succeeded\"}"),
+        1.0,
+        "job {ok_id}"
+    );
+    assert_eq!(
+        metric(&text, "nuage_jobs_finished_total{state=\"failed\"}"),
+        1.0,
+        "job {bad_id}"
+    );
+    assert_eq!(
+        metric(&text, "nuage_jobs_queue_to_start_seconds_count"),
+        3.0
+    );
+    ok(&jobs(&addr, &["cancel", &long.to_string()]));
+    wait_for("the cancel", Duration::from_secs(30), || {
+        metric(&scrape(), "nuage_jobs_finished_total{state=\"cancelled\"}") == 1.0
+    });
+    let text = scrape();
+    assert_eq!(metric(&text, "nuage_jobs_running"), 0.0);
+    assert_eq!(metric(&text, "nuage_jobs_workers{state=\"idle\"}"), 1.0);
+    // Anything but /metrics is a 404.
+    assert_eq!(common::http_get(&http, "/").0, 404);
 }

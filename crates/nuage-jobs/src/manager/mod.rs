@@ -22,6 +22,7 @@
 #![allow(clippy::result_large_err)]
 
 mod grpc;
+pub mod metrics;
 pub mod store;
 
 use std::collections::{HashMap, VecDeque};
@@ -38,6 +39,8 @@ use tonic::Status;
 use crate::config::{self, ManagerOptions, format_duration};
 use crate::proto::{self, Assignment, Job, JobState, assignment};
 use crate::trace::{Span, TraceContext};
+use metrics::JobMetrics;
+use nuage_core::metrics::Metrics;
 use store::{Ending, Store, Stream, is_final};
 
 /// Jobs changes kept for slow watchers before they must resynchronise.
@@ -64,6 +67,8 @@ struct Assigned {
     worker: String,
     attempt: u32,
     dispatched: Instant,
+    /// When the job last entered the queue (None for jobs queued before a restart).
+    queued_at: Option<Instant>,
     started: bool,
     cancel_requested: bool,
     /// Set for a job found running at start-up whose worker has not claimed it yet.
@@ -117,6 +122,9 @@ pub(crate) struct Core {
     finished_since_prune: u32,
     job_events: broadcast::Sender<Job>,
     log_events: broadcast::Sender<LogEvent>,
+    metrics: JobMetrics,
+    /// When each queued job entered the queue, for the queue-to-start histogram.
+    queued_at: HashMap<u64, Instant>,
 }
 
 /// The manager service (shared by the gRPC handlers).
@@ -213,6 +221,7 @@ impl Core {
         opts: ManagerOptions,
         job_events: broadcast::Sender<Job>,
         log_events: broadcast::Sender<LogEvent>,
+        metrics: JobMetrics,
     ) -> anyhow::Result<Core> {
         let queued = store.queued()?;
         let head_seq = queued.first().map_or(0, |q| q.1);
@@ -228,6 +237,7 @@ impl Core {
                         worker,
                         attempt,
                         dispatched: Instant::now(),
+                        queued_at: None,
                         started: true,
                         cancel_requested: false,
                         orphan_deadline: Some(deadline),
@@ -251,6 +261,8 @@ impl Core {
             finished_since_prune: 0,
             job_events,
             log_events,
+            metrics,
+            queued_at: HashMap::new(),
         };
         let ids: Vec<u64> = core.running.keys().copied().collect();
         for id in ids {
@@ -351,6 +363,8 @@ impl Core {
             .map_err(status_internal)?;
         self.tail_seq = seq;
         self.queue.push_back(id);
+        self.queued_at.insert(id, Instant::now());
+        self.metrics.submitted.inc();
         enqueue.end();
         if parent.is_some() {
             self.queued_spans.insert(
@@ -442,6 +456,7 @@ impl Core {
                 worker: name.to_owned(),
                 attempt,
                 dispatched: Instant::now(),
+                queued_at: self.queued_at.remove(&id),
                 started: false,
                 cancel_requested: false,
                 orphan_deadline: None,
@@ -476,6 +491,13 @@ impl Core {
             }
         }
         let now = crate::now_us();
+        let ended = if a.cancel_requested {
+            Some(JobState::Cancelled)
+        } else if a.attempt >= self.opts.max_attempts {
+            Some(JobState::Failed)
+        } else {
+            None
+        };
         let result = if a.cancel_requested {
             self.store.ended(
                 id,
@@ -502,6 +524,8 @@ impl Core {
             let r = self.store.requeued(id, a.attempt, &a.worker, seq, why, now);
             if r.is_ok() {
                 self.queue.push_front(id);
+                self.queued_at.insert(id, Instant::now());
+                self.metrics.requeued.inc();
                 if let Ok((_, _, _, tp, _)) = self.store.task(id) {
                     let parent = TraceContext::parse(&tp);
                     if parent.is_some() {
@@ -519,8 +543,12 @@ impl Core {
             }
             r
         };
-        if let Err(e) = result {
-            tracing::error!("jobs manager: recording that job {id} was lost: {e:#}");
+        match (result, ended) {
+            (Err(e), _) => {
+                tracing::error!("jobs manager: recording that job {id} was lost: {e:#}")
+            }
+            (Ok(()), Some(state)) => self.metrics.finished(state),
+            (Ok(()), None) => {}
         }
         tracing::info!(
             "jobs manager: job {id} attempt {} taken from {}: {why}",
@@ -818,7 +846,11 @@ impl Core {
         match req.report {
             None => return Err(Status::invalid_argument("empty report")),
             Some(Report::Started(s)) => {
-                self.running.get_mut(&id).expect("current").started = true;
+                let a = self.running.get_mut(&id).expect("current");
+                a.started = true;
+                if let Some(q) = a.queued_at.take() {
+                    self.metrics.queue_to_start.observe_since(q);
+                }
                 self.store
                     .started(id, req.attempt, &name, s.at_us, s.pid, now)
                     .map_err(status_internal)?;
@@ -889,6 +921,7 @@ impl Core {
                     self.make_idle(&name);
                 }
                 stored.map_err(status_internal)?;
+                self.metrics.finished(state);
                 self.publish(id);
                 self.finished_since_prune += 1;
                 if self.finished_since_prune >= PRUNE_EVERY {
@@ -952,6 +985,7 @@ impl Core {
             }
             JobState::Queued => {
                 self.queue.retain(|&j| j != id);
+                self.queued_at.remove(&id);
                 if let Some(s) = self.queued_spans.remove(&id) {
                     s.end();
                 }
@@ -969,6 +1003,7 @@ impl Core {
                         now,
                     )
                     .map_err(status_internal)?;
+                self.metrics.finished(JobState::Cancelled);
             }
             _ => {
                 let Some(a) = self.running.get_mut(&id) else {
@@ -1038,20 +1073,33 @@ pub fn signal_name(sig: i32) -> String {
 }
 
 impl Manager {
-    /// Opens (or creates) the manager's database in `data_dir`.
-    pub fn open(data_dir: &Path, opts: ManagerOptions) -> anyhow::Result<Arc<Manager>> {
+    /// Opens (or creates) the manager's database in `data_dir`; its metrics go to
+    /// `metrics` (the node's registry).
+    pub fn open(
+        data_dir: &Path,
+        opts: ManagerOptions,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Arc<Manager>> {
         opts.validate()?;
         let store = Store::open(&data_dir.join(DB_FILE))?;
         let (job_events, _) = broadcast::channel(EVENTS_CAPACITY);
         let (log_events, _) = broadcast::channel(EVENTS_CAPACITY);
-        let core = Core::load(store, opts.clone(), job_events.clone(), log_events.clone())?;
-        Ok(Arc::new(Manager {
+        let core = Core::load(
+            store,
+            opts.clone(),
+            job_events.clone(),
+            log_events.clone(),
+            JobMetrics::new(metrics),
+        )?;
+        let manager = Arc::new(Manager {
             core: Mutex::new(core),
             opts,
             job_events,
             log_events,
             stopping: CancellationToken::new(),
-        }))
+        });
+        metrics::register_gauges(metrics, &manager);
+        Ok(manager)
     }
 
     fn core(&self) -> std::sync::MutexGuard<'_, Core> {

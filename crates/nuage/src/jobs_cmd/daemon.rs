@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use nuage_core::metrics::Metrics;
 use nuage_jobs::config::{self, ManagerOptions};
-use nuage_jobs::manager::Manager;
+use nuage_jobs::manager::{Manager, metrics};
 use nuage_jobs::trace;
 use nuage_jobs::worker::{self, WorkerOptions};
 use tokio::signal::unix::{SignalKind, signal};
@@ -42,6 +43,10 @@ pub struct ManagerCmd {
     /// Record traces (CTF and Trace Event JSON) under this directory
     #[arg(long, value_name = "DIR")]
     trace: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (off by default; under
+    /// `nuage up` they are on the node API's /metrics)
+    #[arg(long, value_name = "IP:PORT")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -94,16 +99,43 @@ pub async fn manager(cmd: ManagerCmd) -> anyhow::Result<()> {
     let data = cmd.data;
     std::fs::create_dir_all(&data)
         .with_context(|| format!("cannot create the data directory {}", data.display()))?;
-    let manager = Manager::open(&data, opts)
+    let registry = Metrics::new();
+    let manager = Manager::open(&data, opts, &registry)
         .with_context(|| format!("jobs manager in {}", data.display()))?;
     let listener = Manager::bind(cmd.listen, "--listen").await?;
+    let metrics_listener = match cmd.metrics {
+        Some(addr) => {
+            Some(nuage_core::net::bind_tcp(addr, "the jobs manager's metrics", "--metrics").await?)
+        }
+        None => None,
+    };
+    // The first line is the one scripts read the address from.
     println!(
         "jobs manager listening on {} (data {})",
         listener.local_addr()?,
         data.display()
     );
+    let metrics_server = match metrics_listener {
+        Some(l) => {
+            println!("jobs manager metrics on http://{}/metrics", l.local_addr()?);
+            Some(tokio::spawn(metrics::serve_http(
+                l,
+                registry,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     std::io::stdout().flush()?;
-    let result = manager.serve(listener, shutdown).await;
+    let mut result = manager.serve(listener, shutdown.clone()).await;
+    if let Some(task) = metrics_server {
+        shutdown.cancel();
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = result.and(Err(e)),
+            Err(e) => result = result.and(Err(anyhow::anyhow!("metrics server panicked: {e}"))),
+        }
+    }
     trace::finish();
     result
 }
