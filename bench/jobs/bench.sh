@@ -16,8 +16,15 @@
 #          instruction (a bash script writing $EPOCHREALTIME). Also each scheduler's
 #          own idea of it: nuage queued → started (the worker spawns the task); Slurm
 #          submit → "sched: Allocate" (resources given, before slurmd launches it);
-#   traced nuage's array run again with --trace on the manager and the workers: the
-#          cost of tracing.
+#   trace  the cost of tracing: TRACE_PAIRS pairs of array runs (N jobs on a fresh
+#          manager and workers), one untraced and one with --trace on the manager and
+#          the workers, in alternating order. Per pair: the ratio of jobs/s and of the
+#          CPU time the manager and workers used per job (from /proc, the daemons only:
+#          the tasks are the same either way); the median of the pairs' ratios. CPU
+#          time is what tracing adds and is far less disturbed by other load than
+#          wall-clock throughput. And the cost of one span, off and on, from
+#          `span_cost` (crates/nuage-jobs/examples), times the spans per job counted in
+#          the traces: what tracing off can cost at most.
 # Every figure is the median of RUNS runs; the ratio is nuage/Slurm (for latencies,
 # Slurm/nuage: above 1 means nuage is faster).
 set -euo pipefail
@@ -28,11 +35,16 @@ RUNS=${RUNS:-3}
 # Slurm starts about 2 jobs a second here (its scheduler wakes once a second), so one
 # run of 1000 jobs takes minutes: fewer runs by default.
 SLURM_RUNS=${SLURM_RUNS:-1}
+TRACE_PAIRS=${TRACE_PAIRS:-6}
 # ONLY_NUAGE=1: skip Slurm and print only nuage's figures (e.g. for the tracing cost).
 ONLY_NUAGE=${ONLY_NUAGE:-0}
 here=$(cd "$(dirname "$0")" && pwd)
 NUAGE=${NUAGE:-$here/../../target/release/nuage}
-[ -x "$NUAGE" ] || { echo "build first: cargo build --release -p nuage" >&2; exit 1; }
+SPAN_COST=${SPAN_COST:-$here/../../target/release/examples/span_cost}
+[ -x "$NUAGE" ] && [ -x "$SPAN_COST" ] || {
+    echo "build first: cargo build --release -p nuage && cargo build --release -p nuage-jobs --example span_cost" >&2
+    exit 1
+}
 work=$(mktemp -d /tmp/nuage-bench-jobs.XXXXXX)
 pids=()
 cleanup() {
@@ -77,6 +89,15 @@ nuage_down() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     pids=()
+}
+# CPU time (clock ticks) used so far by the manager and workers started by nuage_up.
+nuage_cpu() {
+    local t=0 p f
+    for p in "${pids[@]}"; do
+        read -r -a f < "/proc/$p/stat"
+        t=$((t + f[13] + f[14]))
+    done
+    echo "$t"
 }
 nuage_busy() { [ -n "$("$NUAGE" jobs ls --tsv --state queued,running --limit 1)" ]; }
 slurm_busy() { [ -n "$(squeue -h -t PD,CF,R,CG | head -1)" ]; }
@@ -154,23 +175,57 @@ for run in $(seq "$RUNS"); do
     read -r s50 s99 r50 r99 < <(run_start nuage)
     record n_start50 "$s50"; record n_start99 "$s99"; record n_rec50 "$r50"; record n_rec99 "$r99"
     nuage_down
-    nuage_up "--trace $work/trace.$run"
-    record n_traced "$(run_array nuage)"
-    nuage_down
-    nuage_up ""
-    record n_untraced "$(run_array nuage)"
-    nuage_down
 done
+
+# The cost of tracing: pairs of array runs, untraced and traced, in alternating order.
+spans_per_job=
+for pair in $(seq "$TRACE_PAIRS"); do
+    echo "tracing pair $pair/$TRACE_PAIRS" >&2
+    if [ $((pair % 2)) = 1 ]; then order="off on"; else order="on off"; fi
+    for mode in $order; do
+        tdir=$work/trace.$pair
+        if [ "$mode" = on ]; then nuage_up "--trace $tdir"; else nuage_up ""; fi
+        c0=$(nuage_cpu)
+        tps=$(run_array nuage)
+        c1=$(nuage_cpu)
+        nuage_down
+        eval "tps_$mode=\$tps cpu_$mode=\$((c1 - c0))"
+        if [ "$mode" = on ]; then
+            # Spans recorded per job (one line per span in the Trace Event JSON).
+            [ -n "$spans_per_job" ] ||
+                spans_per_job=$(echo "$(cat "$tdir"/json/*.json | grep -c '"ph":"X"') / $N" | bc -l)
+            rm -rf "$tdir"
+        fi
+    done
+    record t_tps_off "$tps_off"; record t_tps_on "$tps_on"
+    record t_tps_ratio "$(echo "$tps_on / $tps_off" | bc -l)"
+    record t_cpu_off "$(echo "$cpu_off * 10000 / $N" | bc -l)"   # µs per job (100 Hz ticks)
+    record t_cpu_on "$(echo "$cpu_on * 10000 / $N" | bc -l)"
+    record t_cpu_ratio "$(echo "$cpu_on / $cpu_off" | bc -l)"
+done
+[ "$TRACE_PAIRS" = 0 ] || read -r span_off_ns span_on_ns < <("$SPAN_COST")
+
+tracing_report() {
+    local job_us
+    [ "$TRACE_PAIRS" -gt 0 ] || return 0
+    job_us=$(echo "1000000 / $(med t_tps_off)" | bc -l)
+    echo "tracing cost: $TRACE_PAIRS pairs of array runs of $N jobs (median of the pairs' ratios); $(printf '%.1f' "$spans_per_job") spans per job"
+    printf '  throughput       %8.1f jobs/s traced vs %8.1f untraced: ratio %.3f (%+.1f%%)\n' \
+        "$(med t_tps_on)" "$(med t_tps_off)" "$(med t_tps_ratio)" "$(echo "($(med t_tps_ratio) - 1) * 100" | bc -l)"
+    printf '  daemons CPU/job  %8.1f µs traced vs %8.1f µs untraced: ratio %.3f (%+.1f%%)\n' \
+        "$(med t_cpu_on)" "$(med t_cpu_off)" "$(med t_cpu_ratio)" "$(echo "($(med t_cpu_ratio) - 1) * 100" | bc -l)"
+    printf '  one span         %8.2f ns off, %8.2f ns on; off, per job: %.3f µs = %.5f%% of a job (%.0f µs at the untraced rate)\n' \
+        "$span_off_ns" "$span_on_ns" "$(echo "$span_off_ns * $spans_per_job / 1000" | bc -l)" \
+        "$(echo "$span_off_ns * $spans_per_job / 1000 / $job_us * 100" | bc -l)" "$job_us"
+}
 
 if [ "$ONLY_NUAGE" = 1 ]; then
     echo
     echo "nuage jobs alone, $(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%MZ), N=$N L=$L, median of $RUNS runs"
-    for k in n_cli n_array n_sub50 n_sub99 n_start50 n_start99 n_rec50 n_rec99; do
+    [ "$RUNS" = 0 ] || for k in n_cli n_array n_sub50 n_sub99 n_start50 n_start99 n_rec50 n_rec99; do
         printf '%-12s %10.2f\n' "$k" "$(med $k)"
     done
-    traced=$(med n_traced); untraced=$(med n_untraced)
-    printf 'tracing: %.1f jobs/s traced vs %.1f untraced (array of %d): %.1f%% slower\n' \
-        "$traced" "$untraced" "$N" "$(echo "(1 - $traced / $untraced) * 100" | bc -l)"
+    tracing_report
     exit 0
 fi
 echo "slurm: starting a private single-node Slurm" >&2
@@ -205,6 +260,4 @@ row "queue-to-start p99" "$(med n_start99)" "$(med s_start99)" 0 ms
 row "queued-to-started (own records) p50" "$(med n_rec50)" "$(med s_rec50)" 0 ms
 row "queued-to-started (own records) p99" "$(med n_rec99)" "$(med s_rec99)" 0 ms
 echo
-traced=$(med n_traced); untraced=$(med n_untraced)
-printf 'tracing: %.1f jobs/s traced vs %.1f untraced (array of %d): %.1f%% slower\n' \
-    "$traced" "$untraced" "$N" "$(echo "(1 - $traced / $untraced) * 100" | bc -l)"
+tracing_report

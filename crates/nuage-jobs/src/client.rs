@@ -1,12 +1,16 @@
 //! The client library behind `nuage jobs submit/ls/show/cancel/logs/workers`.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-use crate::config::{CALL_TIMEOUT, CONNECT_TIMEOUT, MAX_MAX_OUTPUT_BYTES, format_duration};
+use crate::config::{
+    CALL_TIMEOUT, CONNECT_TIMEOUT, MAX_MAX_OUTPUT_BYTES, RECONNECT_FIRST, RECONNECT_MAX,
+    RECONNECT_TIMEOUT, format_duration,
+};
 use crate::manager::store::is_final;
 use crate::proto::{self, Job, JobState, jobs_client::JobsClient, log_chunk};
 use crate::trace::{self, TraceContext};
@@ -16,6 +20,8 @@ use crate::trace::{self, TraceContext};
 pub struct Client {
     url: String,
     jobs: JobsClient<Channel>,
+    /// Told when a stream loses the manager and when it reaches it again.
+    notice: Option<fn(&str)>,
 }
 
 /// How to reach the manager, for error messages.
@@ -58,7 +64,15 @@ impl Client {
             jobs: JobsClient::new(channel)
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
+            notice: None,
         })
+    }
+
+    /// Calls `f` with a sentence when a stream (`logs`, `wait`) loses the manager and
+    /// when it reaches it again.
+    pub fn with_notices(mut self, f: fn(&str)) -> Client {
+        self.notice = Some(f);
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -171,39 +185,54 @@ impl Client {
 
     /// Waits until every job of `ids` has reached a final state; `on_change` sees each
     /// change. Returns the final jobs in the order of `ids`. `timeout` bounds the wait.
+    /// A manager that goes away meanwhile (a restart) is watched again, for up to
+    /// [`RECONNECT_TIMEOUT`] of silence.
     pub async fn wait(
         &self,
         ids: &[u64],
         timeout: Option<Duration>,
         mut on_change: impl FnMut(&Job),
     ) -> anyhow::Result<Vec<Job>> {
-        let mut done: std::collections::HashMap<u64, Job> = Default::default();
+        let mut done: HashMap<u64, Job> = HashMap::new();
         let wait = async {
-            let mut stream = self
-                .jobs
-                .clone()
-                .watch(proto::WatchRequest {
-                    job_ids: ids.to_vec(),
-                })
-                .await
-                .map_err(|s| self.error(s))?
-                .into_inner();
-            while done.len() < ids.len() {
-                match stream.message().await.map_err(|s| self.error(s))? {
-                    Some(proto::JobEvent { job: Some(job) }) => {
-                        on_change(&job);
-                        if is_final(job.state()) {
-                            done.insert(job.id, job);
+            let mut outage: Option<Outage> = None;
+            loop {
+                let pending: Vec<u64> = ids
+                    .iter()
+                    .copied()
+                    .filter(|id| !done.contains_key(id))
+                    .collect();
+                if pending.is_empty() {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let broken = match self
+                    .jobs
+                    .clone()
+                    .watch(proto::WatchRequest { job_ids: pending })
+                    .await
+                {
+                    Err(s) => Broken::from_status(s),
+                    Ok(stream) => {
+                        let mut stream = stream.into_inner();
+                        loop {
+                            match stream.message().await {
+                                Ok(Some(proto::JobEvent { job: Some(job) })) => {
+                                    self.back(&mut outage);
+                                    on_change(&job);
+                                    if is_final(job.state()) {
+                                        done.insert(job.id, job);
+                                    }
+                                }
+                                Ok(Some(_)) => {}
+                                Ok(None) if done.len() == ids.len() => return Ok(()),
+                                Ok(None) => break Broken::Transient("it closed the watch".into()),
+                                Err(s) => break Broken::from_status(s),
+                            }
                         }
                     }
-                    Some(_) => {}
-                    None => bail!(
-                        "the jobs manager at {} closed the watch before the jobs ended (did it stop?)",
-                        self.url
-                    ),
-                }
+                };
+                self.reconnect_pause(&mut outage, broken).await?;
             }
-            Ok::<_, anyhow::Error>(())
         };
         match timeout {
             Some(t) => tokio::time::timeout(t, wait).await.map_err(|_| {
@@ -223,31 +252,160 @@ impl Client {
     }
 
     /// The output of a job (and with `follow`, new output until it ends), given to
-    /// `on_data` as it arrives; returns the job as it was at the end.
+    /// `on_data` as it arrives; returns the job as it was at the end. A manager that
+    /// goes away meanwhile (a restart) is asked again, for up to [`RECONNECT_TIMEOUT`]
+    /// of silence; output already given to `on_data` is not given twice.
     pub async fn logs(
         &self,
         id: u64,
         follow: bool,
         mut on_data: impl FnMut(proto::OutputStream, &[u8]),
     ) -> anyhow::Result<Job> {
-        let mut stream = self
-            .jobs
-            .clone()
-            .logs(proto::LogsRequest { job_id: id, follow })
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner();
-        while let Some(chunk) = stream.message().await.map_err(|s| self.error(s))? {
-            match chunk.chunk {
-                Some(log_chunk::Chunk::Data(d)) => on_data(d.stream(), &d.data),
-                Some(log_chunk::Chunk::End(job)) => return Ok(job),
-                None => {}
+        let mut seen = OutputSeen::default();
+        let mut outage: Option<Outage> = None;
+        loop {
+            let broken = match self
+                .jobs
+                .clone()
+                .logs(proto::LogsRequest { job_id: id, follow })
+                .await
+            {
+                // The first request: an unreachable manager or an unknown job is an
+                // error at once.
+                Err(s) if outage.is_none() && !seen.any => return Err(self.error(s)),
+                Err(s) => Broken::from_status(s),
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(chunk)) => {
+                                self.back(&mut outage);
+                                seen.any = true;
+                                match chunk.chunk {
+                                    Some(log_chunk::Chunk::Data(d)) => {
+                                        let new = seen.new_part(&d);
+                                        if !new.is_empty() {
+                                            on_data(d.stream(), new);
+                                        }
+                                    }
+                                    Some(log_chunk::Chunk::End(job)) => return Ok(job),
+                                    None => {}
+                                }
+                            }
+                            Ok(None) => {
+                                break Broken::Transient("it ended the log stream early".into());
+                            }
+                            Err(s) => break Broken::from_status(s),
+                        }
+                    }
+                }
+            };
+            self.reconnect_pause(&mut outage, broken).await?;
+        }
+    }
+
+    /// The manager answers again: the outage (if any) is over.
+    fn back(&self, outage: &mut Option<Outage>) {
+        if outage.take().is_some() {
+            if let Some(notice) = self.notice {
+                notice(&format!("reached the jobs manager at {} again", self.url));
             }
         }
-        bail!(
-            "the jobs manager at {} ended the log stream early (did it stop?)",
-            self.url
-        )
+    }
+
+    /// After a broken stream: a final error, or a pause before asking again (doubling,
+    /// until [`RECONNECT_TIMEOUT`] since the manager was lost).
+    async fn reconnect_pause(
+        &self,
+        outage: &mut Option<Outage>,
+        broken: Broken,
+    ) -> anyhow::Result<()> {
+        let why = match broken {
+            Broken::Fatal(s) => return Err(self.error(s)),
+            Broken::Transient(why) => why,
+        };
+        let o = outage.get_or_insert_with(|| {
+            if let Some(notice) = self.notice {
+                notice(&format!(
+                    "lost the jobs manager at {} ({why}); reconnecting for up to {}",
+                    self.url,
+                    format_duration(RECONNECT_TIMEOUT)
+                ));
+            }
+            Outage {
+                since: Instant::now(),
+                delay: RECONNECT_FIRST,
+            }
+        });
+        if o.since.elapsed() >= RECONNECT_TIMEOUT {
+            bail!(
+                "lost the jobs manager at {} for {}: {why} ({})",
+                self.url,
+                format_duration(RECONNECT_TIMEOUT),
+                hint()
+            );
+        }
+        tokio::time::sleep(o.delay).await;
+        o.delay = (o.delay * 2).min(RECONNECT_MAX);
+        Ok(())
+    }
+}
+
+/// Why a stream from the manager stopped before its end.
+enum Broken {
+    /// The manager went away (stopped, restarting, unreachable): ask again.
+    Transient(String),
+    /// The manager answered with an error: give up.
+    Fatal(Status),
+}
+
+impl Broken {
+    fn from_status(s: Status) -> Broken {
+        match s.code() {
+            // A connection refused or reset, a stream cut by a dying server (h2 errors
+            // surface as Internal or Unknown), a server shutting down.
+            Code::Unavailable
+            | Code::Unknown
+            | Code::Internal
+            | Code::Cancelled
+            | Code::Aborted => Broken::Transient(s.message().to_owned()),
+            _ => Broken::Fatal(s),
+        }
+    }
+}
+
+/// Since when the manager is unreachable, and the next pause.
+struct Outage {
+    since: Instant,
+    delay: Duration,
+}
+
+/// How much of a job's output `logs` has given out, to skip it when a new stream
+/// (after a reconnection) sends it again.
+#[derive(Default)]
+struct OutputSeen {
+    attempt: u32,
+    bytes: [u64; 2],
+    /// The manager has answered at least once.
+    any: bool,
+}
+
+impl OutputSeen {
+    /// The part of `d` not given out yet (empty if all of it was).
+    fn new_part<'a>(&mut self, d: &'a proto::OutputData) -> &'a [u8] {
+        if d.attempt != self.attempt {
+            // A new attempt's output starts afresh.
+            self.attempt = d.attempt;
+            self.bytes = [0, 0];
+        }
+        let i = usize::from(d.stream() == proto::OutputStream::Stderr);
+        let end = d.offset + d.data.len() as u64;
+        if end <= self.bytes[i] {
+            return &[];
+        }
+        let skip = self.bytes[i].saturating_sub(d.offset) as usize;
+        self.bytes[i] = end;
+        &d.data[skip..]
     }
 }
 
@@ -276,5 +434,40 @@ pub fn exit_status(job: &Job) -> i32 {
         (_, Some(code), _) => code,
         (_, None, Some(sig)) => 128 + sig,
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(
+        stream: proto::OutputStream,
+        offset: u64,
+        attempt: u32,
+        text: &str,
+    ) -> proto::OutputData {
+        proto::OutputData {
+            stream: stream as i32,
+            data: text.as_bytes().to_vec(),
+            offset,
+            attempt,
+        }
+    }
+
+    #[test]
+    fn output_seen_skips_what_a_new_stream_sends_again() {
+        use proto::OutputStream::{Stderr, Stdout};
+        let mut seen = OutputSeen::default();
+        assert_eq!(seen.new_part(&data(Stdout, 0, 1, "abc")), b"abc");
+        assert_eq!(seen.new_part(&data(Stderr, 0, 1, "e")), b"e");
+        assert_eq!(seen.new_part(&data(Stdout, 3, 1, "de")), b"de");
+        // A reconnection: the stored output from the start, then new output.
+        assert_eq!(seen.new_part(&data(Stdout, 0, 1, "abcdefg")), b"fg");
+        assert_eq!(seen.new_part(&data(Stderr, 0, 1, "e")), b"");
+        assert_eq!(seen.new_part(&data(Stdout, 7, 1, "h")), b"h");
+        // The job was requeued: the next attempt's output is all new.
+        assert_eq!(seen.new_part(&data(Stdout, 0, 2, "ab")), b"ab");
+        assert_eq!(seen.new_part(&data(Stderr, 0, 2, "x")), b"x");
     }
 }

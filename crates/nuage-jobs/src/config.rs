@@ -57,6 +57,12 @@ pub const MAX_LIST_LIMIT: u32 = 100_000;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client waits for a unary reply.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `submit --wait`, `logs --follow` and `submit --array --wait` keep trying to
+/// reach a manager that went away mid-stream (a restart) before giving up.
+pub const RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Waits between reconnection attempts: doubling from the first to the last.
+pub const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Duration of the worker's default task.
 pub const DEFAULT_TASK_DURATION: Duration = Duration::from_secs(1);
 

@@ -87,7 +87,7 @@ impl Service for JobsService {
                 let addr = listener.local_addr()?;
                 listen = addr;
                 endpoints.push(Endpoint::new("grpc", addr));
-                let manager = Manager::open(&ctx.data_dir, opts.clone())
+                let manager = Manager::open(&ctx.data_dir, opts.clone(), &ctx.metrics)
                     .with_context(|| format!("jobs manager in {}", ctx.data_dir.display()))?;
                 let shutdown = ctx.shutdown.clone();
                 tasks.push(tokio::spawn(async move {

@@ -22,6 +22,12 @@ impl Drop for Proc {
 
 /// Starts `nuage ARGS…` and returns it with its first stdout line.
 fn start(args: &[&str]) -> (Proc, String) {
+    let (p, mut lines) = start_lines(args, 1);
+    (p, lines.remove(0))
+}
+
+/// Starts `nuage ARGS…` and returns it with its first `n` stdout lines.
+fn start_lines(args: &[&str], n: usize) -> (Proc, Vec<String>) {
     let mut child = nuage()
         .args(args)
         .stdin(Stdio::null())
@@ -30,14 +36,19 @@ fn start(args: &[&str]) -> (Proc, String) {
         .spawn()
         .expect("start nuage");
     let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(
-        !line.is_empty(),
-        "nuage {args:?} exited before its first line"
-    );
+    let mut lines = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(
+            !line.is_empty(),
+            "nuage {args:?} exited before its line {}",
+            lines.len() + 1
+        );
+        lines.push(line.trim_end().to_owned());
+    }
     std::thread::spawn(move || for _ in reader.lines() {});
-    (Proc(child), line.trim_end().to_owned())
+    (Proc(child), lines)
 }
 
 /// For tests of behaviour without faults: a worker timeout long enough that a loaded
@@ -537,6 +548,19 @@ fn nuage_up_runs_the_manager_and_a_worker_when_configured() {
         stdout(&out)
     );
     assert!(data.join("jobs").join("jobs.db").exists());
+    // The manager's metrics are on the node's /metrics.
+    let (status, text) = common::http_get(&node.api, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(metric(&text, "nuage_jobs_submitted_total"), 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "nuage_jobs_finished_total{state=\"succeeded\"}"),
+        1.0
+    );
+    assert_eq!(metric(&text, "nuage_jobs_workers{state=\"idle\"}"), 1.0);
+    assert_eq!(
+        metric(&text, "nuage_jobs_queue_to_start_seconds_count"),
+        1.0
+    );
     signal(&node.child, Signal::SIGTERM);
     assert!(wait_exit(&mut node.child, Duration::from_secs(20)).success());
 
@@ -577,4 +601,192 @@ fn a_worker_stopped_cleanly_gives_its_task_back() {
             .iter()
             .any(|r| r[0] == id.to_string() && r[2] == "running" && r[3] == "w2")
     });
+}
+
+/// A client streaming from the manager: its stdout is read line by line in a thread.
+struct Streaming {
+    child: Child,
+    stdout: std::sync::mpsc::Receiver<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Streaming {
+    fn start(manager: &str, args: &[&str]) -> Streaming {
+        let mut child = nuage()
+            .arg("jobs")
+            .args(args)
+            .env("NUAGE_MANAGER", manager)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nuage jobs");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut err, &mut s);
+            s
+        });
+        Streaming {
+            child,
+            stdout: rx,
+            stderr,
+        }
+    }
+
+    fn line(&self, limit: Duration) -> String {
+        self.stdout
+            .recv_timeout(limit)
+            .expect("a line of output in time")
+    }
+
+    /// Waits for the end; the rest of stdout (lines), stderr and the exit code.
+    fn finish(mut self, limit: Duration) -> (Vec<String>, String, Option<i32>) {
+        let status = wait_exit(&mut self.child, limit);
+        let rest = self.stdout.iter().collect();
+        (rest, self.stderr.join().unwrap(), status.code())
+    }
+}
+
+#[test]
+fn submit_wait_and_logs_follow_survive_a_manager_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A restart shorter than the workers' lease: the task keeps running.
+    let long = ["--worker-timeout", "10s"];
+    let (mut m, addr) = manager(tmp.path(), "127.0.0.1:0", &long);
+    let _w1 = worker(&addr, "w1", &[]);
+    let _w2 = worker(&addr, "w2", &[]);
+    let script = "echo before; echo err-before >&2; sleep 5; echo after; exit 7";
+    let waiter = Streaming::start(&addr, &["submit", "r", "--wait", "--", "sh", "-c", script]);
+    assert_eq!(waiter.line(Duration::from_secs(30)), "before");
+    let follower = Streaming::start(&addr, &["logs", "1", "--follow"]);
+    assert_eq!(follower.line(Duration::from_secs(30)), "before");
+    let array = Streaming::start(
+        &addr,
+        &["submit", "a", "--array", "2", "--wait", "--", "sleep", "2"],
+    );
+    assert_eq!(array.line(Duration::from_secs(30)), "2");
+    assert_eq!(array.line(Duration::from_secs(30)), "3");
+
+    // The manager crashes mid-task and comes back on the same address and data.
+    m.0.kill().unwrap();
+    m.0.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (_m2, addr2) = manager(tmp.path(), &addr, &long);
+    assert_eq!(addr2, addr);
+
+    // Each client gets the rest of the output once, and the task's exit status.
+    let (rest, err, code) = waiter.finish(Duration::from_secs(60));
+    assert_eq!(rest, ["after"], "stderr: {err}");
+    assert_eq!(code, Some(7), "stderr: {err}");
+    assert_eq!(err.matches("err-before").count(), 1, "{err}");
+    assert!(err.contains("lost the jobs manager at"), "{err}");
+    assert!(err.contains("again"), "{err}");
+    assert!(err.contains("job 1 (r) failed on w"), "{err}");
+    assert!(err.contains("exit 7"), "{err}");
+    let (rest, err, code) = follower.finish(Duration::from_secs(60));
+    assert_eq!(rest, ["after"], "stderr: {err}");
+    assert_eq!(err.matches("err-before").count(), 1, "{err}");
+    assert_eq!(code, Some(0), "{err}");
+    let (rest, err, code) = array.finish(Duration::from_secs(60));
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("2 of 2 jobs succeeded"), "{err}");
+
+    // The task ran once: adopted by the new manager, not started again.
+    let show = ok(&jobs(&addr, &["show", "1"]));
+    assert!(show.contains("adopted"), "{show}");
+    let started = show
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("started"))
+        .count();
+    assert_eq!(started, 1, "{show}");
+}
+
+/// The value of the series `series` (name and labels, as rendered) in Prometheus text.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_manager_serves_its_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().to_str().unwrap();
+    let args = [
+        "jobs",
+        "manager",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data,
+        "--worker-timeout",
+        "10s",
+        "--metrics",
+        "127.0.0.1:0",
+    ];
+    let (_m, lines) = start_lines(&args, 2);
+    let addr = lines[0].split_whitespace().nth(4).unwrap().to_owned();
+    let http = lines[1]
+        .strip_prefix("jobs manager metrics on http://")
+        .and_then(|l| l.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address in {lines:?}"))
+        .to_owned();
+    let scrape = || {
+        let (status, text) = common::http_get(&http, "/metrics");
+        assert_eq!(status, 200, "{text}");
+        text
+    };
+    // Nothing to run them yet: two jobs wait.
+    let ok_id = submit(&addr, &["ok", "--", "true"]);
+    let bad_id = submit(&addr, &["bad", "--", "false"]);
+    let text = scrape();
+    assert_eq!(metric(&text, "nuage_jobs_submitted_total"), 2.0);
+    assert_eq!(metric(&text, "nuage_jobs_queued"), 2.0);
+    assert_eq!(metric(&text, "nuage_jobs_running"), 0.0);
+    assert_eq!(metric(&text, "nuage_jobs_workers{state=\"idle\"}"), 0.0);
+    // A worker runs both; a third job stays running.
+    let _w = worker(&addr, "w1", &[]);
+    let long = submit(&addr, &["long", "--", "sleep", "300"]);
+    wait_for("the long job to start", Duration::from_secs(30), || {
+        ok(&jobs(&addr, &["show", &long.to_string()])).contains("\npid ")
+    });
+    let text = scrape();
+    assert_eq!(metric(&text, "nuage_jobs_submitted_total"), 3.0);
+    assert_eq!(metric(&text, "nuage_jobs_queued"), 0.0);
+    assert_eq!(metric(&text, "nuage_jobs_running"), 1.0);
+    assert_eq!(metric(&text, "nuage_jobs_workers{state=\"busy\"}"), 1.0);
+    assert_eq!(
+        metric(&text, "nuage_jobs_finished_total{state=\"succeeded\"}"),
+        1.0,
+        "job {ok_id}"
+    );
+    assert_eq!(
+        metric(&text, "nuage_jobs_finished_total{state=\"failed\"}"),
+        1.0,
+        "job {bad_id}"
+    );
+    assert_eq!(
+        metric(&text, "nuage_jobs_queue_to_start_seconds_count"),
+        3.0
+    );
+    ok(&jobs(&addr, &["cancel", &long.to_string()]));
+    wait_for("the cancel", Duration::from_secs(30), || {
+        metric(&scrape(), "nuage_jobs_finished_total{state=\"cancelled\"}") == 1.0
+    });
+    let text = scrape();
+    assert_eq!(metric(&text, "nuage_jobs_running"), 0.0);
+    assert_eq!(metric(&text, "nuage_jobs_workers{state=\"idle\"}"), 1.0);
+    // Anything but /metrics is a 404.
+    assert_eq!(common::http_get(&http, "/").0, 404);
 }

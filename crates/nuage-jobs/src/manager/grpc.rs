@@ -191,9 +191,17 @@ impl proto::jobs_server::Jobs for Grpc {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let manager = self.0.clone();
         tokio::spawn(async move {
+            // The stored output is the current attempt's; each chunk says where it
+            // starts and which attempt wrote it, so a client that reconnects skips what
+            // it already has.
+            let mut attempt = job.attempts;
             let mut sent = [out.len() as u64, err.len() as u64];
-            if send_output(&tx, Stream::Stdout, &out).await.is_err()
-                || send_output(&tx, Stream::Stderr, &err).await.is_err()
+            if send_output(&tx, Stream::Stdout, 0, attempt, &out)
+                .await
+                .is_err()
+                || send_output(&tx, Stream::Stderr, 0, attempt, &err)
+                    .await
+                    .is_err()
             {
                 return;
             }
@@ -205,11 +213,15 @@ impl proto::jobs_server::Jobs for Grpc {
                         _ = tx.closed() => return,
                         e = logs.recv() => match e {
                             Ok(ev) if ev.job_id == id => {
+                                if ev.attempt != attempt {
+                                    attempt = ev.attempt;
+                                    sent = [0, 0];
+                                }
                                 let i = usize::from(ev.stream == Stream::Stderr);
                                 let end = ev.offset + ev.data.len() as u64;
                                 if end > sent[i] && ev.offset <= sent[i] {
                                     let new = &ev.data[(sent[i] - ev.offset) as usize..];
-                                    if send_output(&tx, ev.stream, new).await.is_err() {
+                                    if send_output(&tx, ev.stream, sent[i], attempt, new).await.is_err() {
                                         return;
                                     }
                                     sent[i] = end;
@@ -217,7 +229,7 @@ impl proto::jobs_server::Jobs for Grpc {
                             }
                             Ok(_) => {}
                             Err(broadcast::error::RecvError::Lagged(_)) => {
-                                if catch_up(&manager, &tx, id, &mut sent).await.is_err() {
+                                if catch_up(&manager, &tx, id, &mut attempt, &mut sent).await.is_err() {
                                     return;
                                 }
                             }
@@ -243,7 +255,10 @@ impl proto::jobs_server::Jobs for Grpc {
                     }
                 }
                 // The last output is stored before the final state is published.
-                if catch_up(&manager, &tx, id, &mut sent).await.is_err() {
+                if catch_up(&manager, &tx, id, &mut attempt, &mut sent)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -268,30 +283,59 @@ impl proto::jobs_server::Jobs for Grpc {
 
 type LogTx = mpsc::Sender<Result<proto::LogChunk, Status>>;
 
-async fn send_output(tx: &LogTx, stream: Stream, data: &[u8]) -> Result<(), ()> {
+/// Sends `data`, which starts at `offset` in `stream` of `attempt`, in chunks.
+async fn send_output(
+    tx: &LogTx,
+    stream: Stream,
+    offset: u64,
+    attempt: u32,
+    data: &[u8],
+) -> Result<(), ()> {
     let which = match stream {
         Stream::Stdout => proto::OutputStream::Stdout,
         Stream::Stderr => proto::OutputStream::Stderr,
     };
+    let mut at = offset;
     for piece in data.chunks(LOG_CHUNK_BYTES) {
         let chunk = proto::LogChunk {
             chunk: Some(log_chunk::Chunk::Data(proto::OutputData {
                 stream: which as i32,
                 data: piece.to_vec(),
+                offset: at,
+                attempt,
             })),
         };
         tx.send(Ok(chunk)).await.map_err(|_| ())?;
+        at += piece.len() as u64;
     }
     Ok(())
 }
 
-/// Sends what the store has beyond `sent`.
-async fn catch_up(manager: &Manager, tx: &LogTx, id: u64, sent: &mut [u64; 2]) -> Result<(), ()> {
-    let Ok((out, err)) = manager.core().store.output(id, sent[0], sent[1]) else {
-        return Err(());
+/// Sends what the store has beyond `sent` (all of it if the job has moved on to
+/// another attempt since `attempt`).
+async fn catch_up(
+    manager: &Manager,
+    tx: &LogTx,
+    id: u64,
+    attempt: &mut u32,
+    sent: &mut [u64; 2],
+) -> Result<(), ()> {
+    let (out, err) = {
+        let core = manager.core();
+        let Ok(Some(job)) = core.store.get(id, false) else {
+            return Err(());
+        };
+        if job.attempts != *attempt {
+            *attempt = job.attempts;
+            *sent = [0, 0];
+        }
+        let Ok(output) = core.store.output(id, sent[0], sent[1]) else {
+            return Err(());
+        };
+        output
     };
-    send_output(tx, Stream::Stdout, &out).await?;
-    send_output(tx, Stream::Stderr, &err).await?;
+    send_output(tx, Stream::Stdout, sent[0], *attempt, &out).await?;
+    send_output(tx, Stream::Stderr, sent[1], *attempt, &err).await?;
     sent[0] += out.len() as u64;
     sent[1] += err.len() as u64;
     Ok(())

@@ -22,6 +22,7 @@
 #![allow(clippy::result_large_err)]
 
 mod grpc;
+pub mod metrics;
 pub mod store;
 
 use std::collections::{HashMap, VecDeque};
@@ -38,6 +39,8 @@ use tonic::Status;
 use crate::config::{self, ManagerOptions, format_duration};
 use crate::proto::{self, Assignment, Job, JobState, assignment};
 use crate::trace::{Span, TraceContext};
+use metrics::JobMetrics;
+use nuage_core::metrics::Metrics;
 use store::{Ending, Store, Stream, is_final};
 
 /// Jobs changes kept for slow watchers before they must resynchronise.
@@ -51,6 +54,8 @@ pub const DB_FILE: &str = "jobs.db";
 #[derive(Debug, Clone)]
 pub struct LogEvent {
     pub job_id: u64,
+    /// The attempt that wrote it.
+    pub attempt: u32,
     pub stream: Stream,
     pub offset: u64,
     pub data: Arc<Vec<u8>>,
@@ -62,6 +67,8 @@ struct Assigned {
     worker: String,
     attempt: u32,
     dispatched: Instant,
+    /// When the job last entered the queue (None for jobs queued before a restart).
+    queued_at: Option<Instant>,
     started: bool,
     cancel_requested: bool,
     /// Set for a job found running at start-up whose worker has not claimed it yet.
@@ -115,6 +122,9 @@ pub(crate) struct Core {
     finished_since_prune: u32,
     job_events: broadcast::Sender<Job>,
     log_events: broadcast::Sender<LogEvent>,
+    metrics: JobMetrics,
+    /// When each queued job entered the queue, for the queue-to-start histogram.
+    queued_at: HashMap<u64, Instant>,
 }
 
 /// The manager service (shared by the gRPC handlers).
@@ -211,6 +221,7 @@ impl Core {
         opts: ManagerOptions,
         job_events: broadcast::Sender<Job>,
         log_events: broadcast::Sender<LogEvent>,
+        metrics: JobMetrics,
     ) -> anyhow::Result<Core> {
         let queued = store.queued()?;
         let head_seq = queued.first().map_or(0, |q| q.1);
@@ -226,6 +237,7 @@ impl Core {
                         worker,
                         attempt,
                         dispatched: Instant::now(),
+                        queued_at: None,
                         started: true,
                         cancel_requested: false,
                         orphan_deadline: Some(deadline),
@@ -249,6 +261,8 @@ impl Core {
             finished_since_prune: 0,
             job_events,
             log_events,
+            metrics,
+            queued_at: HashMap::new(),
         };
         let ids: Vec<u64> = core.running.keys().copied().collect();
         for id in ids {
@@ -349,6 +363,8 @@ impl Core {
             .map_err(status_internal)?;
         self.tail_seq = seq;
         self.queue.push_back(id);
+        self.queued_at.insert(id, Instant::now());
+        self.metrics.submitted.inc();
         enqueue.end();
         if parent.is_some() {
             self.queued_spans.insert(
@@ -440,6 +456,7 @@ impl Core {
                 worker: name.to_owned(),
                 attempt,
                 dispatched: Instant::now(),
+                queued_at: self.queued_at.remove(&id),
                 started: false,
                 cancel_requested: false,
                 orphan_deadline: None,
@@ -474,6 +491,13 @@ impl Core {
             }
         }
         let now = crate::now_us();
+        let ended = if a.cancel_requested {
+            Some(JobState::Cancelled)
+        } else if a.attempt >= self.opts.max_attempts {
+            Some(JobState::Failed)
+        } else {
+            None
+        };
         let result = if a.cancel_requested {
             self.store.ended(
                 id,
@@ -500,6 +524,8 @@ impl Core {
             let r = self.store.requeued(id, a.attempt, &a.worker, seq, why, now);
             if r.is_ok() {
                 self.queue.push_front(id);
+                self.queued_at.insert(id, Instant::now());
+                self.metrics.requeued.inc();
                 if let Ok((_, _, _, tp, _)) = self.store.task(id) {
                     let parent = TraceContext::parse(&tp);
                     if parent.is_some() {
@@ -517,8 +543,12 @@ impl Core {
             }
             r
         };
-        if let Err(e) = result {
-            tracing::error!("jobs manager: recording that job {id} was lost: {e:#}");
+        match (result, ended) {
+            (Err(e), _) => {
+                tracing::error!("jobs manager: recording that job {id} was lost: {e:#}")
+            }
+            (Ok(()), Some(state)) => self.metrics.finished(state),
+            (Ok(()), None) => {}
         }
         tracing::info!(
             "jobs manager: job {id} attempt {} taken from {}: {why}",
@@ -816,7 +846,11 @@ impl Core {
         match req.report {
             None => return Err(Status::invalid_argument("empty report")),
             Some(Report::Started(s)) => {
-                self.running.get_mut(&id).expect("current").started = true;
+                let a = self.running.get_mut(&id).expect("current");
+                a.started = true;
+                if let Some(q) = a.queued_at.take() {
+                    self.metrics.queue_to_start.observe_since(q);
+                }
                 self.store
                     .started(id, req.attempt, &name, s.at_us, s.pid, now)
                     .map_err(status_internal)?;
@@ -824,13 +858,13 @@ impl Core {
             }
             Some(Report::Output(o)) => {
                 self.running.get_mut(&id).expect("current").started = true;
-                self.store_output(id, &o)?;
+                self.store_output(id, req.attempt, &o)?;
             }
             Some(Report::Finished(f)) => {
                 let _span =
                     Span::child(parent, "manager.report", "manager", || format!("job {id}"));
                 if let Some(o) = &f.output {
-                    self.store_output(id, o)?;
+                    self.store_output(id, req.attempt, o)?;
                 }
                 if f.fenced {
                     self.requeue_or_fail(
@@ -887,6 +921,7 @@ impl Core {
                     self.make_idle(&name);
                 }
                 stored.map_err(status_internal)?;
+                self.metrics.finished(state);
                 self.publish(id);
                 self.finished_since_prune += 1;
                 if self.finished_since_prune >= PRUNE_EVERY {
@@ -909,7 +944,7 @@ impl Core {
         })
     }
 
-    fn store_output(&mut self, id: u64, o: &proto::Output) -> Result<(), Status> {
+    fn store_output(&mut self, id: u64, attempt: u32, o: &proto::Output) -> Result<(), Status> {
         let limit = self.opts.max_output_bytes;
         for (stream, offset, data) in [
             (Stream::Stdout, o.stdout_offset, &o.stdout),
@@ -923,6 +958,7 @@ impl Core {
                 if self.log_events.receiver_count() > 0 {
                     let _ = self.log_events.send(LogEvent {
                         job_id: id,
+                        attempt,
                         stream,
                         offset: at,
                         data: Arc::new(new),
@@ -949,6 +985,7 @@ impl Core {
             }
             JobState::Queued => {
                 self.queue.retain(|&j| j != id);
+                self.queued_at.remove(&id);
                 if let Some(s) = self.queued_spans.remove(&id) {
                     s.end();
                 }
@@ -966,6 +1003,7 @@ impl Core {
                         now,
                     )
                     .map_err(status_internal)?;
+                self.metrics.finished(JobState::Cancelled);
             }
             _ => {
                 let Some(a) = self.running.get_mut(&id) else {
@@ -1035,20 +1073,33 @@ pub fn signal_name(sig: i32) -> String {
 }
 
 impl Manager {
-    /// Opens (or creates) the manager's database in `data_dir`.
-    pub fn open(data_dir: &Path, opts: ManagerOptions) -> anyhow::Result<Arc<Manager>> {
+    /// Opens (or creates) the manager's database in `data_dir`; its metrics go to
+    /// `metrics` (the node's registry).
+    pub fn open(
+        data_dir: &Path,
+        opts: ManagerOptions,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Arc<Manager>> {
         opts.validate()?;
         let store = Store::open(&data_dir.join(DB_FILE))?;
         let (job_events, _) = broadcast::channel(EVENTS_CAPACITY);
         let (log_events, _) = broadcast::channel(EVENTS_CAPACITY);
-        let core = Core::load(store, opts.clone(), job_events.clone(), log_events.clone())?;
-        Ok(Arc::new(Manager {
+        let core = Core::load(
+            store,
+            opts.clone(),
+            job_events.clone(),
+            log_events.clone(),
+            JobMetrics::new(metrics),
+        )?;
+        let manager = Arc::new(Manager {
             core: Mutex::new(core),
             opts,
             job_events,
             log_events,
             stopping: CancellationToken::new(),
-        }))
+        });
+        metrics::register_gauges(metrics, &manager);
+        Ok(manager)
     }
 
     fn core(&self) -> std::sync::MutexGuard<'_, Core> {

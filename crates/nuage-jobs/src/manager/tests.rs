@@ -9,6 +9,7 @@ struct Fixture {
     _tmp: tempfile::TempDir,
     path: std::path::PathBuf,
     core: Core,
+    metrics: Metrics,
 }
 
 fn opts(max_attempts: u32) -> ManagerOptions {
@@ -18,20 +19,29 @@ fn opts(max_attempts: u32) -> ManagerOptions {
     }
 }
 
-fn load(path: &Path, opts: ManagerOptions) -> Core {
+fn load(path: &Path, opts: ManagerOptions, metrics: &Metrics) -> Core {
     let (jobs, _) = broadcast::channel(16);
     let (logs, _) = broadcast::channel(16);
-    Core::load(Store::open(path).unwrap(), opts, jobs, logs).unwrap()
+    Core::load(
+        Store::open(path).unwrap(),
+        opts,
+        jobs,
+        logs,
+        JobMetrics::new(metrics),
+    )
+    .unwrap()
 }
 
 fn fixture(max_attempts: u32) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join(DB_FILE);
-    let core = load(&path, opts(max_attempts));
+    let metrics = Metrics::new();
+    let core = load(&path, opts(max_attempts), &metrics);
     Fixture {
         _tmp: tmp,
         path,
         core,
+        metrics,
     }
 }
 
@@ -93,6 +103,33 @@ impl Fixture {
             .unwrap();
         self.core.check();
         r.accepted
+    }
+
+    /// The value of the series `name` (with its labels, as rendered).
+    fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    fn started(&mut self, session: &str, id: u64, attempt: u32) {
+        let r = self
+            .core
+            .report(
+                proto::ReportRequest {
+                    session: session.into(),
+                    job_id: id,
+                    attempt,
+                    report: Some(Report::Started(proto::Started { at_us: 1, pid: 1 })),
+                },
+                None,
+            )
+            .unwrap();
+        assert!(r.accepted);
+        self.core.check();
     }
 
     fn state(&self, id: u64) -> JobState {
@@ -202,7 +239,7 @@ fn after_a_restart_running_jobs_are_adopted_or_requeued() {
     assert_eq!(next_task(&mut rx2), Some((b, 1)));
     // The manager stops; a new one loads the same database.
     let path = f.path.clone();
-    f.core = load(&path, opts(3));
+    f.core = load(&path, opts(3), &f.metrics);
     f.core.check();
     assert_eq!(f.core.queue.iter().copied().collect::<Vec<_>>(), vec![c]);
     assert_eq!(f.core.running.len(), 2);
@@ -275,4 +312,44 @@ fn submit_validation() {
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains(needle), "{}", e.message());
     }
+}
+
+#[test]
+fn counters_follow_the_jobs_and_queue_to_start_is_observed_once_per_start() {
+    let mut f = fixture(2);
+    let ids: Vec<u64> = (0..4).map(|i| f.submit(&format!("j{i}"))).collect();
+    assert_eq!(f.metric("nuage_jobs_submitted_total"), 4.0);
+    f.core.cancel(ids[3]).unwrap();
+    let (s1, mut rx1, _) = f.worker("w1", None);
+    assert_eq!(next_task(&mut rx1), Some((ids[0], 1)));
+    f.started(&s1, ids[0], 1);
+    assert!(f.finish(&s1, ids[0], 1, 0));
+    assert_eq!(next_task(&mut rx1), Some((ids[1], 1)));
+    f.started(&s1, ids[1], 1);
+    assert!(f.finish(&s1, ids[1], 1, 3));
+    // ids[2]: lost twice (max attempts 2) → failed, requeued once on the way.
+    assert_eq!(next_task(&mut rx1), Some((ids[2], 1)));
+    f.started(&s1, ids[2], 1);
+    f.core.lose_worker("w1", "test");
+    let (s2, mut rx2, _) = f.worker("w2", None);
+    assert_eq!(next_task(&mut rx2), Some((ids[2], 2)));
+    f.started(&s2, ids[2], 2);
+    f.core.lose_worker("w2", "test");
+    f.core.check();
+    assert_eq!(
+        f.metric("nuage_jobs_finished_total{state=\"succeeded\"}"),
+        1.0
+    );
+    assert_eq!(f.metric("nuage_jobs_finished_total{state=\"failed\"}"), 2.0);
+    assert_eq!(
+        f.metric("nuage_jobs_finished_total{state=\"cancelled\"}"),
+        1.0
+    );
+    assert_eq!(f.metric("nuage_jobs_requeued_total"), 1.0);
+    // One observation per start: 3 first attempts and the requeued one.
+    assert_eq!(f.metric("nuage_jobs_queue_to_start_seconds_count"), 4.0);
+    assert_eq!(
+        f.metric("nuage_jobs_queue_to_start_seconds_bucket{le=\"+Inf\"}"),
+        4.0
+    );
 }

@@ -39,21 +39,22 @@ impl JsonWriter {
             return;
         }
         let dur_ns = end_ns.saturating_sub(s.start_ns);
-        let args = json!({
-            "trace_id": format!("{:032x}", s.trace_id),
-            "span_id": format!("{:016x}", s.span_id),
-            "parent_id": format!("{:016x}", s.parent_id),
-            "detail": clip(&s.detail),
-        });
-        // Timestamps are written by hand: an f64 would round away the nanoseconds.
-        let event = format!(
-            r#"{{"name":{},"cat":{},"ph":"X","ts":{},"dur":{},"pid":{pid},"tid":{tid},"args":{args}}}"#,
-            json!(s.name),
-            json!(s.component),
-            micros(s.start_ns),
-            micros(dur_ns),
+        // Written by hand, straight into the buffer: building a JSON value per span
+        // was most of its cost. Timestamps too: an f64 would round away nanoseconds.
+        let r = write!(
+            self.out,
+            r#",
+{{"name":{},"cat":{},"ph":"X","ts":{},"dur":{},"pid":{pid},"tid":{tid},"args":{{"detail":{},"parent_id":"{:016x}","span_id":"{:016x}","trace_id":"{:032x}"}}}}"#,
+            JsonStr(s.name),
+            JsonStr(s.component),
+            Micros(s.start_ns),
+            Micros(dur_ns),
+            JsonStr(clip(&s.detail)),
+            s.parent_id,
+            s.span_id,
+            s.trace_id,
         );
-        if let Err(e) = write!(self.out, ",\n{event}") {
+        if let Err(e) = r {
             tracing::warn!("writing the JSON trace failed: {e}");
         }
     }
@@ -72,9 +73,44 @@ impl JsonWriter {
     }
 }
 
-/// Nanoseconds as microseconds with three decimals, exactly.
-fn micros(ns: u64) -> String {
-    format!("{}.{:03}", ns / 1000, ns % 1000)
+/// A string as a JSON string literal (quoted, escaped).
+struct JsonStr<'a>(&'a str);
+
+impl std::fmt::Display for JsonStr<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut plain = 0;
+        f.write_str("\"")?;
+        for (i, c) in self.0.char_indices() {
+            let escaped = match c {
+                '"' => "\\\"",
+                '\\' => "\\\\",
+                '\n' => "\\n",
+                '\r' => "\\r",
+                '\t' => "\\t",
+                c if (c as u32) < 0x20 => {
+                    f.write_str(&self.0[plain..i])?;
+                    write!(f, "\\u{:04x}", c as u32)?;
+                    plain = i + c.len_utf8();
+                    continue;
+                }
+                _ => continue,
+            };
+            f.write_str(&self.0[plain..i])?;
+            f.write_str(escaped)?;
+            plain = i + c.len_utf8();
+        }
+        f.write_str(&self.0[plain..])?;
+        f.write_str("\"")
+    }
+}
+
+/// Nanoseconds written as microseconds with three decimals, exactly.
+struct Micros(u64);
+
+impl std::fmt::Display for Micros {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:03}", self.0 / 1000, self.0 % 1000)
+    }
 }
 
 #[cfg(test)]
@@ -83,7 +119,27 @@ mod tests {
 
     #[test]
     fn micros_keep_nanoseconds() {
-        assert_eq!(micros(1_723_456_789_123_456_789), "1723456789123456.789");
-        assert_eq!(micros(5), "0.005");
+        assert_eq!(
+            Micros(1_723_456_789_123_456_789).to_string(),
+            "1723456789123456.789"
+        );
+        assert_eq!(Micros(5).to_string(), "0.005");
+    }
+
+    #[test]
+    fn strings_are_escaped_as_json_reads_them() {
+        for s in [
+            "",
+            "plain",
+            "a \"q\" b\\c",
+            "tab\tnl\ncr\r",
+            "\u{1}\u{1f}x",
+            "é✓ \u{7f}",
+        ] {
+            let text = JsonStr(s).to_string();
+            let back: String =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(back, s);
+        }
     }
 }

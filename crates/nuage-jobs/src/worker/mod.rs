@@ -327,6 +327,24 @@ fn drop_slot(shared: &Shared, why: &str) {
 }
 
 fn start_task(shared: &Arc<Shared>, task: proto::Task) {
+    // The usual case, an empty slot: start at once, on this thread (a spawned task
+    // could wait for another thread to be scheduled on a busy machine).
+    {
+        let mut slot = shared.slot();
+        if slot.is_none() {
+            let (control_tx, control_rx) = mpsc::unbounded_channel();
+            *slot = Some(Slot {
+                job_id: task.job_id,
+                attempt: task.attempt,
+                finished: false,
+                dropped: false,
+                control: control_tx,
+            });
+            drop(slot);
+            run_task(shared, task, control_rx);
+            return;
+        }
+    }
     let shared = shared.clone();
     tokio::spawn(async move {
         // The slot may still hold a task that is over: one whose Finished report the
