@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """nuage storage beside GlusterFS 10, in one run, on one lab machine.
 
-Both systems serve a 2-brick distributed volume from brick directories under the same
-base directory, and are mounted on the same machine; the same workloads run on each
-mount, RUNS times, and the medians are printed with the ratio nuage/gluster (higher is
-better for nuage on every row).
+Both systems serve the same kinds of volume (a 2-brick distributed volume and a replica-2
+volume over two bricks) from brick directories under the same base directory, and are
+mounted on the same machine; the same workloads run on each mount, RUNS times, and the
+medians are printed with the ratio nuage/gluster (higher is better for nuage on every
+row).
 
 Run as root from the repository root, after `cargo build --release -p nuage`:
 
-    python3 bench/storage/run.py              # RUNS=3 BIG_MIB=200 SEQ_MIB=1024 SMALL=1000
-    RUNS=5 SMALL=10000 python3 bench/storage/run.py
+    python3 bench/storage/run.py    # RUNS=3 BIG_MIB=200 SEQ_MIB=1024 SMALL=1000,10000
+    RUNS=5 VOLUMES=replicate SMALL=1000 python3 bench/storage/run.py
 
 glusterd runs inside the lab machine (its own network namespace, so its fixed ports never
 collide with anything on the host) with its state in a temporary directory.
@@ -27,7 +28,11 @@ NUAGE = os.path.abspath(os.environ.get("NUAGE", "target/release/nuage"))
 RUNS = int(os.environ.get("RUNS", "3"))
 BIG_MIB = int(os.environ.get("BIG_MIB", "200"))
 SEQ_MIB = int(os.environ.get("SEQ_MIB", "1024"))
-SMALL = int(os.environ.get("SMALL", "1000"))
+SMALL = [int(n) for n in os.environ.get("SMALL", "1000,10000").split(",")]
+VOLUMES = os.environ.get("VOLUMES", "distribute,replicate").split(",")
+for _v in VOLUMES:
+    if _v not in ("distribute", "replicate"):
+        sys.exit(f"bench: VOLUMES: unknown kind {_v!r} (distribute, replicate)")
 LAB = f"stbench-{os.getpid()}"[:24]
 
 
@@ -54,23 +59,27 @@ def mounted(path):
         return any(line.split(" ")[4] == path for line in f)
 
 
+def replica_args(kind):
+    return ["replica", "2"] if kind == "replicate" else []
+
+
 class Nuage:
     name = "nuage"
 
-    def __init__(self, base, ip):
-        self.base, self.ip = base, ip
-        self.mnt = os.path.join(base, "nuage-mnt")
+    def __init__(self, base, ip, kind):
+        self.base, self.ip, self.vol = base, ip, f"bench-{kind}"
+        self.mnt = os.path.join(base, f"nuage-mnt-{kind}")
         os.makedirs(self.mnt)
         bricks = []
         for i in (1, 2):
-            d = os.path.join(base, f"nuage-b{i}")
+            d = os.path.join(base, f"nuage-{kind}-b{i}")
             os.makedirs(d)
             bricks.append(f"{ip}:{d}")
-        in_lab(NUAGE, "volume", "create", "benchvol", *bricks, "force")
-        in_lab(NUAGE, "volume", "start", "benchvol")
+        in_lab(NUAGE, "volume", "create", self.vol, *replica_args(kind), *bricks, "force")
+        in_lab(NUAGE, "volume", "start", self.vol)
 
     def mount(self):
-        in_lab(NUAGE, "mount", f"{self.ip}:/benchvol", self.mnt)
+        in_lab(NUAGE, "mount", f"{self.ip}:/{self.vol}", self.mnt)
 
     def umount(self):
         in_lab(NUAGE, "umount", self.mnt)
@@ -84,13 +93,10 @@ class Nuage:
             self.umount()
 
 
-class Gluster:
-    name = "gluster"
+class Glusterd:
+    """One glusterd for the run, in the lab machine."""
 
-    def __init__(self, base, ip):
-        self.base, self.ip = base, ip
-        self.mnt = os.path.join(base, "gluster-mnt")
-        os.makedirs(self.mnt)
+    def __init__(self, base):
         work = os.path.join(base, "glusterd")
         os.makedirs(work)
         vol = os.path.join(base, "glusterd.vol")
@@ -107,22 +113,37 @@ class Gluster:
             )
         self.pidfile = os.path.join(base, "glusterd.pid")
         in_lab("glusterd", "-f", vol, "-p", self.pidfile, "--log-file", os.path.join(base, "glusterd.log"))
-        g = ["gluster", "--mode=script", f"--glusterd-sock={sock}"]
+        self.g = ["gluster", "--mode=script", f"--glusterd-sock={sock}"]
         for _ in range(100):
-            if in_lab(*g, "peer", "status", check=False):
+            if in_lab(*self.g, "peer", "status", check=False):
                 break
             time.sleep(0.1)
+
+    def close(self):
+        try:
+            with open(self.pidfile) as f:
+                os.kill(int(f.read().strip()), 15)
+        except (OSError, ValueError):
+            pass
+
+
+class Gluster:
+    name = "gluster"
+
+    def __init__(self, base, ip, kind, glusterd):
+        self.base, self.ip, self.vol, self.g = base, ip, f"bench-{kind}", glusterd.g
+        self.mnt = os.path.join(base, f"gluster-mnt-{kind}")
+        os.makedirs(self.mnt)
         bricks = []
         for i in (1, 2):
-            d = os.path.join(base, f"gluster-b{i}")
+            d = os.path.join(base, f"gluster-{kind}-b{i}")
             os.makedirs(d)
             bricks.append(f"{ip}:{d}")
-        in_lab(*g, "volume", "create", "benchvol", *bricks, "force")
-        in_lab(*g, "volume", "start", "benchvol")
-        self.g = g
+        in_lab(*self.g, "volume", "create", self.vol, *replica_args(kind), *bricks, "force")
+        in_lab(*self.g, "volume", "start", self.vol)
 
     def mount(self):
-        in_lab("mount", "-t", "glusterfs", f"{self.ip}:/benchvol", self.mnt)
+        in_lab("mount", "-t", "glusterfs", f"{self.ip}:/{self.vol}", self.mnt)
 
     def umount(self):
         in_lab("umount", self.mnt)
@@ -134,13 +155,8 @@ class Gluster:
     def close(self):
         if mounted(self.mnt):
             in_lab("umount", "-l", self.mnt, check=False)
-        in_lab(*self.g, "volume", "stop", "benchvol", check=False)
-        in_lab(*self.g, "volume", "delete", "benchvol", check=False)
-        try:
-            with open(self.pidfile) as f:
-                os.kill(int(f.read().strip()), 15)
-        except (OSError, ValueError):
-            pass
+        in_lab(*self.g, "volume", "stop", self.vol, check=False)
+        in_lab(*self.g, "volume", "delete", self.vol, check=False)
 
 
 def clear(mnt):
@@ -175,37 +191,43 @@ def workloads(fs, src, local):
     out[f"read {SEQ_MIB} MiB (MB/s)"] = SEQ_MIB * 1.048576 / t
     os.unlink(seq)
     os.unlink(os.path.join(m, "big"))
-    # (c) small files: create, ls -l, read, remove.
+    # (c) small files: create, ls -l, read, remove; for each count in SMALL.
+    for count in SMALL:
+        small_files(fs, count, out)
+    fs.umount()
+    return out
+
+
+def small_files(fs, count, out):
+    m = fs.mnt
     d = os.path.join(m, "small")
     os.mkdir(d)
     block = b"x" * 4096
-    names = [os.path.join(d, f"f{i:06}") for i in range(SMALL)]
+    names = [os.path.join(d, f"f{i:06}") for i in range(count)]
 
     def create():
         for n in names:
             with open(n, "wb") as f:
                 f.write(block)
 
-    out[f"create {SMALL} x 4 KiB (files/s)"] = SMALL / timed(create)
+    out[f"create {count} x 4 KiB (files/s)"] = count / timed(create)
     fs.umount()
     fs.mount()
-    out[f"ls -l {SMALL} files (files/s)"] = SMALL / timed(lambda: sh("ls", "-l", d))
+    out[f"ls -l {count} files (files/s)"] = count / timed(lambda: sh("ls", "-l", d))
 
     def read_all():
         for n in names:
             with open(n, "rb") as f:
                 assert len(f.read()) == 4096
 
-    out[f"read {SMALL} x 4 KiB (files/s)"] = SMALL / timed(read_all)
+    out[f"read {count} x 4 KiB (files/s)"] = count / timed(read_all)
 
     def remove():
         for n in names:
             os.unlink(n)
 
-    out[f"remove {SMALL} files (files/s)"] = SMALL / timed(remove)
+    out[f"remove {count} files (files/s)"] = count / timed(remove)
     os.rmdir(d)
-    fs.umount()
-    return out
 
 
 def main():
@@ -224,20 +246,32 @@ def main():
                 f.write(os.urandom(1 << 20))
         local = os.path.join(base, "local")
         os.makedirs(local)
-        systems = [Nuage(base, ip), Gluster(base, ip)]
-        results = {s.name: {} for s in systems}
+        glusterd = Glusterd(base)
+        systems = [glusterd]
+        pairs = {}
+        for kind in VOLUMES:
+            pair = [Nuage(base, ip, kind), Gluster(base, ip, kind, glusterd)]
+            systems[:0] = pair
+            pairs[kind] = pair
+        # results[kind][system][row] = [values…]
+        results = {k: {"nuage": {}, "gluster": {}} for k in VOLUMES}
         for run in range(RUNS):
-            for s in systems:
-                for row, v in workloads(s, src, local).items():
-                    results[s.name].setdefault(row, []).append(v)
+            for kind, pair in pairs.items():
+                for s in pair:
+                    for row, v in workloads(s, src, local).items():
+                        results[kind][s.name].setdefault(row, []).append(v)
             print(f"run {run + 1}/{RUNS} done", file=sys.stderr)
-        print(f"# nuage storage vs GlusterFS {gluster_version()}: 2-brick distribute, one machine,"
+        print(f"# nuage storage vs GlusterFS {gluster_version()}: one machine,"
               f" medians of {RUNS} runs, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs")
-        print(f"{'workload':<36} {'nuage':>10} {'gluster':>10} {'nuage/gluster':>14}")
-        for row in results["nuage"]:
-            n = statistics.median(results["nuage"][row])
-            g = statistics.median(results["gluster"][row])
-            print(f"{row:<36} {n:>10.1f} {g:>10.1f} {n / g:>14.2f}")
+        for kind in VOLUMES:
+            title = "2-brick distribute" if kind == "distribute" else "replica 2 (2 bricks)"
+            print(f"\n## {title}")
+            print(f"{'workload':<36} {'nuage':>10} {'gluster':>10} {'nuage/gluster':>14}")
+            r = results[kind]
+            for row in r["nuage"]:
+                n = statistics.median(r["nuage"][row])
+                g = statistics.median(r["gluster"][row])
+                print(f"{row:<36} {n:>10.1f} {g:>10.1f} {n / g:>14.2f}")
     finally:
         for s in systems:
             s.close()

@@ -25,7 +25,7 @@ use crate::layout::DirLayout;
 use crate::markers::{AfrDelta, AfrState};
 
 /// Version of this protocol; a brick refuses a client of another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Sent in `Hello`, so a stray connection from another program is refused at once.
 pub const MAGIC: [u8; 4] = *b"NUFS";
 /// Bytes of a frame header.
@@ -419,15 +419,21 @@ pub enum Reply {
     },
     Pong,
     Entry(Entry),
+    /// `parent`: the parent directory's attributes just after the change (gluster's
+    /// `postparent`), so a client can answer the kernel's next stat of the directory
+    /// without asking every brick again.
     Created {
         entry: Entry,
         fd: Option<u64>,
+        parent: Option<Box<Attr>>,
     },
-    /// `linkto`: the name was a link file pointing at that subvolume.
+    /// `linkto`: the name was a link file pointing at that subvolume. `parent`: as in
+    /// `Created`.
     Unlinked {
         gfid: Option<Gfid>,
         nlink_left: u32,
         linkto: Option<u32>,
+        parent: Option<Box<Attr>>,
     },
     Renamed {
         replaced: Option<Gfid>,

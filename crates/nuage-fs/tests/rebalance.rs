@@ -80,7 +80,7 @@ async fn files_move_to_a_new_subvolume_and_stay_reachable() {
         let (found, open) = vol.create(Gfid::ROOT, name.as_bytes(), obj).await.unwrap();
         let f = open.unwrap();
         let data = vec![i as u8; 1000 * i];
-        vol.write(f, 0, &data).await.unwrap();
+        vol.write(f, 0, data.clone()).await.unwrap();
         vol.release(f).await.unwrap();
         vol.setxattr(found.gfid, false, b"user.tag", name.as_bytes(), 0)
             .await
@@ -187,7 +187,7 @@ async fn make_file(vol: &Volume, name: &str, data: &[u8]) -> Gfid {
     };
     let (found, open) = vol.create(Gfid::ROOT, name.as_bytes(), obj).await.unwrap();
     let f = open.unwrap();
-    vol.write(f, 0, data).await.unwrap();
+    vol.write(f, 0, data.to_vec()).await.unwrap();
     vol.release(f).await.unwrap();
     vol.setxattr(found.gfid, false, b"user.a", name.as_bytes(), 0)
         .await
@@ -349,7 +349,7 @@ async fn every_operation_reaches_a_file_moved_under_a_live_client() {
     // 3: open, write, fsync, read back through the same handle
     let (_, g) = f(3);
     let h = vol.open(*g, libc::O_RDWR).await.unwrap();
-    vol.write(h, 0, b"NEW").await.unwrap();
+    vol.write(h, 0, b"NEW".to_vec()).await.unwrap();
     vol.fsync(h, false).await.unwrap();
     assert_eq!(vol.read(h, 0, 3).await.unwrap(), b"NEW");
     vol.release(h).await.unwrap();
@@ -390,7 +390,7 @@ async fn every_operation_reaches_a_file_moved_under_a_live_client() {
     );
     // Files held open across the rebalance keep taking writes.
     for (_, _, h) in &held {
-        vol.write(*h, 0, b"HELD").await.unwrap();
+        vol.write(*h, 0, b"HELD".to_vec()).await.unwrap();
         vol.release(*h).await.unwrap();
     }
 

@@ -39,6 +39,45 @@ pub const MAX_PING_INTERVAL_MS: u32 = 600_000;
 /// Frames queued for the writer of one connection.
 const WRITE_QUEUE: usize = 2 * MAX_INFLIGHT;
 
+/// Where a request's system calls run.
+#[derive(Debug, PartialEq, Eq)]
+enum Run {
+    /// On the connection's task: a few metadata calls on one object (lookups, stats,
+    /// creations, attributes), which take microseconds; a handoff to another thread and
+    /// back would cost more than the work, on every small-file operation.
+    Inline,
+    /// On the same thread, with the runtime's other work handed to another thread
+    /// (`block_in_place`): usually fast, but may free a large file's blocks (the last
+    /// name or descriptor of a file going), which can take milliseconds.
+    InPlace,
+    /// On the blocking pool: data (reads, writes, syncs, checksums) and listings, whose
+    /// time grows with their size.
+    Pool,
+}
+
+fn how_to_run(op: &Op) -> Run {
+    match op {
+        Op::Lookup { .. }
+        | Op::Stat { .. }
+        | Op::Statfs
+        | Op::Mknod { .. }
+        | Op::Link { .. }
+        | Op::Open { .. }
+        | Op::Readlink { .. }
+        | Op::Xattrop { .. }
+        | Op::SetMeta { .. }
+        | Op::SetGfid { .. }
+        | Op::Getxattr { .. }
+        | Op::Listxattr { .. }
+        | Op::Setxattr { .. }
+        | Op::Removexattr { .. }
+        | Op::Path { .. } => Run::Inline,
+        Op::Setattr { set, .. } if set.size.is_none() => Run::Inline,
+        Op::Unlink { .. } | Op::Rmdir { .. } | Op::Rename { .. } | Op::Close { .. } => Run::InPlace,
+        _ => Run::Pool,
+    }
+}
+
 /// Shared state of one brick server.
 pub struct Brick {
     store: Arc<Store>,
@@ -303,21 +342,31 @@ impl Brick {
                 self.tell(note);
                 (Ok(Reply::Done), Vec::new())
             }
-            op => {
-                let brick = self.clone();
-                let files = files.clone();
-                match tokio::task::spawn_blocking(move || {
-                    brick.execute_blocking(conn, &files, op, data)
-                })
-                .await
+            op => match how_to_run(&op) {
+                // A thread handoff there and back costs more than these calls.
+                Run::Inline => self.execute_blocking(conn, files, op, data),
+                Run::InPlace
+                    if tokio::runtime::Handle::current().runtime_flavor()
+                        == tokio::runtime::RuntimeFlavor::MultiThread =>
                 {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!("brick request panicked: {e}");
-                        (Err(Errno(libc::EIO)), Vec::new())
+                    tokio::task::block_in_place(|| self.execute_blocking(conn, files, op, data))
+                }
+                Run::InPlace | Run::Pool => {
+                    let brick = self.clone();
+                    let files = files.clone();
+                    match tokio::task::spawn_blocking(move || {
+                        brick.execute_blocking(conn, &files, op, data)
+                    })
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!("brick request panicked: {e}");
+                            (Err(Errno(libc::EIO)), Vec::new())
+                        }
                     }
                 }
-            }
+            },
         }
     }
 
@@ -364,7 +413,11 @@ impl Brick {
                                 .acquire(gfid, proto::Domain::Inode, conn, false, false);
                         debug_assert!(matches!(acq, Acquire::Granted), "a new file's lock is free");
                     }
-                    Reply::Created { entry, fd }
+                    Reply::Created {
+                        entry,
+                        fd,
+                        parent: s.dir_attr(&parent).ok().map(Box::new),
+                    }
                 }
                 Op::Link {
                     gfid,
@@ -384,6 +437,7 @@ impl Brick {
                         gfid,
                         nlink_left,
                         linkto,
+                        parent: s.dir_attr(&parent).ok().map(Box::new),
                     }
                 }
                 Op::Rmdir {
@@ -397,6 +451,7 @@ impl Brick {
                         gfid,
                         nlink_left: 0,
                         linkto: None,
+                        parent: s.dir_attr(&parent).ok().map(Box::new),
                     }
                 }
                 Op::Rename {
@@ -621,4 +676,58 @@ pub async fn run(
     let store = Store::open(root, &identity)?;
     Brick::new(store, identity).serve(listener, shutdown).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gfid::Gfid;
+    use crate::proto::SetAttr;
+
+    #[test]
+    fn data_and_listings_run_on_the_blocking_pool() {
+        let t = Target {
+            gfid: Gfid::random(),
+            fd: Some(1),
+        };
+        for op in [
+            Op::Read {
+                target: t,
+                offset: 0,
+                size: 1,
+            },
+            Op::Write {
+                target: t,
+                offset: 0,
+                op: None,
+            },
+            Op::Fsync {
+                target: t,
+                datasync: false,
+            },
+            Op::Readdir {
+                gfid: t.gfid,
+                cookie: 0,
+                max: 1,
+            },
+            Op::Setattr {
+                target: t,
+                set: SetAttr {
+                    size: Some(0),
+                    ..Default::default()
+                },
+                op: None,
+            },
+        ] {
+            assert_eq!(how_to_run(&op), Run::Pool, "{op:?}");
+        }
+        assert_eq!(how_to_run(&Op::Close { fd: 1 }), Run::InPlace);
+        assert_eq!(
+            how_to_run(&Op::Lookup {
+                parent: Gfid::ROOT,
+                name: b"a".to_vec()
+            }),
+            Run::Inline
+        );
+    }
 }

@@ -469,6 +469,12 @@ impl Store {
         self.entry_of(XTarget::Path(&p), &st)
     }
 
+    /// Attributes of a directory by id (one `fstat` of its cached descriptor).
+    pub fn dir_attr(&self, g: &Gfid) -> SysResult<Attr> {
+        let fd = self.dir_fd(g)?;
+        Ok(attr_of(&sys::fstat(fd.as_raw_fd())?, true))
+    }
+
     /// Attributes and markers of a file by id (`fd`: one of its open files).
     pub fn stat(&self, g: &Gfid, fd: Option<RawFd>) -> SysResult<Entry> {
         if let Some(fd) = fd {

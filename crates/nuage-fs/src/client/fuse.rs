@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Config, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -30,6 +30,10 @@ use crate::proto::{Attr, Creds, DirEntry, Errno, MAX_IO, SetAttr, SetTime, Times
 pub const ATTR_TTL: Duration = Duration::from_secs(1);
 /// Most supplementary groups read for a caller (the brick's bound too).
 const MAX_CALLER_GROUPS: usize = 1024;
+/// The attribute the kernel asks for before every write (to clear file capabilities).
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
+/// Most files remembered as having no `security.capability`.
+const MAX_NO_CAPS: usize = 65536;
 
 struct Node {
     gfid: Gfid,
@@ -57,6 +61,40 @@ pub struct NuageFs {
     nodes: Arc<Mutex<HashMap<u64, Node>>>,
     handles: Arc<Mutex<HashMap<u64, Handle_>>>,
     next_fh: AtomicU64,
+    no_caps: Arc<NoCaps>,
+}
+
+/// Files known to have no `security.capability` attribute, and since when. The kernel
+/// asks for it before *every* write (a brick round trip each, in the way of the write);
+/// as gluster's md-cache does, the answer is reused for [`ATTR_TTL`], as long as the
+/// kernel keeps attributes. A file created here has none; setting or removing any
+/// attribute of a file through this mount forgets it.
+#[derive(Default)]
+struct NoCaps(Mutex<HashMap<u64, Instant>>);
+
+impl NoCaps {
+    fn known(&self, ino: u64) -> bool {
+        self.0
+            .lock()
+            .expect("no caps")
+            .get(&ino)
+            .is_some_and(|t| t.elapsed() < ATTR_TTL)
+    }
+
+    fn remember(&self, ino: u64) {
+        let mut m = self.0.lock().expect("no caps");
+        if m.len() >= MAX_NO_CAPS {
+            m.retain(|_, t| t.elapsed() < ATTR_TTL);
+            if m.len() >= MAX_NO_CAPS {
+                m.clear();
+            }
+        }
+        m.insert(ino, Instant::now());
+    }
+
+    fn forget(&self, ino: u64) {
+        self.0.lock().expect("no caps").remove(&ino);
+    }
 }
 
 fn errno(e: Errno) -> fuser::Errno {
@@ -166,6 +204,7 @@ impl NuageFs {
             nodes: Arc::new(Mutex::new(nodes)),
             handles: Arc::new(Mutex::new(HashMap::new())),
             next_fh: AtomicU64::new(1),
+            no_caps: Arc::default(),
         }
     }
 
@@ -573,9 +612,19 @@ impl Filesystem for NuageFs {
             Ok(f) => f,
             Err(e) => return reply.error(errno(e)),
         };
+        // Queued at once when write-behind has room: answered from this thread.
+        let now = {
+            let _rt = self.rt.enter();
+            self.volume.write_now(f, offset, data)
+        };
+        match now {
+            Some(Ok(n)) => return reply.written(n),
+            Some(Err(e)) => return reply.error(errno(e)),
+            None => {}
+        }
         let (v, data) = (self.volume.clone(), data.to_vec());
         self.spawn(async move {
-            match v.write(f, offset, &data).await {
+            match v.write(f, offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
             }
@@ -866,6 +915,7 @@ impl Filesystem for NuageFs {
             Ok(n) => n,
             Err(e) => return reply.error(errno(e)),
         };
+        self.no_caps.forget(ino.0);
         let (v, name, value) = (
             self.volume.clone(),
             name.as_bytes().to_vec(),
@@ -884,11 +934,24 @@ impl Filesystem for NuageFs {
             Ok(n) => n,
             Err(e) => return reply.error(errno(e)),
         };
-        let (v, name) = (self.volume.clone(), name.as_bytes().to_vec());
+        let caps = name.as_bytes() == CAPABILITY_XATTR;
+        if caps && self.no_caps.known(ino.0) {
+            return reply.error(fuser::Errno::from_i32(libc::ENODATA));
+        }
+        let (v, name, no_caps) = (
+            self.volume.clone(),
+            name.as_bytes().to_vec(),
+            self.no_caps.clone(),
+        );
         self.spawn(async move {
             match v.getxattr(g, is_dir, &name).await {
                 Ok(val) => xattr_reply(reply, size, &val),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => {
+                    if caps && e == Errno(libc::ENODATA) {
+                        no_caps.remember(ino.0);
+                    }
+                    reply.error(errno(e))
+                }
             }
         });
     }
@@ -919,6 +982,7 @@ impl Filesystem for NuageFs {
             Ok(n) => n,
             Err(e) => return reply.error(errno(e)),
         };
+        self.no_caps.forget(ino.0);
         let (v, name) = (self.volume.clone(), name.as_bytes().to_vec());
         self.spawn(async move {
             match v.removexattr(g, is_dir, &name).await {
@@ -949,17 +1013,20 @@ impl Filesystem for NuageFs {
         };
         let mut obj = new_object(libc::S_IFREG | (mode & !umask & 0o7777), creds(req));
         obj.open = Some(flags);
-        let (v, nodes, handles, name) = (
+        let (v, nodes, handles, name, no_caps) = (
             self.volume.clone(),
             self.nodes.clone(),
             self.handles.clone(),
             name.as_bytes().to_vec(),
+            self.no_caps.clone(),
         );
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.spawn(async move {
             match v.create(p, &name, obj).await {
                 Ok((f, Some(open))) => {
                     Self::remember(&nodes, f.gfid, &f.attr);
+                    // A new file has no capabilities.
+                    no_caps.remember(f.gfid.ino());
                     handles
                         .lock()
                         .expect("handles")

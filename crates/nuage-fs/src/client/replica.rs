@@ -629,6 +629,25 @@ impl Replica {
                     tracing::warn!("post-op failed: {}", e.describe());
                 }
             }
+            // The post-op wrote an extended attribute of the changed object, which moved
+            // its ctime past the one in the reply: attributes answered now must be the
+            // ones a later stat sees, or the kernel caches a ctime that then "changes"
+            // by itself (pjdfstest's unchanged_ctime_failed after a chmod).
+            match &mut reply {
+                Some((Reply::Attr(a), _)) => {
+                    let g = marked[0].gfid;
+                    if let Ok(Reply::Entry(e)) = self.bricks[done[0]]
+                        .req(Op::Stat { gfid: g, fd: None })
+                        .await
+                    {
+                        *a = e.attr;
+                    }
+                }
+                // Likewise the parent's: the caller asks again instead.
+                Some((Reply::Created { parent, .. }, _))
+                | Some((Reply::Unlinked { parent, .. }, _)) => *parent = None,
+                _ => {}
+            }
         }
         // A file created open: one handle of this layer for the copies' descriptors.
         if let Some((

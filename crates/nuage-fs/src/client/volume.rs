@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::client::conn::{BrickAddr, BrickConn};
 use crate::client::replica::{QuorumType, Replica};
@@ -40,6 +40,22 @@ const LINKTO_MODE: u32 = crate::brick::store::LINKTO_MODE;
 const MAX_STALE_LINKTO: u32 = 64;
 /// Entries asked of a brick per `Readdir`.
 const READDIR_BATCH: u32 = 512;
+/// How long a directory's attributes read from every subvolume are reused (as the
+/// kernel's own attribute cache, fuse.rs `ATTR_TTL`, and gluster's md-cache timeout).
+/// Creations and removals made through this client update the cached times from the
+/// brick's `parent` attributes; every other change of a directory drops the cache.
+pub const DIR_ATTR_TTL: Duration = Duration::from_secs(1);
+/// Most directories whose attributes are cached at once.
+const MAX_DIR_ATTRS: usize = 65536;
+
+/// A directory's merged attributes, when they were read from every subvolume, and the
+/// subvolume whose copy gave the fields other than times.
+#[derive(Debug, Clone, Copy)]
+struct DirAttr {
+    read_at: Instant,
+    attr: Attr,
+    first: u32,
+}
 
 /// A file or directory found by a lookup.
 #[derive(Debug, Clone)]
@@ -68,6 +84,21 @@ pub struct Volume {
     layouts: Mutex<HashMap<Gfid, Layout>>,
     next_handle: AtomicU64,
     wb: WriteBehind,
+    /// Directory attributes (see [`DIR_ATTR_TTL`]).
+    dir_attrs: Mutex<HashMap<Gfid, DirAttr>>,
+    /// Bumped by every change of a directory made here: a read of a directory's
+    /// attributes that overlapped a change is not cached.
+    dir_gen: AtomicU64,
+}
+
+/// Drops every cached directory attribute when it goes out of scope (so also when the
+/// operation that changed directories fails half-way).
+struct DirsChanged<'a>(&'a Volume);
+
+impl Drop for DirsChanged<'_> {
+    fn drop(&mut self) {
+        self.0.dirs_changed();
+    }
 }
 
 /// What a subvolume slot of a mount is now.
@@ -233,6 +264,8 @@ impl Volume {
             layouts: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             wb: WriteBehind::default(),
+            dir_attrs: Mutex::new(HashMap::new()),
+            dir_gen: AtomicU64::new(0),
         });
         v.dir_layout(Gfid::ROOT).await.map_err(|e| {
             anyhow::anyhow!(
@@ -390,6 +423,7 @@ impl Volume {
     /// Writes even ranges for `dir` over the subvolumes names hash to (none for those
     /// being removed) on every subvolume.
     async fn fix_layout(&self, dir: Gfid, committed: bool) -> Res<Layout> {
+        let _changed = DirsChanged(self);
         let epoch = self.epoch();
         let mut layout = Layout::even(&self.hashable(), dir, epoch, committed);
         for k in self.all() {
@@ -470,28 +504,95 @@ impl Volume {
     }
 
     /// Attributes of a directory: the copies merged (times: the latest of any copy).
+    /// Read from every subvolume at most once per [`DIR_ATTR_TTL`]: the kernel asks
+    /// again after each creation or removal in the directory (its permission check
+    /// needs the mode), and those changes made here are merged into the cache.
     async fn dir_attr(&self, g: Gfid) -> Res<Attr> {
-        let mut attr: Option<Attr> = None;
+        if let Some(d) = self.dir_attrs.lock().expect("dir attrs").get(&g) {
+            if d.read_at.elapsed() < DIR_ATTR_TTL {
+                return Ok(d.attr);
+            }
+        }
+        let read_at = Instant::now();
+        let generation = self.dir_gen.load(Ordering::SeqCst);
+        let mut attr: Option<(u32, Attr)> = None;
         let mut answers = self
             .fan_out(&self.all(), |_| Op::Stat { gfid: g, fd: None })
             .await;
-        // A copy not made yet on a subvolume added since (rebalance fix-layout makes it).
+        // A copy not made yet on a subvolume added since (rebalance fix-layout makes it):
+        // left out, and the read is then not cached.
+        let before = answers.len();
         if answers.iter().any(|(_, r)| r.is_ok()) {
             answers.retain(|(_, r)| !matches!(r, Err(Errno(libc::ENOENT))));
         }
-        for (_, r) in Self::reachable(answers)? {
+        let copy_missing = answers.len() != before;
+        let total = answers.len();
+        let reached = Self::reachable(answers)?;
+        let complete = reached.len() == total && !copy_missing;
+        for (k, r) in reached {
             let e = entry_of(r)?;
             attr = Some(match attr {
-                None => e.attr,
-                Some(mut a) => {
+                None => (k, e.attr),
+                Some((first, mut a)) => {
                     a.mtime = a.mtime.max_by_key(e.attr.mtime);
                     a.ctime = a.ctime.max_by_key(e.attr.ctime);
                     a.atime = a.atime.max_by_key(e.attr.atime);
-                    a
+                    (first, a)
                 }
             });
         }
-        attr.ok_or(Errno(libc::EIO))
+        let (first, attr) = attr.ok_or(Errno(libc::EIO))?;
+        let mut cache = self.dir_attrs.lock().expect("dir attrs");
+        // Only a read of every copy that no change overlapped is kept.
+        if complete && attr.is_dir() && self.dir_gen.load(Ordering::SeqCst) == generation {
+            if cache.len() >= MAX_DIR_ATTRS {
+                cache.retain(|_, d| d.read_at.elapsed() < DIR_ATTR_TTL);
+                if cache.len() >= MAX_DIR_ATTRS {
+                    cache.clear();
+                }
+            }
+            cache.insert(
+                g,
+                DirAttr {
+                    read_at,
+                    attr,
+                    first,
+                },
+            );
+        }
+        Ok(attr)
+    }
+
+    /// A creation or removal in `dir` on subvolume `k` answered with the directory's
+    /// copy's attributes after it (`None`: unknown): merged into the cached attributes
+    /// exactly as a new read of every copy would merge them, or the cache is dropped.
+    fn dir_changed(&self, dir: Gfid, k: u32, after: Option<Attr>) {
+        let mut cache = self.dir_attrs.lock().expect("dir attrs");
+        self.dir_gen.fetch_add(1, Ordering::SeqCst);
+        let Some(after) = after.filter(|a| a.is_dir()) else {
+            cache.remove(&dir);
+            return;
+        };
+        if let Some(d) = cache.get_mut(&dir) {
+            let times = (
+                d.attr.mtime.max_by_key(after.mtime),
+                d.attr.ctime.max_by_key(after.ctime),
+                d.attr.atime.max_by_key(after.atime),
+            );
+            if k == d.first {
+                d.attr = after;
+            }
+            (d.attr.mtime, d.attr.ctime, d.attr.atime) = times;
+        }
+    }
+
+    /// Any other change of a directory (its attributes, names made or removed without
+    /// the directory's attributes in the answer, layouts, renames): every cached
+    /// directory attribute goes (these changes are rare; creations and removals are not).
+    fn dirs_changed(&self) {
+        let mut cache = self.dir_attrs.lock().expect("dir attrs");
+        self.dir_gen.fetch_add(1, Ordering::SeqCst);
+        cache.clear();
     }
 
     pub async fn lookup(&self, parent: Gfid, name: &[u8]) -> Res<Found> {
@@ -612,6 +713,11 @@ impl Volume {
             None => Gfid::random(),
         };
         // Copies without an id (made on a brick directly) get the volume's.
+        let _changed = (!missing.is_empty()
+            || answers
+                .iter()
+                .any(|(_, r)| matches!(r, Ok(Reply::Entry(e)) if e.meta.gfid.is_none())))
+        .then(|| DirsChanged(self));
         for (k, r) in &answers {
             if let Ok(Reply::Entry(e)) = r {
                 if e.meta.gfid.is_none() {
@@ -710,6 +816,7 @@ impl Volume {
         fh: Option<OpenFile>,
     ) -> Res<Attr> {
         if is_dir {
+            let _changed = DirsChanged(self);
             let mut attr = None;
             for (_, r) in self
                 .fan_out(&self.all(), |_| Op::Setattr {
@@ -765,7 +872,12 @@ impl Volume {
             })
             .await?;
         match r {
-            Reply::Created { entry, fd } => {
+            Reply::Created {
+                entry,
+                fd,
+                parent: after,
+            } => {
+                self.dir_changed(parent, k, after.map(|a| *a));
                 self.remember(g, k);
                 let open = fd.map(|fd| OpenFile {
                     gfid: g,
@@ -789,6 +901,7 @@ impl Volume {
         let layout = self.dir_layout(parent).await?;
         let hashed = layout.hashed(name).ok_or(Errno(libc::ENOTCONN))?;
         let g = Gfid::random();
+        let _changed = DirsChanged(self);
         let new_layout = Layout::even(&self.hashable(), g, self.epoch(), true);
         // The hashed subvolume first: it decides (EEXIST) for everyone.
         obj.layout = new_layout.of(hashed);
@@ -880,12 +993,21 @@ impl Volume {
             gfid,
             parent_op: None,
         };
-        match self.sv(hashed).req(op(None)).await {
+        let r = self.sv(hashed).req(op(None)).await;
+        match &r {
+            Ok(Reply::Unlinked { parent: after, .. }) => {
+                self.dir_changed(parent, hashed, after.as_deref().copied())
+            }
+            Ok(_) => {}
+            Err(_) => self.dirs_changed(),
+        }
+        match r {
             Ok(Reply::Unlinked {
                 gfid: Some(g),
                 linkto: Some(data),
                 ..
             }) if data != hashed && data < self.n() => {
+                let _changed = DirsChanged(self);
                 match self.sv(data).req(op(Some(g))).await {
                     Ok(Reply::Unlinked { nlink_left: 0, .. }) => {
                         self.located.lock().expect("located").remove(&g);
@@ -911,6 +1033,7 @@ impl Volume {
             Ok(r) => Err(unexpected(r)),
             Err(Errno(libc::ENOENT)) if !layout.is_committed(self.epoch()) => {
                 // Not committed: the name may be on another subvolume.
+                let _changed = DirsChanged(self);
                 let found = self.lookup(parent, name).await?;
                 if found.attr.is_dir() {
                     return Err(Errno(libc::EISDIR));
@@ -923,6 +1046,7 @@ impl Volume {
     }
 
     pub async fn rmdir(&self, parent: Gfid, name: &[u8]) -> Res<()> {
+        let _changed = DirsChanged(self);
         let layout = self.dir_layout(parent).await?;
         let hashed = layout.hashed(name).ok_or(Errno(libc::ENOTCONN))?;
         let found = self.lookup(parent, name).await?;
@@ -995,6 +1119,7 @@ impl Volume {
 
     /// Makes (or replaces) a link file `parent/name` on subvolume `at` pointing at `data`.
     async fn put_linkto(&self, parent: Gfid, name: &[u8], g: Gfid, at: u32, data: u32) -> Res<()> {
+        let _changed = DirsChanged(self);
         let obj = NewObject {
             mode: LINKTO_MODE,
             rdev: 0,
@@ -1045,6 +1170,7 @@ impl Volume {
             return Err(Errno(libc::EINVAL));
         }
         let src = self.lookup(parent, name).await?;
+        let _changed = DirsChanged(self);
         let dst = match self.lookup(new_parent, new_name).await {
             Ok(d) => Some(d),
             Err(Errno(libc::ENOENT)) => None,
@@ -1158,6 +1284,7 @@ impl Volume {
     /// A new name for a non-directory.
     pub async fn link(&self, g: Gfid, new_parent: Gfid, new_name: &[u8]) -> Res<Found> {
         crate::proto::check_name(new_name)?;
+        let _changed = DirsChanged(self);
         let data = self.locate(g).await?;
         let hashed = self
             .dir_layout(new_parent)
@@ -1277,10 +1404,41 @@ impl Volume {
         }
     }
 
-    pub async fn write(&self, f: OpenFile, offset: u64, data: &[u8]) -> Res<u32> {
+    /// Queues a write (write-behind) and returns once it is queued.
+    pub async fn write(&self, f: OpenFile, offset: u64, data: Vec<u8>) -> Res<u32> {
         if data.len() > MAX_IO as usize {
             return Err(Errno(libc::EINVAL));
         }
+        let len = data.len() as u32;
+        let send = self.send_write(f, offset, data);
+        self.wb.submit(f.gfid, offset, u64::from(len), send).await?;
+        Ok(len)
+    }
+
+    /// `write` when it can be queued without waiting (the common case of a stream of
+    /// writes): `Some` answer at once, on the caller's thread, so the FUSE request is
+    /// answered without a task switch. `None`: nothing done; call `write`. Must run
+    /// inside the runtime.
+    pub fn write_now(&self, f: OpenFile, offset: u64, data: &[u8]) -> Option<Res<u32>> {
+        if data.len() > MAX_IO as usize {
+            return Some(Err(Errno(libc::EINVAL)));
+        }
+        let len = data.len() as u32;
+        match self.wb.try_submit(f.gfid, offset, u64::from(len), || {
+            self.send_write(f, offset, data.to_vec())
+        }) {
+            Ok(true) => Some(Ok(len)),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    fn send_write(
+        &self,
+        f: OpenFile,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> impl std::future::Future<Output = Res<u32>> + Send + 'static {
         let op = Op::Write {
             target: Target {
                 gfid: f.gfid,
@@ -1290,17 +1448,12 @@ impl Volume {
             op: None,
         };
         let conn = self.sv(f.subvol);
-        let data = data.to_vec();
-        let len = data.len() as u32;
-        self.wb
-            .submit(f.gfid, offset, u64::from(len), async move {
-                match conn.call(op, &data).await? {
-                    (Reply::Written { size }, _) => Ok(size),
-                    (r, _) => Err(unexpected(r)),
-                }
-            })
-            .await?;
-        Ok(len)
+        async move {
+            match conn.call(op, &data).await? {
+                (Reply::Written { size }, _) => Ok(size),
+                (r, _) => Err(unexpected(r)),
+            }
+        }
     }
 
     /// `close(2)` of one descriptor: every write made so far is on the brick, and a
@@ -1435,6 +1588,7 @@ impl Volume {
         if !is_dir {
             return self.on_data(g, op(0)).await.map(drop);
         }
+        let _changed = DirsChanged(self);
         for (_, r) in self.fan_out(&self.all(), op).await {
             r?;
         }
@@ -1450,6 +1604,7 @@ impl Volume {
         if !is_dir {
             return self.on_data(g, op(0)).await.map(drop);
         }
+        let _changed = DirsChanged(self);
         for (_, r) in self.fan_out(&self.all(), op).await {
             r?;
         }

@@ -100,21 +100,7 @@ impl WriteBehind {
         let end = offset.saturating_add(len);
         let (permit, id) = loop {
             let permit = f.slots.clone().acquire_owned().await.expect("never closed");
-            let registered = {
-                let mut st = f.state.lock().expect("write-behind state");
-                if let Some(e) = st.error.take() {
-                    return Err(e);
-                }
-                if st.ranges.iter().any(|(_, a, b)| offset < *b && *a < end) {
-                    None
-                } else {
-                    st.next_id += 1;
-                    let id = st.next_id;
-                    st.ranges.push((id, offset, end));
-                    Some(id)
-                }
-            };
-            match registered {
+            match Self::register(&f, offset, end)? {
                 Some(id) => break (permit, id),
                 None => {
                     // Overlaps a write in flight: let everything land first, keeping order.
@@ -123,10 +109,62 @@ impl WriteBehind {
                 }
             }
         };
-        let f2 = f.clone();
+        Self::launch(f, permit, id, len, write);
+        Ok(())
+    }
+
+    /// Like `submit` when that would not wait (a free slot, no overlapping write in
+    /// flight): queues the write and returns `Ok(true)` at once, without a task switch.
+    /// `Ok(false)`: nothing was queued; use `submit`. Must run inside the runtime.
+    pub fn try_submit<F>(
+        &self,
+        g: Gfid,
+        offset: u64,
+        len: u64,
+        write: impl FnOnce() -> F,
+    ) -> Result<bool, Errno>
+    where
+        F: Future<Output = Result<u32, Errno>> + Send + 'static,
+    {
+        let f = self.file(g);
+        let Ok(permit) = f.slots.clone().try_acquire_owned() else {
+            return Ok(false);
+        };
+        let Some(id) = Self::register(&f, offset, offset.saturating_add(len))? else {
+            return Ok(false);
+        };
+        Self::launch(f, permit, id, len, write());
+        Ok(true)
+    }
+
+    /// Records a write of `[offset, end)` as in flight, unless it overlaps one (`None`);
+    /// a failure not yet reported is reported instead (and cleared).
+    fn register(f: &FileWb, offset: u64, end: u64) -> Result<Option<u64>, Errno> {
+        let mut st = f.state.lock().expect("write-behind state");
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        if st.ranges.iter().any(|(_, a, b)| offset < *b && *a < end) {
+            return Ok(None);
+        }
+        st.next_id += 1;
+        let id = st.next_id;
+        st.ranges.push((id, offset, end));
+        Ok(Some(id))
+    }
+
+    fn launch<F>(
+        f: Arc<FileWb>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        id: u64,
+        len: u64,
+        write: F,
+    ) where
+        F: Future<Output = Result<u32, Errno>> + Send + 'static,
+    {
         tokio::spawn(async move {
             let r = write.await;
-            let mut st = f2.state.lock().expect("write-behind state");
+            let mut st = f.state.lock().expect("write-behind state");
             st.ranges.retain(|(i, _, _)| *i != id);
             let failed = match r {
                 Ok(n) if u64::from(n) == len => None,
@@ -139,7 +177,6 @@ impl WriteBehind {
             drop(st);
             drop(permit);
         });
-        Ok(())
     }
 }
 
@@ -193,5 +230,47 @@ mod tests {
         assert_eq!(wb.drain(g).await, Err(Errno(libc::EIO)));
         wb.forget(g);
         assert!(!wb.busy(g));
+    }
+
+    #[tokio::test]
+    async fn try_submit_queues_only_what_would_not_wait() {
+        let wb = Arc::new(WriteBehind::default());
+        let g = Gfid::random();
+        let (release, held) = tokio::sync::watch::channel(false);
+        let slow = |n: u32| {
+            let mut held = held.clone();
+            move || async move {
+                let _ = held.wait_for(|go| *go).await;
+                Ok(n)
+            }
+        };
+        // A full window: WINDOW disjoint writes go at once, the next does not.
+        for i in 0..u64::from(WINDOW) {
+            assert_eq!(wb.try_submit(g, i * 10, 10, slow(10)), Ok(true));
+        }
+        assert_eq!(wb.try_submit(g, 1000, 10, slow(10)), Ok(false));
+        release.send(true).unwrap();
+        wb.drain(g).await.unwrap();
+        // An overlapping write in flight: not queued (`submit` keeps the order).
+        let (release, held) = tokio::sync::watch::channel(false);
+        let slow = |n: u32| {
+            let mut held = held.clone();
+            move || async move {
+                let _ = held.wait_for(|go| *go).await;
+                Ok(n)
+            }
+        };
+        assert_eq!(wb.try_submit(g, 0, 10, slow(10)), Ok(true));
+        assert_eq!(wb.try_submit(g, 5, 10, slow(10)), Ok(false));
+        release.send(true).unwrap();
+        wb.drain(g).await.unwrap();
+        // A failure not yet reported is reported by the next write, once.
+        assert_eq!(
+            wb.try_submit(g, 0, 4, || async { Err(Errno(libc::EIO)) }),
+            Ok(true)
+        );
+        wb.drain(g).await.unwrap_err();
+        assert_eq!(wb.try_submit(g, 0, 4, || async { Ok(4) }), Ok(true));
+        wb.drain(g).await.unwrap();
     }
 }

@@ -75,6 +75,7 @@ async fn files_are_created_written_and_read_over_the_wire() {
     let Reply::Created {
         entry,
         fd: Some(fd),
+        parent: Some(parent),
     } = c
         .req(Op::Mknod {
             parent: Gfid::ROOT,
@@ -90,6 +91,8 @@ async fn files_are_created_written_and_read_over_the_wire() {
         panic!("expected an open file")
     };
     assert_eq!(entry.meta.gfid, Some(g));
+    // The parent's attributes after the creation come with it.
+    assert!(parent.is_dir());
     let t = Target {
         gfid: g,
         fd: Some(fd),
