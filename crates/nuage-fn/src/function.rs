@@ -32,7 +32,8 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// How the function's code is run.
 pub enum Engine {
-    Spawn(Spawner),
+    /// Boxed: a spawner holds the prepared command; a pool is behind an Arc.
+    Spawn(Box<Spawner>),
     Pool(Arc<Pool>),
 }
 
@@ -76,9 +77,10 @@ impl Function {
         };
         let draining = shared.shutdown.child_token();
         let engine = match spec.mode {
-            Mode::Spawn => {
-                Engine::Spawn(Spawner::new(program.clone(), stats.clone(), logs.clone()))
-            }
+            Mode::Spawn => Engine::Spawn(Box::new(
+                Spawner::new(program.clone(), stats.clone(), logs.clone())
+                    .map_err(|e| format!("function `{}`: {e}", spec.name))?,
+            )),
             Mode::Pool => {
                 let pool = Pool::new(
                     program.clone(),
