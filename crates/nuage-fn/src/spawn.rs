@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -134,28 +133,26 @@ impl Spawner {
     /// unanswered past the timeout, answered while the function drains, or `stop`).
     pub async fn serve(
         &self,
-        mut stream: TcpStream,
+        socket: std::net::TcpStream,
         client: SocketAddr,
         limits: &Limits,
         idle_timeout: Duration,
         draining: &CancellationToken,
         stop: &CancellationToken,
     ) {
+        debug_assert!(
+            !nix::fcntl::OFlag::from_bits_truncate(
+                nix::fcntl::fcntl(&socket, nix::fcntl::FcntlArg::F_GETFL).unwrap_or(0)
+            )
+            .contains(nix::fcntl::OFlag::O_NONBLOCK),
+            "the process gets a blocking socket"
+        );
         if let Some(why) = self.refusal() {
             self.stats.error(ErrorKind::Failing);
-            crate::function::refuse(&mut stream, &why).await;
+            sockopt::send_now(socket.as_fd(), format!("ERR {why}\n").as_bytes());
+            let _ = socket.shutdown(std::net::Shutdown::Write);
             return;
         }
-        let socket = match stream.into_std().and_then(|s| {
-            s.set_nonblocking(false)?;
-            Ok(s)
-        }) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(function = %self.program.function, "cannot hand the connection over: {e}");
-                return;
-            }
-        };
         let (stderr, stderr_child) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
             Ok(pair) => pair,
             Err(e) => {
