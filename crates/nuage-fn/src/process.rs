@@ -1,16 +1,18 @@
 //! Starting a function's processes and ending them.
 //!
 //! Each process gets its own process group, so a function that starts helpers is stopped
-//! whole. The command is run directly (never through a shell). With an absolute program
-//! path and no `pre_exec` hook, std starts it with `posix_spawn` (vfork-like), whose cost
-//! does not grow with the size of the nuage process.
+//! whole. The command is run directly (never through a shell). Pool mode and the HTTP
+//! gateway start it with tokio's `Command`: with an absolute program path and no
+//! `pre_exec` hook, std uses `posix_spawn` (vfork-like), whose cost does not grow with the
+//! size of the nuage process. Spawn mode, where a start is on the path of every
+//! connection, uses [`crate::launch`] instead.
 //!
 //! Like inetd's servers, functions get a small, fixed environment rather than the node's:
 //! `PATH` (the node's), `NUAGE_FUNCTION`, in spawn mode `NUAGE_CLIENT`, and the function's
 //! `--env` values. It keeps the node's own variables (credentials, `NUAGE_API`, …) out of
-//! the functions, and it is measurably faster: with the node's `LANG=C.UTF-8`, every C
+//! the functions, and programs start faster: with the node's `LANG=C.UTF-8`, every C
 //! program that calls `setlocale` (cat, most of coreutils) opens and maps the locale's
-//! files at each start (about 75 more system calls for `/bin/cat`).
+//! files at each start (74 more system calls for `/bin/cat`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
