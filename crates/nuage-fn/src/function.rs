@@ -28,6 +28,11 @@ use crate::types::LocalStatus;
 
 /// How long a refusal line may take to leave.
 const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// After the drain timeout, how long the killed requests may take to end.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// After a failed accept (out of file descriptors and the like), the wait before the next.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 /// A client connection to serve on this machine.
 pub enum Conn {
     /// Accepted from the function's port: a blocking socket that tokio does not watch,
@@ -62,11 +67,6 @@ impl Conn {
         }
     }
 }
-
-/// After the drain timeout, how long the killed requests may take to end.
-const KILL_WAIT: Duration = Duration::from_secs(5);
-/// After a failed accept (out of file descriptors and the like), the wait before the next.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// How the function's code is run.
 pub enum Engine {
