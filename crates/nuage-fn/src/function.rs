@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncWriteExt, BufReader, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,10 +30,48 @@ use crate::types::LocalStatus;
 const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// After the drain timeout, how long the killed requests may take to end.
 const KILL_WAIT: Duration = Duration::from_secs(5);
+/// After a failed accept (out of file descriptors and the like), the wait before the next.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// A client connection to serve on this machine.
+pub enum Conn {
+    /// Accepted from the function's port: a blocking socket that tokio does not watch,
+    /// so spawn mode hands it to the process as it is (no epoll registration to add and
+    /// remove, no mode switch: three system calls less per connection).
+    Accepted(std::net::TcpStream),
+    /// Relayed from another machine, or converted for pool mode or a relay.
+    Tokio(TcpStream),
+}
+
+impl Conn {
+    /// The connection as a tokio stream (pool mode, relays, refusals).
+    pub fn into_tokio(self) -> std::io::Result<TcpStream> {
+        match self {
+            Conn::Accepted(s) => {
+                s.set_nonblocking(true)?;
+                TcpStream::from_std(s)
+            }
+            Conn::Tokio(s) => Ok(s),
+        }
+    }
+
+    /// The connection as a blocking socket tokio no longer watches (spawn mode).
+    pub fn into_blocking(self) -> std::io::Result<std::net::TcpStream> {
+        match self {
+            Conn::Accepted(s) => Ok(s),
+            Conn::Tokio(s) => {
+                let s = s.into_std()?;
+                s.set_nonblocking(false)?;
+                Ok(s)
+            }
+        }
+    }
+}
 
 /// How the function's code is run.
 pub enum Engine {
-    Spawn(Spawner),
+    /// Boxed: a spawner holds the prepared command; a pool is behind an Arc.
+    Spawn(Box<Spawner>),
     Pool(Arc<Pool>),
 }
 
@@ -76,9 +115,10 @@ impl Function {
         };
         let draining = shared.shutdown.child_token();
         let engine = match spec.mode {
-            Mode::Spawn => {
-                Engine::Spawn(Spawner::new(program.clone(), stats.clone(), logs.clone()))
-            }
+            Mode::Spawn => Engine::Spawn(Box::new(
+                Spawner::new(program.clone(), stats.clone(), logs.clone())
+                    .map_err(|e| format!("function `{}`: {e}", spec.name))?,
+            )),
             Mode::Pool => {
                 let pool = Pool::new(
                     program.clone(),
@@ -185,20 +225,22 @@ impl Function {
     }
 
     /// Serves a connection on this machine (accepted here, or relayed here).
-    pub async fn serve_local(
-        self: &Arc<Self>,
-        stream: TcpStream,
-        client: SocketAddr,
-        permit: Permit,
-    ) {
+    pub async fn serve_local(self: &Arc<Self>, conn: Conn, client: SocketAddr, permit: Permit) {
         let _permit = permit;
         self.stats.connections_total.inc();
         let _open = GaugeGuard::new(&self.stats.connections);
         match &self.engine {
             Engine::Spawn(spawner) => {
+                let socket = match conn.into_blocking() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(function = %self.name, "cannot hand the connection over: {e}");
+                        return;
+                    }
+                };
                 spawner
                     .serve(
-                        stream,
+                        socket,
                         client,
                         &self.limits(),
                         self.connection_idle,
@@ -207,7 +249,10 @@ impl Function {
                     )
                     .await
             }
-            Engine::Pool(pool) => self.serve_lines(pool, stream).await,
+            Engine::Pool(pool) => match conn.into_tokio() {
+                Ok(stream) => self.serve_lines(pool, stream).await,
+                Err(e) => tracing::warn!(function = %self.name, "connection: {e}"),
+            },
         }
     }
 
@@ -287,24 +332,50 @@ pub async fn refuse(stream: &mut TcpStream, message: &str) {
 }
 
 async fn accept_loop(function: Arc<Function>, shared: Arc<Shared>, listener: TcpListener) {
+    // The listener is watched by tokio, the accepted sockets are not (see [`Conn`]).
+    let listener = match listener.into_std().and_then(|l| {
+        // SAFETY: the listener's descriptor stays valid and the same until the AsyncFd
+        // (which owns the listener) is dropped.
+        unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(function = %function.name, "cannot watch the port: {e}");
+            return;
+        }
+    };
     loop {
-        let accepted = tokio::select! {
+        let ready = tokio::select! {
             _ = function.draining.cancelled() => break,
-            a = listener.accept() => a,
+            r = listener.readable() => r,
         };
-        match accepted {
-            Ok((stream, client)) => {
+        let mut ready = match ready {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(function = %function.name, "accept: {e}");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
+        // accept4(SOCK_CLOEXEC): a blocking socket, whatever the listener's mode.
+        match ready.try_io(|l| socket2::SockRef::from(l.get_ref()).accept()) {
+            Ok(Ok((socket, addr))) => {
+                let Some(client) = addr.as_socket() else {
+                    continue; // not an IP peer: cannot happen on a TCP listener
+                };
                 let f = function.clone();
                 let s = shared.clone();
                 function
                     .tracker
-                    .spawn(async move { f.place(&s, stream, client).await });
+                    .spawn(async move { f.place(&s, socket.into(), client).await });
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 // Out of file descriptors and the like: wait a little rather than spin.
                 tracing::warn!(function = %function.name, "accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(ACCEPT_RETRY).await;
             }
+            Err(_would_block) => {} // readiness cleared by try_io: wait for the next
         }
     }
     drop(listener);
@@ -316,27 +387,41 @@ impl Function {
     async fn place(
         self: Arc<Self>,
         shared: &Arc<Shared>,
-        mut stream: TcpStream,
+        socket: std::net::TcpStream,
         client: SocketAddr,
     ) {
-        let _ = stream.set_nodelay(true);
+        let _ = socket.set_nodelay(true);
+        let conn = Conn::Accepted(socket);
         let permit = match self.admit(Some(client.ip())) {
             Ok(p) => p,
-            Err(refusal) => return refuse(&mut stream, &refusal.message).await,
+            Err(refusal) => {
+                if let Ok(mut stream) = conn.into_tokio() {
+                    refuse(&mut stream, &refusal.message).await;
+                }
+                return;
+            }
         };
         let spec = self.spec();
         let candidates = shared.candidates(&spec);
         if candidates.len() <= 1 {
             let _placed = shared.balancer.placed(&self.name, &shared.me);
-            return self.serve_local(stream, client, permit).await;
+            return self.serve_local(conn, client, permit).await;
         }
+        // Balanced: relays need tokio's stream.
+        let mut stream = match conn.into_tokio() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(function = %self.name, "connection: {e}");
+                return;
+            }
+        };
         let order = shared.balancer.order(&self.name, spec.balance, candidates);
         let mut failures = Vec::new();
         for candidate in order {
             match candidate.target {
                 Target::Local => {
                     let _placed = shared.balancer.placed(&self.name, &candidate.machine);
-                    return self.serve_local(stream, client, permit).await;
+                    return self.serve_local(Conn::Tokio(stream), client, permit).await;
                 }
                 Target::Peer { host, port } => {
                     match relay::connect(

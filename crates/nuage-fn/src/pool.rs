@@ -27,7 +27,7 @@ use crate::stats::{ErrorKind, GaugeGuard, Stats};
 /// so an idle instance that died is replaced soon; a look is a lock and a `waitpid`).
 pub const MAINTENANCE_PERIOD: Duration = Duration::from_millis(250);
 
-/// Why a request got no answer; [`PoolError::line`] is what the client reads.
+/// Why a request got no answer; `ERR ` and [`PoolError::message`] is the line the client reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolError {
     Timeout(u64),

@@ -1,9 +1,18 @@
 //! Starting a function's processes and ending them.
 //!
 //! Each process gets its own process group, so a function that starts helpers is stopped
-//! whole. The command is run directly (never through a shell). With an absolute program
-//! path and no `pre_exec` hook, std starts it with `posix_spawn` (vfork-like), whose cost
-//! does not grow with the size of the nuage process.
+//! whole. The command is run directly (never through a shell). Pool mode and the HTTP
+//! gateway start it with tokio's `Command`: with an absolute program path and no
+//! `pre_exec` hook, std uses `posix_spawn` (vfork-like), whose cost does not grow with the
+//! size of the nuage process. Spawn mode, where a start is on the path of every
+//! connection, uses [`crate::launch`] instead.
+//!
+//! Like inetd's servers, functions get a small, fixed environment rather than the node's:
+//! `PATH` (the node's), `NUAGE_FUNCTION`, in spawn mode `NUAGE_CLIENT`, and the function's
+//! `--env` values. It keeps the node's own variables (credentials, `NUAGE_API`, …) out of
+//! the functions, and programs start faster: with the node's `LANG=C.UTF-8`, every C
+//! program that calls `setlocale` (cat, most of coreutils) opens and maps the locale's
+//! files at each start (74 more system calls for `/bin/cat`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,6 +30,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(2);
 pub const CLIENT_ENV: &str = "NUAGE_CLIENT";
 /// Environment variable telling a process which function it is.
 pub const FUNCTION_ENV: &str = "NUAGE_FUNCTION";
+/// `PATH` of a function when the node has none.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// What to run for a function on this machine.
 #[derive(Debug, Clone)]
@@ -38,10 +49,21 @@ impl Program {
     pub fn command(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.path);
         cmd.args(&self.args)
-            .envs(&self.env)
-            .env(FUNCTION_ENV, &self.function)
+            .env_clear()
+            .envs(self.environment())
             .process_group(0);
         cmd
+    }
+
+    /// The environment of the function's processes (spawn mode adds [`CLIENT_ENV`]):
+    /// `PATH` (the node's), [`FUNCTION_ENV`], then the function's own values, which win.
+    pub fn environment(&self) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_owned());
+        env.insert("PATH".to_owned(), path);
+        env.insert(FUNCTION_ENV.to_owned(), self.function.clone());
+        env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
     }
 }
 
@@ -61,16 +83,43 @@ pub fn signal_group(pid: u32, signal: Signal) {
     let _ = killpg(Pid::from_raw(pid as i32), signal);
 }
 
+/// A process nuage started and reaps: a tokio child (pool mode, gateway) or a launched
+/// one (spawn mode, [`crate::launch`]).
+pub trait Reap {
+    /// Its pid, while it has not been reaped.
+    fn pid(&self) -> Option<u32>;
+    /// Waits for it to end and reaps it.
+    fn reap(&mut self) -> impl Future<Output = std::io::Result<ExitStatus>> + Send;
+}
+
+impl Reap for tokio::process::Child {
+    fn pid(&self) -> Option<u32> {
+        self.id()
+    }
+    fn reap(&mut self) -> impl Future<Output = std::io::Result<ExitStatus>> + Send {
+        self.wait()
+    }
+}
+
+impl Reap for crate::launch::Launched {
+    fn pid(&self) -> Option<u32> {
+        Some(self.id())
+    }
+    fn reap(&mut self) -> impl Future<Output = std::io::Result<ExitStatus>> + Send {
+        self.wait()
+    }
+}
+
 /// Asks `child` to stop (SIGTERM to its group), kills it after [`STOP_GRACE`], and reaps
 /// it. Returns how it ended.
-pub async fn terminate(child: &mut tokio::process::Child) -> Option<ExitStatus> {
-    let pid = child.id()?;
+pub async fn terminate(child: &mut impl Reap) -> Option<ExitStatus> {
+    let pid = child.pid()?;
     signal_group(pid, Signal::SIGTERM);
-    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+    match tokio::time::timeout(STOP_GRACE, child.reap()).await {
         Ok(status) => status.ok(),
         Err(_) => {
             signal_group(pid, Signal::SIGKILL);
-            child.wait().await.ok()
+            child.reap().await.ok()
         }
     }
 }
@@ -94,6 +143,29 @@ mod tests {
         let status = terminate(&mut child).await.unwrap();
         assert_eq!(describe(status), "signal 9");
         assert!(started.elapsed() >= STOP_GRACE);
+    }
+
+    #[tokio::test]
+    async fn the_environment_is_small_and_fixed() {
+        let program = Program {
+            function: "envf".into(),
+            path: "/usr/bin/env".into(),
+            args: vec![],
+            env: [("GREETING".to_owned(), "hello".to_owned())].into(),
+        };
+        let out = program
+            .command()
+            .stdout(std::process::Stdio::piped())
+            .output()
+            .await
+            .unwrap();
+        let mut lines: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| l.split('=').next().unwrap().to_owned())
+            .collect();
+        lines.sort();
+        assert_eq!(lines, ["GREETING", "NUAGE_FUNCTION", "PATH"]);
     }
 
     #[test]

@@ -424,7 +424,7 @@ async fn take_relayed(shared: Arc<Shared>, mut stream: TcpStream) {
     // Served in this task (tracked for drains): no hop to a new task between the `+` and
     // the process start, on the path of every relayed connection.
     function
-        .tracked(function.serve_local(stream, client, permit))
+        .tracked(function.serve_local(crate::function::Conn::Tokio(stream), client, permit))
         .await;
 }
 

@@ -1,20 +1,23 @@
 //! Spawn mode, the inetd model: each connection gets a fresh process whose stdin and
-//! stdout *are* the connection's socket. nuage relays nothing; it keeps a duplicate of
-//! the socket only to watch it (TCP_INFO says when data last went each way), so it can
+//! stdout *are* the connection's socket. nuage relays nothing; it keeps its own descriptor
+//! of the socket only to watch it (TCP_INFO says when data last went each way), so it can
 //! close an idle connection and answer a request left unanswered past `--timeout`.
+//! Processes start through [`crate::launch`] (a vfork-like clone without glibc's
+//! per-signal resets) and are reaped by pidfd.
 
+use std::ffi::CString;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::launch::{self, Dispositions, Prepared};
 use crate::logs::{LogRing, collect_stderr};
 use crate::process::{self, CLIENT_ENV, Program, describe};
 use crate::sockopt;
@@ -26,6 +29,10 @@ pub const WATCH_PERIOD: Duration = Duration::from_millis(500);
 
 pub struct Spawner {
     program: Program,
+    /// The program as `execve` takes it, with the function's environment.
+    prepared: Prepared,
+    /// The signals this process handles or ignores, reset in each child.
+    dispositions: Dispositions,
     backoff: Mutex<Backoff>,
     stats: Arc<Stats>,
     logs: Arc<LogRing>,
@@ -63,6 +70,13 @@ impl RunError {
     }
 }
 
+/// The read end of a child's stderr pipe, for tokio (the child's end stays blocking).
+fn stderr_reader(fd: std::os::fd::OwnedFd) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    fcntl(&fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd)
+}
+
 /// How a served connection's process was ended, if nuage ended it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
@@ -73,13 +87,21 @@ enum Ended {
 }
 
 impl Spawner {
-    pub fn new(program: Program, stats: Arc<Stats>, logs: Arc<LogRing>) -> Spawner {
-        Spawner {
+    /// Fails only on a NUL byte in the command or environment (refused by the spec checks).
+    pub fn new(
+        program: Program,
+        stats: Arc<Stats>,
+        logs: Arc<LogRing>,
+    ) -> std::io::Result<Spawner> {
+        let prepared = Prepared::new(&program.path, &program.args, &program.environment())?;
+        Ok(Spawner {
             program,
+            prepared,
+            dispositions: Dispositions::current(),
             backoff: Mutex::new(Backoff::default()),
             stats,
             logs,
-        }
+        })
     }
 
     fn backoff(&self) -> MutexGuard<'_, Backoff> {
@@ -111,47 +133,45 @@ impl Spawner {
     /// unanswered past the timeout, answered while the function drains, or `stop`).
     pub async fn serve(
         &self,
-        mut stream: TcpStream,
+        socket: std::net::TcpStream,
         client: SocketAddr,
         limits: &Limits,
         idle_timeout: Duration,
         draining: &CancellationToken,
         stop: &CancellationToken,
     ) {
+        debug_assert!(
+            !nix::fcntl::OFlag::from_bits_truncate(
+                nix::fcntl::fcntl(&socket, nix::fcntl::FcntlArg::F_GETFL).unwrap_or(0)
+            )
+            .contains(nix::fcntl::OFlag::O_NONBLOCK),
+            "the process gets a blocking socket"
+        );
         if let Some(why) = self.refusal() {
             self.stats.error(ErrorKind::Failing);
-            crate::function::refuse(&mut stream, &why).await;
+            sockopt::send_now(socket.as_fd(), format!("ERR {why}\n").as_bytes());
+            let _ = socket.shutdown(std::net::Shutdown::Write);
             return;
         }
-        let socket = match stream.into_std().and_then(|s| {
-            s.set_nonblocking(false)?;
-            Ok(s)
-        }) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(function = %self.program.function, "cannot hand the connection over: {e}");
-                return;
-            }
-        };
-        let fds = socket
-            .try_clone()
-            .and_then(|a| Ok((OwnedFd::from(a), OwnedFd::from(socket.try_clone()?))));
-        let (stdin, stdout) = match fds {
+        let (stderr, stderr_child) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::warn!(function = %self.program.function, "cannot duplicate the socket: {e}");
+                tracing::warn!(function = %self.program.function, "cannot make a stderr pipe: {e}");
                 return;
             }
         };
-        let mut cmd = self.program.command();
-        cmd.env(CLIENT_ENV, client.to_string())
-            .stdin(Stdio::from(stdin))
-            .stdout(Stdio::from(stdout))
-            .stderr(Stdio::piped());
+        let client_env =
+            CString::new(format!("{CLIENT_ENV}={client}")).expect("an address has no NUL");
         let started = Instant::now();
-        let spawned = cmd.spawn();
-        drop(cmd); // closes our copies of stdin and stdout
-        let mut child = match spawned {
+        let launched = launch::launch(
+            &self.prepared,
+            &[client_env],
+            socket.as_fd(),
+            stderr_child.as_fd(),
+            &self.dispositions,
+        );
+        drop(stderr_child);
+        let mut child = match launched {
             Ok(child) => child,
             Err(e) => {
                 let why = format!("{}: {e}", self.program.path.display());
@@ -165,13 +185,16 @@ impl Spawner {
                 return;
             }
         };
-        let pid = child.id().expect("a child just spawned has a pid");
+        let pid = child.id();
         self.stats.starts.inc();
         self.stats.cold_starts.inc();
         let _instance = GaugeGuard::new(&self.stats.instances);
         let _in_flight = GaugeGuard::new(&self.stats.in_flight);
-        if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(collect_stderr(self.logs.clone(), pid, stderr));
+        match stderr_reader(stderr) {
+            Ok(stderr) => drop(tokio::spawn(collect_stderr(self.logs.clone(), pid, stderr))),
+            Err(e) => {
+                tracing::warn!(function = %self.program.function, pid, "cannot read stderr: {e}")
+            }
         }
 
         let mut watch =

@@ -109,8 +109,9 @@ pub struct DeployArgs {
     /// How each machine places new connections over the machines running it
     #[arg(long, value_enum, default_value = "round-robin")]
     pub balance: BalanceArg,
-    /// Environment variable for the function's processes (repeatable)
-    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    /// Environment variable for the function's processes (repeatable); a bare KEY passes
+    /// this command's own value of KEY
+    #[arg(long = "env", short = 'e', value_name = "KEY[=VALUE]")]
     pub env: Vec<String>,
     /// The command and its arguments (default: the function's name, looked up on each machine)
     #[arg(last = true, value_name = "CMD")]
@@ -156,10 +157,17 @@ pub async fn run(cmd: FnCmd, api: ApiArg) -> anyhow::Result<()> {
 async fn deploy(client: &ApiClient, args: DeployArgs) -> anyhow::Result<()> {
     let mut env = BTreeMap::new();
     for kv in &args.env {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--env {kv}: write KEY=VALUE"))?;
-        env.insert(k.to_owned(), v.to_owned());
+        let (k, v) = match kv.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            // `-e LANG`: this command's value, like `docker run -e LANG`.
+            None => {
+                let v = std::env::var(kv).with_context(|| {
+                    format!("--env {kv}: {kv} is not set here; write KEY=VALUE")
+                })?;
+                (kv.clone(), v)
+            }
+        };
+        env.insert(k, v);
     }
     let mut command = args.command;
     // A relative path is the caller's: make it absolute (the node may run elsewhere).

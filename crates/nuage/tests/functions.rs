@@ -734,3 +734,44 @@ fn the_functions_table_is_read_strictly_and_applied() {
         "ERR request too long (max 16 bytes)"
     );
 }
+
+#[test]
+fn functions_get_a_small_fixed_environment_and_the_values_deploy_passes() {
+    let node = Node::start();
+    let dir = tempfile::tempdir().unwrap();
+    let show_env = script(
+        dir.path(),
+        "show-env",
+        "read -r line\necho \"$line g=$GREETING c=$FROM_CALLER f=$NUAGE_FUNCTION home=${HOME-unset} client=${NUAGE_CLIENT%:*}\"",
+    );
+    let port = free_port();
+    let mut deploy = nuage();
+    deploy
+        .args(["fn", "--api", &node.api(), "deploy", "envf", "--port"])
+        .arg(port.to_string())
+        .args(["-e", "GREETING=hi", "-e", "FROM_CALLER", "--", &show_env])
+        .env("FROM_CALLER", "there")
+        .stdin(Stdio::null());
+    let out = deploy.output().unwrap();
+    assert!(out.status.success(), "deploy: {}", stderr(&out));
+    // Spawn mode: the node's own variables (HOME here) do not reach the process.
+    assert_eq!(
+        Conn::open(port).ask("x"),
+        "x g=hi c=there f=envf home=unset client=127.0.0.1"
+    );
+    // `-e KEY` with KEY unset where `nuage fn deploy` runs is refused in one line.
+    let err = node.err(&[
+        "deploy",
+        "envg",
+        "--port",
+        &free_port().to_string(),
+        "-e",
+        "NUAGE_TEST_SURELY_UNSET",
+        "--",
+        &show_env,
+    ]);
+    assert!(
+        err.contains("NUAGE_TEST_SURELY_UNSET is not set here"),
+        "{err}"
+    );
+}
