@@ -12,6 +12,8 @@
 # with every per-run ratio, so a drifting machine load does not favour either side.
 # Environment: COUNT, LATENCY, SERVICES, SIZES; NUAGE_RT=1 runs nuage's daemons with
 # realtime scheduling, as corosync runs itself (see below).
+# Diagnostics: STATS=1 prints each daemon's ring counters after every nuage run;
+# CLIENT_RT=1 runs all clients (both systems) at realtime priority 50.
 set -euo pipefail
 
 RUNS=${1:-5}
@@ -50,6 +52,11 @@ CONF
 # be compared on equal terms; NUAGE_RT=0 (default) leaves them at normal priority.
 RT=()
 if [ "${NUAGE_RT:-0}" = 1 ]; then RT=(chrt --rr 99); fi
+# CLIENT_RT=1 runs every benchmark client (nuage's and corosync's alike) at realtime
+# priority 50, below the daemons: a diagnostic, to see how much of the latency tail is
+# the clients being descheduled by the machine's other work.
+CRT=()
+if [ "${CLIENT_RT:-0}" = 1 ]; then CRT=(chrt --rr 50); fi
 for m in n1 n2 n3; do
   mkdir -p "$WORK/$m"
   "$NUAGE" lab exec --name "$LAB" "$m" -- "${RT[@]}" "$NUAGE" group daemon -l n -n "$m" -c "$WORK/spread.conf" --runtime-dir "$WORK/$m" >"$WORK/$m.log" 2>&1 &
@@ -63,17 +70,27 @@ run_nuage() { # service size -> "msgs_per_s mbit p50 p99" (one run, receivers' m
   local svc=$1 size=$2 out="$WORK/out.$svc.$size.$RANDOM"
   local pids=()
   for m in n2 n3; do
-    "$NUAGE" lab exec --name "$LAB" "$m" -- "$CLIENT" recv -s 4803@127.0.0.1 -g "b$svc$size" --latency "$LATENCY" >"$out.$m" 2>&1 &
+    "$NUAGE" lab exec --name "$LAB" "$m" -- "${CRT[@]}" "$CLIENT" recv -s 4803@127.0.0.1 -g "b$svc$size" --latency "$LATENCY" >"$out.$m" 2>&1 &
     pids+=($!)
   done
   sleep 0.5
-  if ! "$NUAGE" lab exec --name "$LAB" n1 -- "$CLIENT" send -s 4803@127.0.0.1 -g "b$svc$size" --service "$svc" --size "$size" --count "$COUNT" --latency "$LATENCY" --members 3 >"$out.n1" 2>&1; then
+  if ! "$NUAGE" lab exec --name "$LAB" n1 -- "${CRT[@]}" "$CLIENT" send -s 4803@127.0.0.1 -g "b$svc$size" --service "$svc" --size "$size" --count "$COUNT" --latency "$LATENCY" --members 3 >"$out.n1" 2>&1; then
     echo "nuage sender failed: $(cat "$out.n1")" >&2
   fi
   wait "${pids[@]}" || true
   sleep 0.2
   cat "$out.n2" "$out.n3" > "$out.all"
+  if [ "${STATS:-0}" = 1 ]; then ring_stats "$svc $size" >&2; fi
   echo "$(field msgs_per_s <"$out.all" | median) $(field mbit_per_s <"$out.all" | median) $(field p50_us <"$out.all" | median) $(field p99_us <"$out.all" | median)"
+}
+
+# STATS=1: after each nuage run, each daemon's ring counters (cumulative since start)
+# and each receiver's latency line, on stderr, to see where a latency tail comes from.
+ring_stats() {
+  for m in n1 n2 n3; do
+    echo "  [$1] $m $("$NUAGE" group status --runtime-dir "$WORK/$m" --json 2>&1 | tr -d ' \n' | sed -n 's/.*"stats":{\([^}]*\)}.*/\1/p')"
+  done
+  for m in n2 n3; do echo "  [$1] recv $m: $(grep '^recv' "$out.$m")"; done
 }
 
 # corosync: one per machine, each with a private /run and /var/lib/corosync (a mount
@@ -132,11 +149,11 @@ fi
 run_cpg() { # size -> "msgs_per_s mbit p50 p99"
   local size=$1 out="$WORK/cpg.$size.$RANDOM" pids=()
   for m in n2 n3; do
-    "$NUAGE" lab exec --name "$LAB" "$m" -- "$WORK/cpg_bench" recv "c$size" "$LATENCY" >"$out.$m" 2>&1 &
+    "$NUAGE" lab exec --name "$LAB" "$m" -- "${CRT[@]}" "$WORK/cpg_bench" recv "c$size" "$LATENCY" >"$out.$m" 2>&1 &
     pids+=($!)
   done
   sleep 0.5
-  if ! "$NUAGE" lab exec --name "$LAB" n1 -- "$WORK/cpg_bench" send "c$size" "$size" "$COUNT" "$LATENCY" 3 >"$out.n1" 2>&1; then
+  if ! "$NUAGE" lab exec --name "$LAB" n1 -- "${CRT[@]}" "$WORK/cpg_bench" send "c$size" "$size" "$COUNT" "$LATENCY" 3 >"$out.n1" 2>&1; then
     echo "cpg sender failed: $(cat "$out.n1")" >&2
   fi
   wait "${pids[@]}" || true
@@ -147,7 +164,7 @@ run_cpg() { # size -> "msgs_per_s mbit p50 p99"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f\n", a / b; else print "nan" }'; }
 sorted() { tr ' ' '\n' | grep -v '^$' | sort -n | tr '\n' ' '; }
 
-echo "groups benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); $COUNT messages per run, $LATENCY latency probes, $RUNS runs; NUAGE_RT=${NUAGE_RT:-0}"
+echo "groups benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); $COUNT messages per run, $LATENCY latency probes, $RUNS runs; NUAGE_RT=${NUAGE_RT:-0} CLIENT_RT=${CLIENT_RT:-0}"
 echo "(AGREED: nuage and corosync runs interleaved, alternating which goes first; ratios are per run, then the median)"
 printf '%-14s %6s | %12s %10s %8s %8s\n' "system/service" size "msgs/s" "Mbit/s" "p50 us" "p99 us"
 for svc in ${SERVICES:-reliable agreed safe}; do

@@ -194,10 +194,12 @@ async fn recv(a: &Args, mb: &Mailbox) {
             .unwrap_or(0)
     };
     println!(
-        "recv msgs={n} secs={secs:.3} msgs_per_s={:.0} mbit_per_s={:.1} p50_us={} p99_us={}",
+        "recv msgs={n} secs={secs:.3} msgs_per_s={:.0} mbit_per_s={:.1} p50_us={} p99_us={} p90_us={} max_us={}",
         n as f64 / secs,
         bytes as f64 * 8.0 / secs / 1e6,
         pct(0.50),
-        pct(0.99)
+        pct(0.99),
+        pct(0.90),
+        lat.last().copied().unwrap_or(0)
     );
 }
