@@ -197,6 +197,9 @@ for pair in $(seq "$TRACE_PAIRS"); do
             rm -rf "$tdir"
         fi
     done
+    # Each pair on stderr: single pairs disagree by tens of per cent on a shared machine.
+    printf '  pair %d: jobs/s off %.1f on %.1f; CPU ticks off %d on %d\n' \
+        "$pair" "$tps_off" "$tps_on" "$cpu_off" "$cpu_on" >&2
     record t_tps_off "$tps_off"; record t_tps_on "$tps_on"
     record t_tps_ratio "$(echo "$tps_on / $tps_off" | bc -l)"
     record t_cpu_off "$(echo "$cpu_off * 10000 / $N" | bc -l)"   # µs per job (100 Hz ticks)
