@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::client::conn::BrickConn;
 use crate::gfid::Gfid;
 use crate::markers::{AfrDelta, Kind};
-use crate::proto::{Entry, Errno, MAX_IO, Op, Reply, SetAttr, SetTime, Target};
+use crate::proto::{Entry, Errno, Op, Reply, SetAttr, SetTime, Target};
 
 type Res<T> = Result<T, Errno>;
 
@@ -126,44 +126,7 @@ async fn copy_data(from: &BrickConn, to: &BrickConn, g: Gfid) -> Res<()> {
         }
     };
     let r = async {
-        let mut offset = 0u64;
-        loop {
-            let want = MAX_IO;
-            let (reply, data) = from
-                .call(
-                    Op::Read {
-                        target: Target {
-                            gfid: g,
-                            fd: Some(rfd),
-                        },
-                        offset,
-                        size: want,
-                    },
-                    &[],
-                )
-                .await?;
-            let Reply::Data { eof } = reply else {
-                return Err(Errno(libc::EIO));
-            };
-            if !data.is_empty() {
-                to.call(
-                    Op::Write {
-                        target: Target {
-                            gfid: g,
-                            fd: Some(wfd),
-                        },
-                        offset,
-                        op: None,
-                    },
-                    &data,
-                )
-                .await?;
-            }
-            offset += data.len() as u64;
-            if eof || data.len() < want as usize {
-                break;
-            }
-        }
+        let offset = crate::client::copy::copy_bytes(from, to, g, rfd, wfd).await?;
         to.req(Op::Setattr {
             target: Target {
                 gfid: g,

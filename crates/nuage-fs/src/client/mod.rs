@@ -2,6 +2,7 @@
 //! them, and the FUSE mount.
 
 pub mod conn;
+pub mod copy;
 pub mod fuse;
 pub mod heal;
 pub mod heal_index;

@@ -36,9 +36,7 @@ use crate::client::replica::{QuorumType, Replica};
 use crate::client::spec::VolumeSpec;
 use crate::gfid::Gfid;
 use crate::layout::{DirLayout, Layout};
-use crate::proto::{
-    Creds, Entry, Errno, MAX_IO, NewObject, Op, Reply, SetAttr, SetMeta, SetTime, Target,
-};
+use crate::proto::{Creds, Entry, Errno, NewObject, Op, Reply, SetAttr, SetMeta, SetTime, Target};
 
 type Res<T> = Result<T, Errno>;
 
@@ -707,46 +705,7 @@ async fn copy_data(src: &Replica, dst: &Replica, g: Gfid, wfd: u64) -> Res<u64> 
         Reply::Opened { fd } => fd,
         _ => return Err(Errno(libc::EIO)),
     };
-    let r = async {
-        let mut offset = 0u64;
-        loop {
-            let (reply, data) = src
-                .call(
-                    Op::Read {
-                        target: Target {
-                            gfid: g,
-                            fd: Some(rfd),
-                        },
-                        offset,
-                        size: MAX_IO,
-                    },
-                    &[],
-                )
-                .await?;
-            let Reply::Data { eof } = reply else {
-                return Err(Errno(libc::EIO));
-            };
-            if !data.is_empty() {
-                dst.call(
-                    Op::Write {
-                        target: Target {
-                            gfid: g,
-                            fd: Some(wfd),
-                        },
-                        offset,
-                        op: None,
-                    },
-                    &data,
-                )
-                .await?;
-            }
-            offset += data.len() as u64;
-            if eof || data.len() < MAX_IO as usize {
-                return Ok(offset);
-            }
-        }
-    }
-    .await;
+    let r = crate::client::copy::copy_bytes(src, dst, g, rfd, wfd).await;
     let _ = src.req(Op::Close { fd: rfd }).await;
     let size = r?;
     // Sparse tails and truncations: the copy ends exactly where the source does.
