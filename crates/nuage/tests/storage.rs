@@ -4,69 +4,15 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::process::Output;
 use std::time::Duration;
 
-use common::*;
-use nix::sys::signal::Signal;
-
-/// Kills the node if a test fails half-way (a passing test stops it itself).
-struct Running(UpNode);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.child.kill();
-        let _ = self.0.child.wait();
-    }
-}
-
-fn cli(api: &str, args: &[&str]) -> Output {
-    nuage()
-        .args(args)
-        .env("NUAGE_API", api)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run nuage")
-}
-
-fn ok(api: &str, args: &[&str]) -> String {
-    let out = cli(api, args);
-    assert!(
-        out.status.success(),
-        "nuage {args:?} failed: {}",
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-/// The one-line error of a refused command.
-fn refused(api: &str, args: &[&str]) -> String {
-    let out = cli(api, args);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "nuage {args:?} should fail: {}",
-        stdout(&out)
-    );
-    let err = stderr(&out);
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(err.starts_with("nuage: error: "), "{err}");
-    err
-}
+use common::storage::*;
 
 #[test]
 fn create_start_mount_use_unmount_stop_delete() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let mut node = Running(start_up(&[
-        "--api",
-        "127.0.0.1:0",
-        "--data",
-        data.to_str().unwrap(),
-        "--name",
-        "s1",
-    ]));
-    let api = node.0.api.clone();
+    let node = StorageNode::start(tmp.path(), "s1");
+    let api = node.api();
     let b1 = tmp.path().join("b1");
     let b2 = tmp.path().join("b2");
     std::fs::create_dir(&b1).unwrap();
@@ -75,12 +21,12 @@ fn create_start_mount_use_unmount_stop_delete() {
     let brick2 = format!("localhost:{}", b2.display());
 
     // Bad input: each a clear error that changes nothing.
-    let e = refused(&api, &["volume", "create", "gv0", &brick1, &brick2]);
+    let e = node_refused(&api, &["volume", "create", "gv0", &brick1, &brick2]);
     assert!(e.contains("root partition"), "{e}");
     let missing = format!("localhost:{}/nope", tmp.path().display());
-    let e = refused(&api, &["volume", "create", "gv0", &missing]);
+    let e = node_refused(&api, &["volume", "create", "gv0", &missing]);
     assert!(e.contains("does not exist"), "{e}");
-    let e = refused(
+    let e = node_refused(
         &api,
         &[
             "volume",
@@ -95,57 +41,57 @@ fn create_start_mount_use_unmount_stop_delete() {
         ],
     );
     assert!(e.contains("not a multiple of replica"), "{e}");
-    let e = refused(&api, &["volume", "create", "gv0", "192.0.2.7:/b", "force"]);
+    let e = node_refused(&api, &["volume", "create", "gv0", "192.0.2.7:/b", "force"]);
     assert!(e.contains("192.0.2.7") && e.contains("peer probe"), "{e}");
-    let e = refused(&api, &["volume", "create", "bad/name", &brick1, "force"]);
+    let e = node_refused(&api, &["volume", "create", "bad/name", &brick1, "force"]);
     assert!(e.contains("may hold only"), "{e}");
-    let e = refused(&api, &["volume", "info"]);
+    let e = node_refused(&api, &["volume", "info"]);
     assert!(e.contains("No volumes present"), "{e}");
 
-    let out = ok(
+    let out = node_ok(
         &api,
         &["volume", "create", "gv0", &brick1, &brick2, "force"],
     );
     assert!(out.contains("volume create: gv0: success"), "{out}");
-    let e = refused(&api, &["volume", "create", "gv0", &brick1, "force"]);
+    let e = node_refused(&api, &["volume", "create", "gv0", &brick1, "force"]);
     assert!(e.contains("already exists"), "{e}");
-    let info = ok(&api, &["volume", "info", "gv0"]);
+    let info = node_ok(&api, &["volume", "info", "gv0"]);
     assert!(info.contains("Type: Distribute"), "{info}");
     assert!(info.contains("Status: Created"), "{info}");
     assert!(info.contains("Number of Bricks: 2"), "{info}");
     assert!(info.contains(&format!("Brick1: {brick1}")), "{info}");
-    let e = refused(&api, &["volume", "create", "other", &brick1, "force"]);
+    let e = node_refused(&api, &["volume", "create", "other", &brick1, "force"]);
     assert!(e.contains("already part of a volume"), "{e}");
 
     // Options: only ones that take effect; bad names and values refused.
-    let get = ok(&api, &["volume", "get", "gv0", "all"]);
+    let get = node_ok(&api, &["volume", "get", "gv0", "all"]);
     assert!(
         get.contains("network.ping-timeout") && get.contains("42"),
         "{get}"
     );
-    let e = refused(&api, &["volume", "set", "gv0", "no.such-option", "1"]);
+    let e = node_refused(&api, &["volume", "set", "gv0", "no.such-option", "1"]);
     assert!(e.contains("does not exist"), "{e}");
-    let e = refused(&api, &["volume", "set", "gv0", "network.ping-timeout", "0"]);
+    let e = node_refused(&api, &["volume", "set", "gv0", "network.ping-timeout", "0"]);
     assert!(e.contains("1 to 3600"), "{e}");
-    ok(
+    node_ok(
         &api,
         &["volume", "set", "gv0", "network.ping-timeout", "10"],
     );
-    let e = refused(
+    let e = node_refused(
         &api,
         &["volume", "set", "gv0", "cluster.quorum-type", "fixed"],
     );
     assert!(e.contains("auto or none"), "{e}");
-    let get = ok(&api, &["volume", "get", "gv0", "cluster.quorum-type"]);
+    let get = node_ok(&api, &["volume", "get", "gv0", "cluster.quorum-type"]);
     assert!(get.contains("auto"), "{get}");
-    let get = ok(&api, &["volume", "get", "gv0", "network.ping-timeout"]);
+    let get = node_ok(&api, &["volume", "get", "gv0", "network.ping-timeout"]);
     assert!(get.contains(" 10"), "{get}");
-    assert!(ok(&api, &["volume", "info", "gv0"]).contains("network.ping-timeout: 10"));
+    assert!(node_ok(&api, &["volume", "info", "gv0"]).contains("network.ping-timeout: 10"));
 
-    ok(&api, &["volume", "start", "gv0"]);
-    let status = ok(&api, &["volume", "status", "gv0"]);
+    node_ok(&api, &["volume", "start", "gv0"]);
+    let status = node_ok(&api, &["volume", "status", "gv0"]);
     assert_eq!(status.matches(" Y ").count(), 2, "{status}");
-    let pool = ok(&api, &["pool", "list"]);
+    let pool = node_ok(&api, &["pool", "list"]);
     assert!(
         pool.contains("localhost") && pool.contains("Connected"),
         "{pool}"
@@ -155,8 +101,8 @@ fn create_start_mount_use_unmount_stop_delete() {
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let source = format!("{api}:/gv0");
-    ok(&api, &["mount", &source, mnt.to_str().unwrap()]);
-    let e = refused(&api, &["mount", &source, mnt.to_str().unwrap()]);
+    node_ok(&api, &["mount", &source, mnt.to_str().unwrap()]);
+    let e = node_refused(&api, &["mount", &source, mnt.to_str().unwrap()]);
     assert!(e.contains("already"), "{e}");
     assert_ne!(
         std::fs::metadata(&mnt).unwrap().dev(),
@@ -172,22 +118,22 @@ fn create_start_mount_use_unmount_stop_delete() {
     assert_eq!(std::fs::read_to_string(mnt.join("f7")).unwrap(), "hello 7");
     let df = nix::sys::statvfs::statvfs(&mnt).unwrap();
     assert!(df.blocks() > 0);
-    ok(&api, &["umount", mnt.to_str().unwrap()]);
+    node_ok(&api, &["umount", mnt.to_str().unwrap()]);
     assert!(
         std::fs::read_dir(&mnt).unwrap().next().is_none(),
         "unmounted"
     );
-    let e = refused(&api, &["umount", mnt.to_str().unwrap()]);
+    let e = node_refused(&api, &["umount", mnt.to_str().unwrap()]);
     assert!(e.contains("not a nuage mount"), "{e}");
 
     // A volume not started cannot be mounted; a started one cannot be deleted.
-    let e = refused(&api, &["volume", "delete", "gv0"]);
+    let e = node_refused(&api, &["volume", "delete", "gv0"]);
     assert!(e.contains("stopped before deletion"), "{e}");
-    ok(&api, &["volume", "stop", "gv0"]);
-    let e = refused(&api, &["mount", &source, mnt.to_str().unwrap()]);
+    node_ok(&api, &["volume", "stop", "gv0"]);
+    let e = node_refused(&api, &["mount", &source, mnt.to_str().unwrap()]);
     assert!(e.contains("not started"), "{e}");
-    ok(&api, &["volume", "delete", "gv0"]);
-    assert!(ok(&api, &["volume", "list"]).contains("No volumes present"));
+    node_ok(&api, &["volume", "delete", "gv0"]);
+    assert!(node_ok(&api, &["volume", "list"]).contains("No volumes present"));
     // The files stay on the bricks.
     assert_eq!(
         std::fs::read_to_string(b1.join("f7"))
@@ -196,45 +142,26 @@ fn create_start_mount_use_unmount_stop_delete() {
         "hello 7"
     );
 
-    signal(&node.0.child, Signal::SIGTERM);
-    assert!(wait_exit(&mut node.0.child, Duration::from_secs(30)).success());
+    node.stop();
 }
 
 #[test]
 fn volumes_and_their_bricks_survive_a_node_restart() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
     let b1 = tmp.path().join("b1");
     std::fs::create_dir(&b1).unwrap();
     let brick = format!("127.0.0.1:{}", b1.display());
-    let mut node = Running(start_up(&[
-        "--api",
-        "127.0.0.1:0",
-        "--data",
-        data.to_str().unwrap(),
-        "--name",
-        "s2",
-    ]));
-    ok(&node.0.api, &["volume", "create", "keep", &brick, "force"]);
-    ok(&node.0.api, &["volume", "start", "keep"]);
-    signal(&node.0.child, Signal::SIGTERM);
-    assert!(wait_exit(&mut node.0.child, Duration::from_secs(30)).success());
-    drop(node);
+    let node = StorageNode::start(tmp.path(), "s2");
+    node_ok(&node.api(), &["volume", "create", "keep", &brick, "force"]);
+    node_ok(&node.api(), &["volume", "start", "keep"]);
+    node.stop();
 
-    let mut node = Running(start_up(&[
-        "--api",
-        "127.0.0.1:0",
-        "--data",
-        data.to_str().unwrap(),
-        "--name",
-        "s2",
-    ]));
-    let info = ok(&node.0.api, &["volume", "info", "keep"]);
+    let node = StorageNode::start(tmp.path(), "s2");
+    let info = node_ok(&node.api(), &["volume", "info", "keep"]);
     assert!(info.contains("Status: Started"), "{info}");
-    let status = ok(&node.0.api, &["volume", "status", "keep"]);
+    let status = node_ok(&node.api(), &["volume", "status", "keep"]);
     assert!(status.contains(" Y "), "{status}");
-    signal(&node.0.child, Signal::SIGTERM);
-    assert!(wait_exit(&mut node.0.child, Duration::from_secs(30)).success());
+    node.stop();
 }
 
 /// `trusted.nuage.*` attribute of a file on a brick (None if absent).
@@ -257,46 +184,38 @@ fn brick_xattr(p: &std::path::Path, name: &str) -> Option<Vec<u8>> {
 fn a_replicated_volume_reports_and_heals_a_stale_copy() {
     use nuage_fs::markers::AfrState;
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let mut node = Running(start_up(&[
-        "--api",
-        "127.0.0.1:0",
-        "--data",
-        data.to_str().unwrap(),
-        "--name",
-        "s1",
-    ]));
-    let api = node.0.api.clone();
+    let node = StorageNode::start(tmp.path(), "s1");
+    let api = node.api();
     let b1 = tmp.path().join("b1");
     let b2 = tmp.path().join("b2");
     let brick1 = format!("localhost:{}", b1.display());
     let brick2 = format!("localhost:{}", b2.display());
-    let out = ok(
+    let out = node_ok(
         &api,
         &[
             "volume", "create", "rv", "replica", "2", &brick1, &brick2, "force",
         ],
     );
     assert!(out.contains("success"), "{out}");
-    assert!(ok(&api, &["volume", "info", "rv"]).contains("Type: Replicate"));
-    let e = refused(&api, &["volume", "heal", "rv", "info", "nonsense"]);
+    assert!(node_ok(&api, &["volume", "info", "rv"]).contains("Type: Replicate"));
+    let e = node_refused(&api, &["volume", "heal", "rv", "info", "nonsense"]);
     assert!(e.contains("usage"), "{e}");
     // The self-heal daemon's first pass comes at start; the next one only when asked.
-    ok(
+    node_ok(
         &api,
         &["volume", "set", "rv", "cluster.heal-timeout", "86400"],
     );
-    ok(&api, &["volume", "start", "rv"]);
+    node_ok(&api, &["volume", "start", "rv"]);
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    ok(
+    node_ok(
         &api,
         &["mount", &format!("{api}:/rv"), mnt.to_str().unwrap()],
     );
     std::fs::write(mnt.join("f"), "good data").unwrap();
     assert_eq!(std::fs::read_to_string(b1.join("f")).unwrap(), "good data");
     assert_eq!(std::fs::read_to_string(b2.join("f")).unwrap(), "good data");
-    ok(&api, &["umount", mnt.to_str().unwrap()]);
+    node_ok(&api, &["umount", mnt.to_str().unwrap()]);
     std::thread::sleep(Duration::from_secs(2));
 
     // Make brick 2's copy one that missed a write, as a brick down at the time leaves it:
@@ -331,7 +250,7 @@ fn a_replicated_volume_reports_and_heals_a_stale_copy() {
     .unwrap();
     std::fs::write(b1.join(".nuage/index").join(g.to_uuid()), "").unwrap();
 
-    let info = ok(&api, &["volume", "heal", "rv", "info"]);
+    let info = node_ok(&api, &["volume", "heal", "rv", "info"]);
     assert!(
         info.contains(&format!(
             "Brick {brick1}\n/f\nStatus: Connected\nNumber of entries: 1"
@@ -344,19 +263,19 @@ fn a_replicated_volume_reports_and_heals_a_stale_copy() {
         )),
         "{info}"
     );
-    let summary = ok(&api, &["volume", "heal", "rv", "info", "summary"]);
+    let summary = node_ok(&api, &["volume", "heal", "rv", "info", "summary"]);
     assert!(
         summary.contains("Number of entries in heal pending: 1"),
         "{summary}"
     );
-    let sb = ok(&api, &["volume", "heal", "rv", "info", "split-brain"]);
+    let sb = node_ok(&api, &["volume", "heal", "rv", "info", "split-brain"]);
     assert!(
         !sb.contains("/f") && sb.contains("Number of entries in split-brain: 0"),
         "{sb}"
     );
 
     // The daemon heals it once its interval comes round.
-    ok(&api, &["volume", "set", "rv", "cluster.heal-timeout", "1"]);
+    node_ok(&api, &["volume", "set", "rv", "cluster.heal-timeout", "1"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let healed = std::fs::read_to_string(b2.join("f")).unwrap() == "good data"
@@ -370,12 +289,11 @@ fn a_replicated_volume_reports_and_heals_a_stale_copy() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let info = ok(&api, &["volume", "heal", "rv", "info"]);
+    let info = node_ok(&api, &["volume", "heal", "rv", "info"]);
     assert_eq!(info.matches("Number of entries: 0").count(), 2, "{info}");
-    let out = ok(&api, &["volume", "heal", "rv"]);
+    let out = node_ok(&api, &["volume", "heal", "rv"]);
     assert!(out.contains("has been successful"), "{out}");
 
-    ok(&api, &["volume", "stop", "rv"]);
-    signal(&node.0.child, Signal::SIGTERM);
-    assert!(wait_exit(&mut node.0.child, Duration::from_secs(30)).success());
+    node_ok(&api, &["volume", "stop", "rv"]);
+    node.stop();
 }

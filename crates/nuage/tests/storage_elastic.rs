@@ -6,87 +6,16 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
+use common::storage::*;
 use common::*;
-use nix::sys::signal::Signal;
-
-/// Kills the node (and unmounts) if a test fails half-way.
-struct Running {
-    node: UpNode,
-    mounts: Vec<PathBuf>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        for m in &self.mounts {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
-        let _ = self.node.child.kill();
-        let _ = self.node.child.wait();
-    }
-}
-
-fn cli(api: &str, args: &[&str]) -> Output {
-    nuage()
-        .args(args)
-        .env("NUAGE_API", api)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run nuage")
-}
-
-fn ok(api: &str, args: &[&str]) -> String {
-    let out = cli(api, args);
-    assert!(
-        out.status.success(),
-        "nuage {args:?} failed: {}",
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-fn refused(api: &str, args: &[&str]) -> String {
-    let out = cli(api, args);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "nuage {args:?} should fail: {}",
-        stdout(&out)
-    );
-    let err = stderr(&out);
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(err.starts_with("nuage: error: "), "{err}");
-    err
-}
-
-fn up(tmp: &Path, name: &str) -> Running {
-    let data = tmp.join("data");
-    Running {
-        node: start_up(&[
-            "--api",
-            "127.0.0.1:0",
-            "--data",
-            data.to_str().unwrap(),
-            "--name",
-            name,
-        ]),
-        mounts: Vec::new(),
-    }
-}
-
-fn brick(tmp: &Path, name: &str) -> (PathBuf, String) {
-    let p = tmp.join(name);
-    let arg = format!("localhost:{}", p.display());
-    (p, arg)
-}
 
 /// Polls `status` until every row says `completed` (at most `limit`).
 fn wait_completed(api: &str, args: &[&str], limit: Duration) -> String {
     let t0 = Instant::now();
     loop {
-        let out = cli(api, args);
+        let out = node_cli(api, args);
         let text = stdout(&out);
         if out.status.success()
             && text.contains("completed")
@@ -102,29 +31,6 @@ fn wait_completed(api: &str, args: &[&str], limit: Duration) -> String {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-}
-
-/// Regular files (not link files, not nuage's own) under a brick, relative paths.
-fn files_on(brick: &Path) -> Vec<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut out = Vec::new();
-    let mut stack = vec![brick.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let md = e.metadata().unwrap();
-            if e.file_name() == ".nuage" && d == brick {
-                continue;
-            }
-            if md.is_dir() {
-                stack.push(e.path());
-            } else if md.permissions().mode() & 0o7777 != 0o1000 {
-                out.push(e.path().strip_prefix(brick).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Writes files in the root and in two directories; returns name → contents.
@@ -207,46 +113,41 @@ fn check_all(mnt: &Path, files: &BTreeMap<String, Vec<u8>>) {
 #[test]
 fn add_brick_rebalance_remove_brick_under_a_live_mount() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut run = up(tmp.path(), "el1");
-    let api = run.node.api.clone();
+    let mut run = StorageNode::start(tmp.path(), "el1");
+    let api = run.api();
     let (b1, a1) = brick(tmp.path(), "b1");
     let (b2, a2) = brick(tmp.path(), "b2");
     let (b3, a3) = brick(tmp.path(), "b3");
-    ok(&api, &["volume", "create", "ev", &a1, &a2, "force"]);
-    ok(&api, &["volume", "start", "ev"]);
+    node_ok(&api, &["volume", "create", "ev", &a1, &a2, "force"]);
+    node_ok(&api, &["volume", "start", "ev"]);
     let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    ok(
-        &api,
-        &["mount", &format!("{api}:/ev"), mnt.to_str().unwrap()],
-    );
-    run.mounts.push(mnt.clone());
+    run.mount("ev", &mnt);
     let mut files = populate(&mnt, "f");
 
     // Bad input: a clear error each, and the volume unchanged.
     let missing = format!("localhost:{}/nope", tmp.path().display());
-    let e = refused(&api, &["volume", "add-brick", "ev", &missing]);
+    let e = node_refused(&api, &["volume", "add-brick", "ev", &missing]);
     assert!(e.contains("does not exist"), "{e}");
     std::fs::create_dir(&b3).unwrap();
-    let e = refused(&api, &["volume", "add-brick", "ev", &a3]);
+    let e = node_refused(&api, &["volume", "add-brick", "ev", &a3]);
     assert!(e.contains("root partition"), "{e}");
-    let e = refused(
+    let e = node_refused(
         &api,
         &["volume", "add-brick", "ev", "192.0.2.7:/b", "force"],
     );
     assert!(e.contains("peer probe"), "{e}");
-    let e = refused(&api, &["volume", "add-brick", "ev", &a1, "force"]);
+    let e = node_refused(&api, &["volume", "add-brick", "ev", &a1, "force"]);
     assert!(e.contains("already part of a volume"), "{e}");
-    let e = refused(
+    let e = node_refused(
         &api,
         &["volume", "add-brick", "ev", "replica", "2", &a3, "force"],
     );
     assert!(e.contains("needs 2 bricks"), "{e}");
-    let e = refused(&api, &["volume", "add-brick", "nosuch", &a3, "force"]);
+    let e = node_refused(&api, &["volume", "add-brick", "nosuch", &a3, "force"]);
     assert!(e.contains("does not exist"), "{e}");
-    let e = refused(&api, &["volume", "rebalance", "ev", "status"]);
+    let e = node_refused(&api, &["volume", "rebalance", "ev", "status"]);
     assert!(e.contains("not started"), "{e}");
-    let info = ok(&api, &["volume", "info", "ev"]);
+    let info = node_ok(&api, &["volume", "info", "ev"]);
     assert!(info.contains("Number of Bricks: 2"), "{info}");
     assert!(
         std::fs::read_dir(&b3).unwrap().next().is_none(),
@@ -254,8 +155,8 @@ fn add_brick_rebalance_remove_brick_under_a_live_mount() {
     );
 
     // add-brick, then rebalance: files move to the new brick, all still readable.
-    assert!(ok(&api, &["volume", "add-brick", "ev", &a3, "force"]).contains("success"));
-    let info = ok(&api, &["volume", "info", "ev"]);
+    assert!(node_ok(&api, &["volume", "add-brick", "ev", &a3, "force"]).contains("success"));
+    let info = node_ok(&api, &["volume", "info", "ev"]);
     assert!(info.contains("Number of Bricks: 3"), "{info}");
     assert!(info.contains(&format!("Brick3: {a3}")), "{info}");
     // Before any rebalance the mount keeps working, old files and new.
@@ -286,9 +187,9 @@ fn add_brick_rebalance_remove_brick_under_a_live_mount() {
     // While files move, the mount keeps being used by inode (the kernel holds the
     // dentries): extended attributes asked of files it may know at their old place.
     let probe = Probe::start(files.keys().map(|n| mnt.join(n)).collect());
-    let out = ok(&api, &["volume", "rebalance", "ev", "start"]);
+    let out = node_ok(&api, &["volume", "rebalance", "ev", "start"]);
     assert!(out.contains("has been started successfully"), "{out}");
-    let e = refused(&api, &["volume", "rebalance", "ev", "start"]);
+    let e = node_refused(&api, &["volume", "rebalance", "ev", "start"]);
     assert!(e.contains("already started"), "{e}");
     let status = wait_completed(
         &api,
@@ -328,7 +229,7 @@ fn add_brick_rebalance_remove_brick_under_a_live_mount() {
     drop(held);
     check_all(&mnt, &files);
     // Once closed, a second rebalance moves them if they hash elsewhere.
-    ok(&api, &["volume", "rebalance", "ev", "start"]);
+    node_ok(&api, &["volume", "rebalance", "ev", "start"]);
     let status = wait_completed(
         &api,
         &["volume", "rebalance", "ev", "status"],
@@ -352,16 +253,16 @@ fn add_brick_rebalance_remove_brick_under_a_live_mount() {
     check_all(&mnt, &files);
 
     // remove-brick: refused as it should be, then start → status → commit.
-    let e = refused(
+    let e = node_refused(
         &api,
         &["volume", "remove-brick", "ev", &a1, &a2, &a3, "start"],
     );
     assert!(e.contains("every brick"), "{e}");
-    let e = refused(&api, &["volume", "remove-brick", "ev", &a1, "commit"]);
+    let e = node_refused(&api, &["volume", "remove-brick", "ev", &a1, "commit"]);
     assert!(e.contains("start` first"), "{e}");
-    let e = refused(&api, &["volume", "remove-brick", "ev", &missing, "start"]);
+    let e = node_refused(&api, &["volume", "remove-brick", "ev", &missing, "start"]);
     assert!(e.contains("Incorrect brick"), "{e}");
-    let out = ok(&api, &["volume", "remove-brick", "ev", &a1, "start"]);
+    let out = node_ok(&api, &["volume", "remove-brick", "ev", &a1, "start"]);
     assert!(out.contains("success"), "{out}");
     let status = wait_completed(
         &api,
@@ -371,9 +272,9 @@ fn add_brick_rebalance_remove_brick_under_a_live_mount() {
     assert!(status.contains("localhost"), "{status}");
     assert!(files_on(&b1).is_empty(), "{:?}", files_on(&b1));
     check_all(&mnt, &files);
-    let out = ok(&api, &["volume", "remove-brick", "ev", &a1, "commit"]);
+    let out = node_ok(&api, &["volume", "remove-brick", "ev", &a1, "commit"]);
     assert!(out.contains("commit: success"), "{out}");
-    let info = ok(&api, &["volume", "info", "ev"]);
+    let info = node_ok(&api, &["volume", "info", "ev"]);
     assert!(info.contains("Number of Bricks: 2"), "{info}");
     assert!(!info.contains(&a1), "{info}");
     // The mount follows the commit (no remount), and every file is still there.
@@ -383,57 +284,49 @@ fn add_brick_rebalance_remove_brick_under_a_live_mount() {
     assert_eq!(std::fs::read(mnt.join("after-commit")).unwrap(), b"x");
     assert!(files_on(&b1).is_empty());
 
-    ok(&api, &["umount", mnt.to_str().unwrap()]);
-    run.mounts.clear();
-    signal(&run.node.child, Signal::SIGTERM);
-    assert!(wait_exit(&mut run.node.child, Duration::from_secs(30)).success());
+    run.stop();
 }
 
 #[test]
 fn replica_raised_by_add_brick_and_filled_by_heal_full() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut run = up(tmp.path(), "el2");
-    let api = run.node.api.clone();
+    let mut run = StorageNode::start(tmp.path(), "el2");
+    let api = run.api();
     let (b1, a1) = brick(tmp.path(), "r1");
     let (b2, a2) = brick(tmp.path(), "r2");
     let (_, a3) = brick(tmp.path(), "r3");
-    ok(&api, &["volume", "create", "rv1", &a1, "force"]);
-    ok(
+    node_ok(&api, &["volume", "create", "rv1", &a1, "force"]);
+    node_ok(
         &api,
         &["volume", "set", "rv1", "cluster.heal-timeout", "86400"],
     );
-    ok(&api, &["volume", "start", "rv1"]);
+    node_ok(&api, &["volume", "start", "rv1"]);
     let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    ok(
-        &api,
-        &["mount", &format!("{api}:/rv1"), mnt.to_str().unwrap()],
-    );
-    run.mounts.push(mnt.clone());
+    run.mount("rv1", &mnt);
     let files = populate(&mnt, "f");
     std::os::unix::fs::symlink("d/e/f1", mnt.join("link")).unwrap();
 
-    let e = refused(&api, &["volume", "heal", "rv1", "full"]);
+    let e = node_refused(&api, &["volume", "heal", "rv1", "full"]);
     assert!(e.contains("not of type replicate"), "{e}");
-    let e = refused(
+    let e = node_refused(
         &api,
         &["volume", "add-brick", "rv1", "replica", "3", &a2, "force"],
     );
     assert!(e.contains("needs 2 bricks"), "{e}");
-    let e = refused(&api, &["volume", "rebalance", "rv1", "start"]);
+    let e = node_refused(&api, &["volume", "rebalance", "rv1", "start"]);
     assert!(e.contains("only 1 brick"), "{e}");
 
-    ok(
+    node_ok(
         &api,
         &["volume", "add-brick", "rv1", "replica", "2", &a2, "force"],
     );
-    let info = ok(&api, &["volume", "info", "rv1"]);
+    let info = node_ok(&api, &["volume", "info", "rv1"]);
     assert!(info.contains("Type: Replicate"), "{info}");
     assert!(info.contains("Number of Bricks: 1 x 2 = 2"), "{info}");
     // Before any heal, the mount (switched to two copies by now) still reads everything.
     std::thread::sleep(Duration::from_secs(5));
     check_all(&mnt, &files);
-    let out = ok(&api, &["volume", "heal", "rv1", "full"]);
+    let out = node_ok(&api, &["volume", "heal", "rv1", "full"]);
     assert!(out.contains("full self heal"), "{out}");
     assert!(out.contains("still needing heal: 0"), "{out}");
     // Both copies identical, file by file.
@@ -448,7 +341,7 @@ fn replica_raised_by_add_brick_and_filled_by_heal_full() {
         std::fs::read_link(b2.join("link")).unwrap(),
         Path::new("d/e/f1")
     );
-    let info = ok(&api, &["volume", "heal", "rv1", "info", "summary"]);
+    let info = node_ok(&api, &["volume", "heal", "rv1", "info", "summary"]);
     assert!(!info.contains("Total Number of entries: 1"), "{info}");
 
     // The mount switched to two copies without a remount: new writes reach both.
@@ -469,7 +362,7 @@ fn replica_raised_by_add_brick_and_filled_by_heal_full() {
     check_all(&mnt, &files);
 
     // Lowering the replica count again needs force, and keeps every file.
-    let e = refused(
+    let e = node_refused(
         &api,
         &[
             "volume",
@@ -482,7 +375,7 @@ fn replica_raised_by_add_brick_and_filled_by_heal_full() {
         ],
     );
     assert!(e.contains("force"), "{e}");
-    let e = refused(
+    let e = node_refused(
         &api,
         &[
             "volume",
@@ -495,7 +388,7 @@ fn replica_raised_by_add_brick_and_filled_by_heal_full() {
         ],
     );
     assert!(e.contains("Incorrect brick"), "{e}");
-    ok(
+    node_ok(
         &api,
         &[
             "volume",
@@ -507,39 +400,31 @@ fn replica_raised_by_add_brick_and_filled_by_heal_full() {
             "force",
         ],
     );
-    let info = ok(&api, &["volume", "info", "rv1"]);
+    let info = node_ok(&api, &["volume", "info", "rv1"]);
     assert!(info.contains("Type: Distribute"), "{info}");
     std::thread::sleep(Duration::from_secs(5));
     check_all(&mnt, &files);
 
-    ok(&api, &["umount", mnt.to_str().unwrap()]);
-    run.mounts.clear();
-    signal(&run.node.child, Signal::SIGTERM);
-    assert!(wait_exit(&mut run.node.child, Duration::from_secs(30)).success());
+    run.stop();
 }
 
 #[test]
 fn a_copy_added_by_add_brick_is_filled_by_the_self_heal_daemon() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut run = up(tmp.path(), "el3");
-    let api = run.node.api.clone();
+    let mut run = StorageNode::start(tmp.path(), "el3");
+    let api = run.api();
     let (b1, a1) = brick(tmp.path(), "s1");
     let (b2, a2) = brick(tmp.path(), "s2");
-    ok(&api, &["volume", "create", "sv", &a1, "force"]);
-    ok(&api, &["volume", "set", "sv", "cluster.heal-timeout", "1"]);
-    ok(&api, &["volume", "start", "sv"]);
+    node_ok(&api, &["volume", "create", "sv", &a1, "force"]);
+    node_ok(&api, &["volume", "set", "sv", "cluster.heal-timeout", "1"]);
+    node_ok(&api, &["volume", "start", "sv"]);
     let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    ok(
-        &api,
-        &["mount", &format!("{api}:/sv"), mnt.to_str().unwrap()],
-    );
-    run.mounts.push(mnt.clone());
+    run.mount("sv", &mnt);
     let files = populate(&mnt, "f");
-    ok(&api, &["umount", mnt.to_str().unwrap()]);
+    node_ok(&api, &["umount", mnt.to_str().unwrap()]);
     run.mounts.clear();
 
-    ok(
+    node_ok(
         &api,
         &["volume", "add-brick", "sv", "replica", "2", &a2, "force"],
     );
@@ -564,6 +449,5 @@ fn a_copy_added_by_add_brick_is_filled_by_the_self_heal_daemon() {
         assert!(t0.elapsed() < Duration::from_secs(60), "data not healed");
         std::thread::sleep(Duration::from_millis(500));
     }
-    signal(&run.node.child, Signal::SIGTERM);
-    assert!(wait_exit(&mut run.node.child, Duration::from_secs(30)).success());
+    run.stop();
 }

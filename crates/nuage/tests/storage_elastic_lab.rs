@@ -7,48 +7,18 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::storage::*;
 use nuage_lab::Lab;
 
 const NUAGE: &str = env!("CARGO_BIN_EXE_nuage");
 
-fn run_in(lab: &Lab, machine: &str, args: &[&str]) -> Output {
-    lab.exec(machine, NUAGE, args)
-        .expect("run nuage in the lab")
-}
-
-fn ok(lab: &Lab, machine: &str, args: &[&str]) -> String {
-    let out = run_in(lab, machine, args);
-    assert!(
-        out.status.success(),
-        "nuage {args:?} on {machine}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn err(lab: &Lab, machine: &str, args: &[&str]) -> String {
-    let out = run_in(lab, machine, args);
-    assert_eq!(out.status.code(), Some(1), "nuage {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 fn wait_completed(lab: &Lab, machine: &str, args: &[&str], rows: usize) -> String {
     let t0 = Instant::now();
     loop {
-        let out = run_in(lab, machine, args);
+        let out = lab_run(lab, machine, args);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success()
             && text.matches("completed").count() >= rows
@@ -60,29 +30,6 @@ fn wait_completed(lab: &Lab, machine: &str, args: &[&str], rows: usize) -> Strin
         assert!(t0.elapsed() < Duration::from_secs(180), "{args:?}: {text}");
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-/// Regular files on a brick (not link files, not nuage's own).
-fn files_on(brick: &Path) -> Vec<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut out = Vec::new();
-    let mut stack = vec![brick.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let md = e.metadata().unwrap();
-            if e.file_name() == ".nuage" && d == brick {
-                continue;
-            }
-            if md.is_dir() {
-                stack.push(e.path());
-            } else if md.permissions().mode() & 0o7777 != 0o1000 {
-                out.push(e.path().strip_prefix(brick).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 fn check_all(mnt: &Path, files: &BTreeMap<String, Vec<u8>>) {
@@ -98,7 +45,7 @@ fn add_brick_rebalance_and_remove_brick_across_machines() {
     lab.start_nodes(Path::new(NUAGE)).expect("nodes");
     let ip = |m: &str| lab.addr(m).unwrap().to_string();
     let (ip1, ip2) = (ip("n1"), ip("n2"));
-    ok(&lab, "n1", &["peer", "probe", &ip2]);
+    lab_ok(&lab, "n1", &["peer", "probe", &ip2]);
 
     let dir = tempfile::tempdir().unwrap();
     let b1 = dir.path().join("n1-b1");
@@ -112,13 +59,13 @@ fn add_brick_rebalance_and_remove_brick_across_machines() {
         format!("{ip2}:{}", b2.display()),
         format!("{ip2}:{}", b3.display()),
     );
-    ok(&lab, "n1", &["volume", "create", "gv", &a1, &a2, "force"]);
-    ok(&lab, "n1", &["volume", "start", "gv"]);
+    lab_ok(&lab, "n1", &["volume", "create", "gv", &a1, &a2, "force"]);
+    lab_ok(&lab, "n1", &["volume", "start", "gv"]);
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let _unmount = Unmount(mnt.clone());
     let m = mnt.to_str().unwrap();
-    ok(&lab, "n3", &["mount", &format!("{ip1}:/gv"), m]);
+    lab_ok(&lab, "n3", &["mount", &format!("{ip1}:/gv"), m]);
     let mut files = BTreeMap::new();
     std::fs::create_dir(mnt.join("sub")).unwrap();
     for i in 0..40 {
@@ -135,18 +82,18 @@ fn add_brick_rebalance_and_remove_brick_across_machines() {
     }
 
     // add-brick on n2: a host outside the pool is refused; the new definition is on n1.
-    let e = err(
+    let e = lab_refused(
         &lab,
         "n2",
         &["volume", "add-brick", "gv", "10.213.254.254:/x", "force"],
     );
     assert!(e.contains("peer probe"), "{e}");
-    ok(&lab, "n2", &["volume", "add-brick", "gv", &a3, "force"]);
-    let info = ok(&lab, "n1", &["volume", "info", "gv"]);
+    lab_ok(&lab, "n2", &["volume", "add-brick", "gv", &a3, "force"]);
+    let info = lab_ok(&lab, "n1", &["volume", "info", "gv"]);
     assert!(info.contains(&format!("Brick3: {a3}")), "{info}");
 
     // Rebalance from n1: both members run their part.
-    ok(&lab, "n1", &["volume", "rebalance", "gv", "start"]);
+    lab_ok(&lab, "n1", &["volume", "rebalance", "gv", "start"]);
     let status = wait_completed(&lab, "n1", &["volume", "rebalance", "gv", "status"], 2);
     assert!(
         status.contains("localhost") && status.contains(&ip2),
@@ -162,21 +109,21 @@ fn add_brick_rebalance_and_remove_brick_across_machines() {
     check_all(&mnt, &files);
 
     // remove-brick of n1's brick, from n2: its files go to n2's bricks.
-    ok(&lab, "n2", &["volume", "remove-brick", "gv", &a1, "start"]);
+    lab_ok(&lab, "n2", &["volume", "remove-brick", "gv", &a1, "start"]);
     wait_completed(
         &lab,
         "n2",
         &["volume", "remove-brick", "gv", &a1, "status"],
         1,
     );
-    ok(&lab, "n2", &["volume", "remove-brick", "gv", &a1, "commit"]);
+    lab_ok(&lab, "n2", &["volume", "remove-brick", "gv", &a1, "commit"]);
     assert!(files_on(&b1).is_empty(), "{:?}", files_on(&b1));
-    let info = ok(&lab, "n1", &["volume", "info", "gv"]);
+    let info = lab_ok(&lab, "n1", &["volume", "info", "gv"]);
     assert!(
         info.contains("Number of Bricks: 2") && !info.contains(&a1),
         "{info}"
     );
     std::thread::sleep(Duration::from_secs(5));
     check_all(&mnt, &files);
-    ok(&lab, "n3", &["umount", m]);
+    lab_ok(&lab, "n3", &["umount", m]);
 }

@@ -4,44 +4,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::storage::*;
 use nuage_lab::Lab;
 
 const NUAGE: &str = env!("CARGO_BIN_EXE_nuage");
-
-fn run_in(lab: &Lab, machine: &str, args: &[&str]) -> Output {
-    lab.exec(machine, NUAGE, args)
-        .expect("run nuage in the lab")
-}
-
-fn ok(lab: &Lab, machine: &str, args: &[&str]) -> String {
-    let out = run_in(lab, machine, args);
-    assert!(
-        out.status.success(),
-        "nuage {args:?} on {machine}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn err(lab: &Lab, machine: &str, args: &[&str]) -> String {
-    let out = run_in(lab, machine, args);
-    assert_eq!(out.status.code(), Some(1), "nuage {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Unmounts (lazily) even when the test fails midway, so no dead mount is left behind.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
 
 #[test]
 fn a_distributed_volume_over_two_machines_mounted_on_a_third() {
@@ -51,15 +20,15 @@ fn a_distributed_volume_over_two_machines_mounted_on_a_third() {
     let (ip1, ip2) = (ip("n1"), ip("n2"));
 
     // The pool: probe from n1; both members see each other.
-    let out = ok(&lab, "n1", &["peer", "probe", &ip2]);
+    let out = lab_ok(&lab, "n1", &["peer", "probe", &ip2]);
     assert!(out.contains("peer probe: success"), "{out}");
-    let status = ok(&lab, "n2", &["peer", "status"]);
+    let status = lab_ok(&lab, "n2", &["peer", "status"]);
     assert!(status.contains("Number of Peers: 1"), "{status}");
     assert!(
         status.contains(&ip1) && status.contains("Connected"),
         "{status}"
     );
-    let pool = ok(&lab, "n1", &["pool", "list"]);
+    let pool = lab_ok(&lab, "n1", &["pool", "list"]);
     assert!(pool.contains(&ip2) && pool.contains("localhost"), "{pool}");
 
     // Bricks on both machines (their own directories on this host's file system).
@@ -68,7 +37,7 @@ fn a_distributed_volume_over_two_machines_mounted_on_a_third() {
     let b2 = dir.path().join("n2-brick");
     std::fs::create_dir(&b1).unwrap();
     std::fs::create_dir(&b2).unwrap();
-    let e = err(
+    let e = lab_refused(
         &lab,
         "n1",
         &[
@@ -80,7 +49,7 @@ fn a_distributed_volume_over_two_machines_mounted_on_a_third() {
         ],
     );
     assert!(e.contains("peer probe"), "{e}");
-    let out = ok(
+    let out = lab_ok(
         &lab,
         "n1",
         &[
@@ -94,16 +63,16 @@ fn a_distributed_volume_over_two_machines_mounted_on_a_third() {
     );
     assert!(out.contains("success"), "{out}");
     // The definition is on every member: start it from the other one.
-    let info = ok(&lab, "n2", &["volume", "info", "gv0"]);
+    let info = lab_ok(&lab, "n2", &["volume", "info", "gv0"]);
     assert!(
         info.contains(&format!("Brick2: {ip2}:{}", b2.display())),
         "{info}"
     );
-    ok(&lab, "n2", &["volume", "start", "gv0"]);
-    let status = ok(&lab, "n1", &["volume", "status", "gv0"]);
+    lab_ok(&lab, "n2", &["volume", "start", "gv0"]);
+    let status = lab_ok(&lab, "n1", &["volume", "status", "gv0"]);
     assert_eq!(status.matches(" Y ").count(), 2, "{status}");
     // A member holding bricks cannot leave.
-    let e = err(&lab, "n1", &["peer", "detach", &ip2]);
+    let e = lab_refused(&lab, "n1", &["peer", "detach", &ip2]);
     assert!(e.contains("hosts one or more bricks"), "{e}");
 
     // The client machine mounts from either member.
@@ -111,7 +80,7 @@ fn a_distributed_volume_over_two_machines_mounted_on_a_third() {
     std::fs::create_dir(&mnt).unwrap();
     let _unmount = Unmount(mnt.clone());
     let m = mnt.to_str().unwrap();
-    ok(
+    lab_ok(
         &lab,
         "n3",
         &["mount", "--ping-timeout", "5", &format!("{ip2}:/gv0"), m],
@@ -200,11 +169,11 @@ fn a_distributed_volume_over_two_machines_mounted_on_a_third() {
         "{:?}",
         started.elapsed()
     );
-    ok(&lab, "n3", &["umount", m]);
+    lab_ok(&lab, "n3", &["umount", m]);
 
     // A lost member can be forced out of the pool.
-    let out = ok(&lab, "n1", &["peer", "detach", &ip2, "force"]);
+    let out = lab_ok(&lab, "n1", &["peer", "detach", &ip2, "force"]);
     assert!(out.contains("peer detach: success"), "{out}");
-    let status = ok(&lab, "n1", &["peer", "status"]);
+    let status = lab_ok(&lab, "n1", &["peer", "status"]);
     assert!(status.contains("Number of Peers: 0"), "{status}");
 }

@@ -6,10 +6,11 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::storage::*;
 use nuage_lab::Lab;
 
 const NUAGE: &str = env!("CARGO_BIN_EXE_nuage");
@@ -20,30 +21,6 @@ fn write_mib() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024)
-}
-
-fn run_in(lab: &Lab, machine: &str, args: &[&str]) -> Output {
-    lab.exec(machine, NUAGE, args)
-        .expect("run nuage in the lab")
-}
-
-fn ok(lab: &Lab, machine: &str, args: &[&str]) -> String {
-    let out = run_in(lab, machine, args);
-    assert!(
-        out.status.success(),
-        "nuage {args:?} on {machine}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
 }
 
 /// The i-th MiB of the test file: not all zeros, different for every MiB.
@@ -96,11 +73,11 @@ fn replica_write_survives(fault: Fault) {
     lab.start_nodes(Path::new(NUAGE)).expect("nodes");
     let ip = |m: &str| lab.addr(m).unwrap().to_string();
     let (ip1, ip2) = (ip("n1"), ip("n2"));
-    ok(&lab, "n1", &["peer", "probe", &ip2]);
+    lab_ok(&lab, "n1", &["peer", "probe", &ip2]);
     let dir = tempfile::tempdir().unwrap();
     let b1 = dir.path().join("n1-brick");
     let b2 = dir.path().join("n2-brick");
-    let out = ok(
+    let out = lab_ok(
         &lab,
         "n1",
         &[
@@ -116,16 +93,16 @@ fn replica_write_survives(fault: Fault) {
     );
     assert!(out.contains("success"), "{out}");
     // Heal only when asked (the daemon's first pass is at start).
-    ok(
+    lab_ok(
         &lab,
         "n1",
         &["volume", "set", "rv", "cluster.heal-timeout", "86400"],
     );
-    ok(&lab, "n1", &["volume", "start", "rv"]);
+    lab_ok(&lab, "n1", &["volume", "start", "rv"]);
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let _unmount = Unmount(mnt.clone());
-    ok(
+    lab_ok(
         &lab,
         "n3",
         &[
@@ -169,16 +146,16 @@ fn replica_write_survives(fault: Fault) {
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let s = ok(&lab, "n1", &["volume", "status", "rv"]);
+        let s = lab_ok(&lab, "n1", &["volume", "status", "rv"]);
         if s.matches(" Y ").count() == 2 {
             break;
         }
         assert!(Instant::now() < deadline, "n2's brick not back: {s}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    let info = ok(&lab, "n1", &["volume", "heal", "rv", "info"]);
+    let info = lab_ok(&lab, "n1", &["volume", "heal", "rv", "info"]);
     assert!(info.contains("/big"), "{info}");
-    let out = ok(&lab, "n1", &["volume", "heal", "rv"]);
+    let out = lab_ok(&lab, "n1", &["volume", "heal", "rv"]);
     assert!(out.contains("Entries still needing heal: 0"), "{out}");
     assert_eq!(sha256(Some(&b1.join("big"))), want, "first copy after heal");
     assert_eq!(
@@ -186,14 +163,14 @@ fn replica_write_survives(fault: Fault) {
         want,
         "second copy after heal"
     );
-    let info = ok(&lab, "n1", &["volume", "heal", "rv", "info"]);
+    let info = lab_ok(&lab, "n1", &["volume", "heal", "rv", "info"]);
     assert_eq!(info.matches("Number of entries: 0").count(), 2, "{info}");
     assert_eq!(
         sha256(Some(&mnt.join("big"))),
         want,
         "read through the mount"
     );
-    ok(&lab, "n3", &["umount", mnt.to_str().unwrap()]);
+    lab_ok(&lab, "n3", &["umount", mnt.to_str().unwrap()]);
 }
 
 #[test]
