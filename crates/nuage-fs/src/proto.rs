@@ -25,7 +25,7 @@ use crate::layout::DirLayout;
 use crate::markers::{AfrDelta, AfrState};
 
 /// Version of this protocol; a brick refuses a client of another version.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Sent in `Hello`, so a stray connection from another program is refused at once.
 pub const MAGIC: [u8; 4] = *b"NUFS";
 /// Bytes of a frame header.
@@ -348,6 +348,15 @@ pub enum Op {
         length: u64,
         block: u32,
     },
+    /// Fences a file for a rebalance move (brick/fence.rs): EBUSY if it is open on this
+    /// brick; until `Unfence` (or this connection ends), other connections' opens and
+    /// changes of it wait.
+    Fence {
+        gfid: Gfid,
+    },
+    Unfence {
+        gfid: Gfid,
+    },
 }
 
 impl Op {
@@ -385,6 +394,8 @@ impl Op {
             Op::IndexList { .. } => "indexlist",
             Op::Path { .. } => "path",
             Op::Checksum { .. } => "checksum",
+            Op::Fence { .. } => "fence",
+            Op::Unfence { .. } => "unfence",
         }
     }
 }
@@ -766,6 +777,8 @@ mod tests {
                 length: 1 << 20,
                 block: 128 << 10,
             },
+            Op::Fence { gfid: g },
+            Op::Unfence { gfid: g },
         ];
         for op in ops {
             round_trip_op(op);

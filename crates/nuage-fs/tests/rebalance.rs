@@ -506,3 +506,122 @@ async fn names_in_a_directory_the_new_subvolume_lacks_are_found() {
     assert_eq!(vol.lookup(e.gfid, b"new").await.unwrap().gfid, f.gfid);
     stop.cancel();
 }
+
+/// Writers that keep opening, appending to, syncing and closing the files a rebalance is
+/// moving lose nothing: a move either sees the file open and skips it, or fences it, and
+/// an open that comes during the last steps of the move waits, then reaches the file at
+/// its new place. The mover is told nothing of local bricks here, so the brick's fence is
+/// the only thing that can keep a write from landing on a copy about to be removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writers_racing_a_rebalance_lose_no_acknowledged_write() {
+    const WRITERS: usize = 4;
+    let stop = CancellationToken::new();
+    let b = bricks(3, &stop).await;
+    let small = spec(&b.specs[..2], 1, 1);
+    let vol: Arc<Volume> = Volume::connect(small.clone(), "t", Duration::from_secs(10))
+        .await
+        .unwrap();
+    // Only files whose names hash to the new subvolume: each one of them moves.
+    let hashed = nuage_fs::layout::Layout::even(&[0, 1, 2], Gfid::ROOT, 2, false);
+    let names: Vec<String> = (0..400)
+        .map(|i| format!("w{i}"))
+        .filter(|n| hashed.hashed(n.as_bytes()) == Some(2))
+        .take(48)
+        .collect();
+    let mut expected = std::collections::HashMap::new();
+    for name in &names {
+        make_file(&vol, name, &content(name)).await;
+        expected.insert(name.clone(), content(name));
+    }
+    let grown = spec(&b.specs, 2, 2);
+    let crawler = Crawler::new(grown.clone(), "rebalancer").unwrap();
+    crawler
+        .fix_layout(&stop, &Counters::default())
+        .await
+        .unwrap();
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let mine: Vec<(String, Vec<u8>)> = names
+            .iter()
+            .skip(w)
+            .step_by(WRITERS)
+            .map(|n| (n.clone(), expected[n].clone()))
+            .collect();
+        let client = Volume::connect(grown.clone(), &format!("w{w}"), Duration::from_secs(10))
+            .await
+            .unwrap();
+        let done = done.clone();
+        writers.push(tokio::spawn(async move {
+            let mut mine = mine;
+            let mut round = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || round == 0 {
+                for (name, data) in &mut mine {
+                    let g = client
+                        .lookup(Gfid::ROOT, name.as_bytes())
+                        .await
+                        .unwrap()
+                        .gfid;
+                    let f = client.open(g, libc::O_RDWR).await.unwrap();
+                    let record = format!("[{name} round {round}]").into_bytes();
+                    client
+                        .write(f, data.len() as u64, record.clone())
+                        .await
+                        .unwrap();
+                    client.fsync(f, false).await.unwrap();
+                    client.release(f).await.unwrap();
+                    // Acknowledged by fsync: it must be there in the end.
+                    data.extend_from_slice(&record);
+                }
+                round += 1;
+                // Now and then, every file of this writer closed for a while.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (mine, round)
+        }));
+    }
+    // Passes until every file has moved (a pass skips the files open at that moment).
+    let c = Counters::default();
+    let none: Vec<Option<std::path::PathBuf>> = vec![None; 3];
+    let mut passes = 0;
+    while placement(&b.dirs).values().any(|brick| *brick != 2) {
+        passes += 1;
+        assert!(passes <= 200, "files still unmoved after 200 passes");
+        crawler.migrate(&[0, 1, 2], &none, &stop, &c).await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut rounds = 0;
+    for w in writers {
+        let (mine, r) = w.await.unwrap();
+        rounds += r;
+        for (name, data) in mine {
+            expected.insert(name, data);
+        }
+    }
+    let p = c.snapshot();
+    assert_eq!(p.failed, 0, "{p:?}");
+    assert_eq!(p.moved, names.len() as u64, "{p:?}");
+
+    // A client that knows nothing reads every file: each acknowledged write is there.
+    let reader: Arc<Volume> = Volume::connect(grown, "reader", Duration::from_secs(10))
+        .await
+        .unwrap();
+    for name in &names {
+        let g = reader
+            .lookup(Gfid::ROOT, name.as_bytes())
+            .await
+            .unwrap()
+            .gfid;
+        let got = read_all(&reader, g).await;
+        assert!(
+            got == expected[name],
+            "{name}: {} bytes, {} expected ({p:?}, {passes} passes, {rounds} rounds)",
+            got.len(),
+            expected[name].len()
+        );
+    }
+    let after = placement(&b.dirs);
+    assert_eq!(after.len(), names.len(), "each file on exactly one brick");
+    stop.cancel();
+}

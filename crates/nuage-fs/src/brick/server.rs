@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::brick::fence::{Fences, OpenMark};
 use crate::brick::locks::{Acquire, ConnId, Contention, LockTable, MAX_LOCK_WAIT};
 use crate::brick::store::{BrickIdentity, Store};
 use crate::proto::{
@@ -83,6 +84,7 @@ pub struct Brick {
     store: Arc<Store>,
     identity: BrickIdentity,
     locks: LockTable,
+    fences: Arc<Fences>,
     conns: Mutex<HashMap<ConnId, mpsc::Sender<Vec<u8>>>>,
     next_conn: AtomicU64,
     limit: Arc<Semaphore>,
@@ -94,6 +96,7 @@ impl Brick {
             store: Arc::new(store),
             identity,
             locks: LockTable::default(),
+            fences: Arc::default(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             limit: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
@@ -154,6 +157,7 @@ impl Brick {
 
     fn connection_closed(&self, id: ConnId) {
         self.conns.lock().expect("conns").remove(&id);
+        self.fences.release_all(id);
         let notes = self.locks.release_all(id);
         self.tell(notes);
     }
@@ -342,31 +346,110 @@ impl Brick {
                 self.tell(note);
                 (Ok(Reply::Done), Vec::new())
             }
-            op => match how_to_run(&op) {
-                // A thread handoff there and back costs more than these calls.
-                Run::Inline => self.execute_blocking(conn, files, op, data),
-                Run::InPlace
-                    if tokio::runtime::Handle::current().runtime_flavor()
-                        == tokio::runtime::RuntimeFlavor::MultiThread =>
-                {
-                    tokio::task::block_in_place(|| self.execute_blocking(conn, files, op, data))
-                }
-                Run::InPlace | Run::Pool => {
-                    let brick = self.clone();
-                    let files = files.clone();
-                    match tokio::task::spawn_blocking(move || {
-                        brick.execute_blocking(conn, &files, op, data)
-                    })
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(e) => {
-                            tracing::error!("brick request panicked: {e}");
-                            (Err(Errno(libc::EIO)), Vec::new())
+            Op::Fence { gfid } => (
+                self.fences.fence(gfid, conn).map(|()| Reply::Done),
+                Vec::new(),
+            ),
+            Op::Unfence { gfid } => {
+                self.fences.unfence(gfid, conn);
+                (Ok(Reply::Done), Vec::new())
+            }
+            Op::Open { gfid, flags } => {
+                // Counted open before the fence check can change: see brick/fence.rs.
+                let r = match self.fences.open(gfid, conn).await {
+                    Ok(mark) => self
+                        .store
+                        .open_file(&gfid, flags)
+                        .and_then(|f| files.insert(f, mark))
+                        .map(|fd| Reply::Opened { fd }),
+                    Err(e) => Err(e),
+                };
+                (r, Vec::new())
+            }
+            op => {
+                if self.fences.any() {
+                    for g in self.changed_files(&op) {
+                        if let Err(e) = self.fences.admit(g, conn).await {
+                            return (Err(e), Vec::new());
                         }
                     }
                 }
-            },
+                self.run(conn, files, op, data).await
+            }
+        }
+    }
+
+    /// The existing files a request would change (rebalance fences hold such requests).
+    /// Names are resolved here, only while some file is fenced.
+    fn changed_files(&self, op: &Op) -> Vec<crate::gfid::Gfid> {
+        let named = |parent: &crate::gfid::Gfid, name: &[u8]| {
+            self.store
+                .lookup(parent, name)
+                .ok()
+                .and_then(|e| e.meta.gfid)
+        };
+        match op {
+            Op::Setattr { target, .. }
+            | Op::Write { target, .. }
+            | Op::Fallocate { target, .. } => vec![target.gfid],
+            Op::Setxattr { gfid, .. }
+            | Op::Removexattr { gfid, .. }
+            | Op::Xattrop { gfid, .. }
+            | Op::SetMeta { gfid, .. }
+            | Op::Link { gfid, .. } => vec![*gfid],
+            Op::Unlink { gfid: Some(g), .. } => vec![*g],
+            Op::Unlink {
+                parent,
+                name,
+                gfid: None,
+                ..
+            } => named(parent, name).into_iter().collect(),
+            Op::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                ..
+            } => named(parent, name)
+                .into_iter()
+                .chain(named(new_parent, new_name))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Runs a request where its kind says (see [`Run`]).
+    async fn run(
+        self: Arc<Self>,
+        conn: ConnId,
+        files: &Arc<OpenFiles>,
+        op: Op,
+        data: Vec<u8>,
+    ) -> (Result<Reply, Errno>, Vec<u8>) {
+        match how_to_run(&op) {
+            // A thread handoff there and back costs more than these calls.
+            Run::Inline => self.execute_blocking(conn, files, op, data),
+            Run::InPlace
+                if tokio::runtime::Handle::current().runtime_flavor()
+                    == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(|| self.execute_blocking(conn, files, op, data))
+            }
+            Run::InPlace | Run::Pool => {
+                let brick = self.clone();
+                let files = files.clone();
+                match tokio::task::spawn_blocking(move || {
+                    brick.execute_blocking(conn, &files, op, data)
+                })
+                .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!("brick request panicked: {e}");
+                        (Err(Errno(libc::EIO)), Vec::new())
+                    }
+                }
+            }
         }
     }
 
@@ -383,7 +466,11 @@ impl Brick {
             Ok(match op {
                 Op::Hello { .. } => return Err(Errno(libc::EPROTO)),
                 Op::Ping => Reply::Pong,
-                Op::Lock { .. } | Op::Unlock { .. } => unreachable!("handled by execute"),
+                Op::Lock { .. }
+                | Op::Unlock { .. }
+                | Op::Fence { .. }
+                | Op::Unfence { .. }
+                | Op::Open { .. } => unreachable!("handled by execute"),
                 Op::Lookup { parent, name } => Reply::Entry(s.lookup(&parent, &name)?),
                 Op::Stat { gfid, fd } => {
                     let f = files.get_opt(fd)?;
@@ -404,7 +491,7 @@ impl Brick {
                     let (entry, file) =
                         s.mknod(&parent, &name, &gfid, &obj, &parent_op, check_epoch)?;
                     let fd = match (obj.open, file) {
-                        (Some(_), Some(f)) => Some(files.insert(f)?),
+                        (Some(_), Some(f)) => Some(files.insert(f, self.fences.created(gfid))?),
                         _ => None,
                     };
                     if obj.lock {
@@ -487,12 +574,7 @@ impl Brick {
                         &op,
                     )?)
                 }
-                Op::Open { gfid, flags } => {
-                    let f = s.open_file(&gfid, flags)?;
-                    Reply::Opened {
-                        fd: files.insert(f)?,
-                    }
-                }
+
                 Op::Close { fd } => {
                     files.remove(fd)?;
                     Reply::Done
@@ -616,21 +698,22 @@ impl Brick {
     }
 }
 
-/// The files a connection holds open, by handle.
+/// The files a connection holds open, by handle, each counted open (for fences) while
+/// it is in the table.
 #[derive(Default)]
 struct OpenFiles {
-    map: Mutex<HashMap<u64, Arc<File>>>,
+    map: Mutex<HashMap<u64, (Arc<File>, OpenMark)>>,
     next: AtomicU64,
 }
 
 impl OpenFiles {
-    fn insert(&self, f: File) -> Result<u64, Errno> {
+    fn insert(&self, f: File, mark: OpenMark) -> Result<u64, Errno> {
         let mut map = self.map.lock().expect("open files");
         if map.len() >= MAX_OPEN_FILES {
             return Err(Errno(libc::EMFILE));
         }
         let h = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        map.insert(h, Arc::new(f));
+        map.insert(h, (Arc::new(f), mark));
         Ok(h)
     }
 
@@ -651,8 +734,7 @@ impl OpenFiles {
                 .lock()
                 .expect("open files")
                 .get(&h)
-                .cloned()
-                .map(Some)
+                .map(|(f, _)| Some(f.clone()))
                 .ok_or(Errno(libc::EBADF)),
         }
     }

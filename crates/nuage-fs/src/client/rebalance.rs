@@ -13,11 +13,14 @@
 //! 1. on `to`, a new file with the same id under a temporary name, marked as a link
 //!    file to `from` (so listings skip it and lookups that meet it go to `from`);
 //! 2. the data, the user's extended attributes, owner and times are copied into it;
-//! 3. if the source changed meanwhile, or is open, the copy is dropped (skipped);
+//! 3. the source is fenced (brick/fence.rs: refused if it is open; from then on, other
+//!    connections' opens and changes of it wait); if it changed meanwhile, or is open,
+//!    the copy is dropped (skipped);
 //! 4. it is renamed over the name on `to` (replacing a link file there): lookups that
 //!    hash to `to` meet a link file to `from`, still right;
 //! 5. its mode is set to the source's: it is a plain file now, the data's new home;
-//! 6. the name is removed from `from`.
+//! 6. the name is removed from `from`, and the fence lifted: the requests it held find
+//!    the old copy gone and look the file up again, at its new place.
 //!
 //! Symbolic links and special files are made again on `to` and removed from `from`.
 //! Files with several hard links are skipped (counted), as are files open on `from`.
@@ -508,7 +511,13 @@ impl Crawler {
                 datasync: false,
             })
             .await?;
-            // 3. Unchanged and not open meanwhile?
+            // 3. Fenced (not open on the source, and nobody may open or change it until
+            // the move ends: brick/fence.rs), and unchanged since it was listed?
+            match src.req(Op::Fence { gfid: g }).await {
+                Ok(_) => {}
+                Err(Errno(libc::EBUSY)) => return Ok(Moved::Skipped("opened while being copied")),
+                Err(e) => return Err(e),
+            }
             let now = match src.req(Op::Stat { gfid: g, fd: None }).await? {
                 Reply::Entry(n) => n,
                 _ => return Err(Errno(libc::EIO)),
@@ -520,21 +529,39 @@ impl Crawler {
             {
                 return Ok(Moved::Skipped("changed while being copied"));
             }
-            if open_here(local.as_deref(), g) {
-                return Ok(Moved::Skipped("opened while being copied"));
-            }
             Ok(Moved::Done(bytes))
         }
         .await;
         let _ = dst.req(Op::Close { fd: wfd }).await;
         if !matches!(result, Ok(Moved::Done(_))) {
+            let _ = src.req(Op::Unfence { gfid: g }).await;
             let _ = self.drop_temp(dir, &tmp, g, to).await;
             return result;
         }
+        let switched = self.switch(dir, name, e, g, &tmp, from, to).await;
+        // Requests held by the fence now go on: they find the old copy gone and the
+        // client looks the file up again, at its new place.
+        let _ = src.req(Op::Unfence { gfid: g }).await;
+        switched.map(|()| Moved::Done(e.attr.size))
+    }
+
+    /// Steps 4 to 6 of a move: the new copy takes the name, and the old one goes.
+    #[allow(clippy::too_many_arguments)]
+    async fn switch(
+        &self,
+        dir: Gfid,
+        name: &[u8],
+        e: &Entry,
+        g: Gfid,
+        tmp: &[u8],
+        from: u32,
+        to: u32,
+    ) -> Res<()> {
+        let (src, dst) = (self.sv(from), self.sv(to));
         // 4. Over the name on the hashed subvolume (a link file there, if any).
         dst.req(Op::Rename {
             parent: dir,
-            name: tmp.clone(),
+            name: tmp.to_vec(),
             new_parent: dir,
             new_name: name.to_vec(),
             flags: 0,
@@ -568,7 +595,7 @@ impl Crawler {
             parent_op: None,
         })
         .await?;
-        Ok(Moved::Done(e.attr.size))
+        Ok(())
     }
 
     async fn drop_temp(&self, dir: Gfid, tmp: &[u8], g: Gfid, to: u32) -> Res<()> {

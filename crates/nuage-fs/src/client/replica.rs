@@ -210,7 +210,40 @@ impl Replica {
             | Op::Xattrop { .. }
             | Op::Lock { .. }
             | Op::Unlock { .. } => self.change(op, data, Vec::new()).await,
+            Op::Fence { gfid } => {
+                let g = *gfid;
+                self.fence(g).await
+            }
+            Op::Unfence { gfid } => {
+                let (g, all): (Gfid, Vec<usize>) = (*gfid, (0..self.n()).collect());
+                self.fan(&all, |_| Some(Op::Unfence { gfid: g }), &[]).await;
+                Ok((Reply::Done, Vec::new()))
+            }
         }
+    }
+
+    /// Fences a file on every copy that is up, all or none: if a copy refuses (the file
+    /// is open there), the copies that granted it are unfenced and the refusal returned.
+    async fn fence(&self, g: Gfid) -> Res<(Reply, Vec<u8>)> {
+        let up = self.up().await;
+        if up.is_empty() {
+            return Err(Errno(libc::ENOTCONN));
+        }
+        let answers = self.fan(&up, |_| Some(Op::Fence { gfid: g }), &[]).await;
+        let refusal = answers.iter().find_map(|(_, r)| r.as_ref().err().copied());
+        let refusal = match refusal {
+            None if answers.len() == up.len() => return Ok((Reply::Done, Vec::new())),
+            None => Errno(libc::EIO),
+            Some(e) => e,
+        };
+        let granted: Vec<usize> = answers
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(i, _)| *i)
+            .collect();
+        self.fan(&granted, |_| Some(Op::Unfence { gfid: g }), &[])
+            .await;
+        Err(refusal)
     }
 
     /// The copies that are up (connected now, or reachable when tried), in set order.

@@ -299,3 +299,102 @@ async fn locks_pass_between_connections_and_die_with_them() {
     b.stop.cancel();
     b.task.await.unwrap();
 }
+
+/// The rebalance fence over the wire: refused while the file is open; then other
+/// connections' opens and changes of the file wait until the fence goes (and find the
+/// file gone, as after a move); a fence dies with its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_holds_other_connections_opens_and_changes_until_it_goes() {
+    let b = start_brick().await;
+    let (user, mover) = (
+        conn(&b.addr, 3, DEFAULT_PING_TIMEOUT),
+        conn(&b.addr, 3, DEFAULT_PING_TIMEOUT),
+    );
+    let create = |name: &'static [u8], g: Gfid| Op::Mknod {
+        parent: Gfid::ROOT,
+        name: name.to_vec(),
+        gfid: g,
+        obj: new_file(),
+        parent_op: None,
+        check_epoch: None,
+    };
+    let g = Gfid::random();
+    let Reply::Created { fd: Some(fd), .. } = user.req(create(b"moving", g)).await.unwrap() else {
+        panic!("expected an open file")
+    };
+    assert_eq!(
+        mover.req(Op::Fence { gfid: g }).await,
+        Err(Errno(libc::EBUSY)),
+        "an open file cannot be fenced"
+    );
+    user.req(Op::Close { fd }).await.unwrap();
+    mover.req(Op::Fence { gfid: g }).await.unwrap();
+
+    let held_open = tokio::spawn({
+        let user = user.clone();
+        async move {
+            user.req(Op::Open {
+                gfid: g,
+                flags: libc::O_RDWR,
+            })
+            .await
+        }
+    });
+    let held_chmod = tokio::spawn({
+        let user = user.clone();
+        async move {
+            user.req(Op::Setattr {
+                target: Target { gfid: g, fd: None },
+                set: crate::proto::SetAttr {
+                    mode: Some(0o600),
+                    ..Default::default()
+                },
+                op: None,
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held_open.is_finished(), "an open went through the fence");
+    assert!(!held_chmod.is_finished(), "a change went through the fence");
+    // The fence's holder is not held: the old copy goes, then the fence.
+    user.req(Op::Stat { gfid: g, fd: None }).await.unwrap();
+    mover
+        .req(Op::Unlink {
+            parent: Gfid::ROOT,
+            name: b"moving".to_vec(),
+            gfid: Some(g),
+            parent_op: None,
+        })
+        .await
+        .unwrap();
+    mover.req(Op::Unfence { gfid: g }).await.unwrap();
+    for held in [held_open, held_chmod] {
+        let r = held.await.unwrap();
+        assert!(
+            matches!(r, Err(Errno(libc::ENOENT | libc::ESTALE))),
+            "after the move: {r:?}"
+        );
+    }
+
+    // A fence goes with its connection.
+    let h = Gfid::random();
+    let Reply::Created { fd: Some(fd), .. } = user.req(create(b"other", h)).await.unwrap() else {
+        panic!("expected an open file")
+    };
+    user.req(Op::Close { fd }).await.unwrap();
+    mover.req(Op::Fence { gfid: h }).await.unwrap();
+    mover.disconnect().await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        user.req(Op::Open {
+            gfid: h,
+            flags: libc::O_RDONLY,
+        }),
+    )
+    .await
+    .expect("the fence outlived its connection");
+    assert!(matches!(r, Ok(Reply::Opened { .. })), "{r:?}");
+    b.stop.cancel();
+    let _ = b.task.await;
+}
