@@ -14,111 +14,7 @@ use nuage_group::client::{
 };
 use nuage_group::wire::{self, code, service};
 
-/// A daemon alone in its configuration, on a free port, with its sockets in a temp dir.
-struct Daemon {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Daemon {
-    fn start(extra_conf: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let conf = dir.path().join("spread.conf");
-        std::fs::write(
-            &conf,
-            format!("Spread_Segment 127.0.0.255:{port} {{\n  d1 127.0.0.1\n}}\n{extra_conf}"),
-        )
-        .unwrap();
-        let mut child = common::nuage()
-            .args(["group", "daemon", "-c"])
-            .arg(&conf)
-            .arg("--runtime-dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("group daemon `d1`"), "{line}");
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Daemon {
-            child,
-            port,
-            dir,
-            stderr,
-        }
-    }
-
-    fn opts(&self) -> ConnectOptions {
-        ConnectOptions {
-            runtime_dir: Some(self.dir.path().to_path_buf()),
-            ..ConnectOptions::default()
-        }
-    }
-
-    /// A client over the Unix socket.
-    fn unix(&self, name: &str) -> Mailbox {
-        Mailbox::connect(&self.port.to_string(), name, &self.opts()).unwrap()
-    }
-
-    /// A client over TCP.
-    fn tcp(&self, name: &str) -> Mailbox {
-        Mailbox::connect(&format!("{}@127.0.0.1", self.port), name, &self.opts()).unwrap()
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join(self.port.to_string())
-    }
-
-    fn log_contains(&self, what: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.stderr.lock().unwrap().contains(what) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
+use common::group::{Daemon, free_port};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -669,30 +565,20 @@ impl Trio {
     }
 
     fn spawn(&self, i: usize) -> Child {
-        let mut child = common::nuage()
-            .args([
-                "group",
-                "daemon",
-                "-l",
-                "n",
-                "-n",
-                &format!("d{}", i + 1),
-                "-c",
-            ])
-            .arg(&self.conf)
-            .arg("--runtime-dir")
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("group daemon"), "{line}");
-        child
+        let mut cmd = common::nuage();
+        cmd.args([
+            "group",
+            "daemon",
+            "-l",
+            "n",
+            "-n",
+            &format!("d{}", i + 1),
+            "-c",
+        ])
+        .arg(&self.conf)
+        .arg("--runtime-dir")
+        .arg(self.dir.path());
+        common::group::spawn_ready(cmd, Stdio::null())
     }
 
     fn client(&self, i: usize, name: &str) -> Mailbox {

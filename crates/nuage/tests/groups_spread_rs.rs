@@ -7,62 +7,18 @@
 mod common;
 mod spread_rs;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use nuage_group::client::blocking::Mailbox;
 use nuage_group::client::{Cause, ConnectOptions, Membership, MembershipKind, Received, Service};
 
+use common::group::Daemon;
+
 const WAIT: Duration = Duration::from_secs(10);
 /// Spread's service bits, as spread-rs sees them after its own byte-order handling.
 const RELIABLE_MESS: u32 = 0x2;
 const AGREED_MESS: u32 = 0x10;
-
-struct Daemon {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        common::signal(&self.child, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
-fn start_daemon() -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = dir.path().join("spread.conf");
-    std::fs::write(
-        &conf,
-        format!("Spread_Segment 127.0.0.255:{port} {{\n  d1 127.0.0.1\n}}\n"),
-    )
-    .unwrap();
-    let mut child = common::nuage()
-        .args(["group", "daemon", "-c"])
-        .arg(&conf)
-        .arg("--runtime-dir")
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("group daemon `d1`"), "{line}");
-    Daemon { child, port, dir }
-}
 
 fn membership(mb: &Mailbox) -> Membership {
     match mb.receive_timeout(WAIT).unwrap().expect("within 10 s") {
@@ -93,7 +49,7 @@ fn unpad(s: &str) -> &str {
 
 #[test]
 fn an_independent_spread_client_joins_sends_receives_leaves_and_disconnects() {
-    let d = start_daemon();
+    let d = Daemon::start("");
     let opts = ConnectOptions {
         runtime_dir: Some(d.dir.path().to_path_buf()),
         ..ConnectOptions::default()

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod group;
 pub mod storage;
 
 use std::io::{BufRead, BufReader, Read, Write};
