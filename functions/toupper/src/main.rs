@@ -11,7 +11,12 @@
 //! vm 4242 BONJOUR12
 //! ```
 
-use std::io::{self, BufRead, Write};
+#[path = "../../fgets.rs"]
+mod fgets;
+
+use std::io::{self, Write};
+
+use fgets::read_piece;
 use std::time::Duration;
 
 /// Size of the line buffer, newline included (nuage's default line limit).
@@ -62,32 +67,6 @@ fn main() {
     }
 }
 
-/// Reads up to `max` bytes, stopping after a newline, like `fgets`. Returns 0 at end of
-/// input.
-fn read_piece(input: &mut impl BufRead, out: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-    while out.len() < max {
-        let available = match input.fill_buf() {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if available.is_empty() {
-            break;
-        }
-        let room = max - out.len();
-        let take = match available.iter().take(room).position(|&b| b == b'\n') {
-            Some(i) => i + 1,
-            None => available.len().min(room),
-        };
-        out.extend_from_slice(&available[..take]);
-        input.consume(take);
-        if out.last() == Some(&b'\n') {
-            break;
-        }
-    }
-    Ok(out.len())
-}
-
 /// This machine's hostname (of its UTS namespace), without libc.
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -95,28 +74,4 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pieces_stop_at_newline_or_buffer() {
-        let mut input: &[u8] = b"ab\ncdefg\nh";
-        let mut out = Vec::new();
-        assert_eq!(read_piece(&mut input, &mut out, 4).unwrap(), 3);
-        assert_eq!(out, b"ab\n");
-        out.clear();
-        assert_eq!(read_piece(&mut input, &mut out, 4).unwrap(), 4);
-        assert_eq!(out, b"cdef");
-        out.clear();
-        assert_eq!(read_piece(&mut input, &mut out, 4).unwrap(), 2);
-        assert_eq!(out, b"g\n");
-        out.clear();
-        assert_eq!(read_piece(&mut input, &mut out, 4).unwrap(), 1);
-        assert_eq!(out, b"h");
-        out.clear();
-        assert_eq!(read_piece(&mut input, &mut out, 4).unwrap(), 0);
-    }
 }
