@@ -512,6 +512,8 @@ async fn names_in_a_directory_the_new_subvolume_lacks_are_found() {
 /// an open that comes during the last steps of the move waits, then reaches the file at
 /// its new place. The mover is told nothing of local bricks here, so the brick's fence is
 /// the only thing that can keep a write from landing on a copy about to be removed.
+/// Meanwhile another client looks every name up, again and again: each lookup finds the
+/// file, wherever it is in its move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writers_racing_a_rebalance_lose_no_acknowledged_write() {
     const WRITERS: usize = 4;
@@ -581,6 +583,25 @@ async fn writers_racing_a_rebalance_lose_no_acknowledged_write() {
             (mine, round)
         }));
     }
+    // And a client that only looks the names up, all along: never "no such file".
+    let prober = {
+        let client = Volume::connect(grown.clone(), "prober", Duration::from_secs(10))
+            .await
+            .unwrap();
+        let (names, done) = (names.clone(), done.clone());
+        tokio::spawn(async move {
+            let (mut lookups, mut misses) = (0u64, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for name in &names {
+                    lookups += 1;
+                    if let Err(e) = client.lookup(Gfid::ROOT, name.as_bytes()).await {
+                        misses.push(format!("{name}: {e:?}"));
+                    }
+                }
+            }
+            (lookups, misses)
+        })
+    };
     // Passes until every file has moved (a pass skips the files open at that moment).
     let c = Counters::default();
     let none: Vec<Option<std::path::PathBuf>> = vec![None; 3];
@@ -602,6 +623,12 @@ async fn writers_racing_a_rebalance_lose_no_acknowledged_write() {
     let p = c.snapshot();
     assert_eq!(p.failed, 0, "{p:?}");
     assert_eq!(p.moved, names.len() as u64, "{p:?}");
+    let (lookups, misses) = prober.await.unwrap();
+    assert!(
+        misses.is_empty(),
+        "{} of {lookups} lookups failed: {misses:?}",
+        misses.len()
+    );
 
     // A client that knows nothing reads every file: each acknowledged write is there.
     let reader: Arc<Volume> = Volume::connect(grown, "reader", Duration::from_secs(10))

@@ -637,15 +637,21 @@ impl Volume {
                 Err(Errno(libc::ENOENT))
             }
             Err(Errno(libc::ENOENT)) => {
-                // Not committed: the name may be on any subvolume.
+                // Not committed: the name may be on any subvolume. A file that a rebalance
+                // is moving can be missed by one pass — asked for at its new place before
+                // it arrives, at its old one after it left — so a miss is confirmed by a
+                // second pass over every subvolume: it starts after the old copy was seen
+                // gone, and a mover puts the new copy in place before removing the old.
                 let others: Vec<u32> = self.all().into_iter().filter(|k| *k != hashed).collect();
-                for (k, r) in self.fan_out(&others, op).await {
-                    if let Ok(e) = r.and_then(entry_of) {
-                        if e.attr.is_dir() {
-                            return self.lookup_dir(parent, name, e).await;
-                        }
-                        if !is_linkto(&e) {
-                            return self.found_file(parent, name, k, e).await;
+                for pass in [others, self.all()] {
+                    for (k, r) in self.fan_out(&pass, op).await {
+                        if let Ok(e) = r.and_then(entry_of) {
+                            if e.attr.is_dir() {
+                                return self.lookup_dir(parent, name, e).await;
+                            }
+                            if !is_linkto(&e) {
+                                return self.found_file(parent, name, k, e).await;
+                            }
                         }
                     }
                 }
