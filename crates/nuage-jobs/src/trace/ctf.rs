@@ -21,17 +21,18 @@
 //! line.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::path::Path;
 
 use anyhow::Context;
 
+use super::buffer::{CHUNK_FILL_BYTES, Chunk, ChunkBuf};
 use super::{ProcessInfo, SpanState, clip};
 
 /// Packet magic number (CTF 1.8 §5).
 pub const MAGIC: u32 = 0xC1FC_1FC1;
-/// A packet is written once its events reach this size (or at each flush).
-pub const PACKET_EVENTS_BYTES: usize = 60 << 10;
+/// A packet is closed once its events reach this size (or at each flush).
+pub const PACKET_EVENTS_BYTES: usize = CHUNK_FILL_BYTES;
 /// Bytes of packet header + context.
 pub const PACKET_PREAMBLE_BYTES: usize = 4 + 16 + 4 + 6 * 8;
 /// Event ids.
@@ -168,131 +169,134 @@ fn escape(s: &str) -> String {
         .collect()
 }
 
-/// Writes one process's stream.
-pub struct CtfWriter {
+/// Creates `dir` with its metadata and an empty stream file; returns the stream.
+pub fn create(dir: &Path, info: &ProcessInfo) -> anyhow::Result<CtfFile> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create trace directory {}", dir.display()))?;
+    let mut uuid = [0u8; 16];
+    getrandom::fill(&mut uuid).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
+    uuid[6] = (uuid[6] & 0x0f) | 0x40; // version 4
+    uuid[8] = (uuid[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let meta_path = dir.join("metadata");
+    std::fs::write(&meta_path, metadata(&uuid, info))
+        .with_context(|| format!("cannot write {}", meta_path.display()))?;
+    let stream_path = dir.join(STREAM_FILE);
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&stream_path)
+        .with_context(|| format!("cannot create {}", stream_path.display()))?;
+    Ok(CtfFile { file, uuid, seq: 0 })
+}
+
+/// The stream file of one process: closed chunks of encoded events become packets.
+pub struct CtfFile {
     file: File,
     uuid: [u8; 16],
-    /// Encoded events of the packet being built.
-    events: Vec<u8>,
-    first_ts: u64,
-    last_ts: u64,
     seq: u64,
 }
 
-impl CtfWriter {
-    /// Creates `dir` with its metadata and an empty stream file.
-    pub fn create(dir: &Path, info: &ProcessInfo) -> anyhow::Result<CtfWriter> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create trace directory {}", dir.display()))?;
-        let mut uuid = [0u8; 16];
-        getrandom::fill(&mut uuid).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
-        uuid[6] = (uuid[6] & 0x0f) | 0x40; // version 4
-        uuid[8] = (uuid[8] & 0x3f) | 0x80; // RFC 4122 variant
-        let meta_path = dir.join("metadata");
-        std::fs::write(&meta_path, metadata(&uuid, info))
-            .with_context(|| format!("cannot write {}", meta_path.display()))?;
-        let stream_path = dir.join(STREAM_FILE);
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&stream_path)
-            .with_context(|| format!("cannot create {}", stream_path.display()))?;
-        Ok(CtfWriter {
-            file,
-            uuid,
-            events: Vec::with_capacity(PACKET_EVENTS_BYTES + 1024),
-            first_ts: 0,
-            last_ts: 0,
-            seq: 0,
-        })
-    }
-
-    /// Starts an event at `ts` (clamped so the stream never goes back in time);
-    /// returns the timestamp used.
-    fn header(&mut self, id: u32, ts: u64, pid: u32, tid: u32) -> u64 {
-        let ts = ts.max(self.last_ts);
-        if self.events.is_empty() {
-            self.first_ts = ts;
-        }
-        self.last_ts = ts;
-        self.events.extend_from_slice(&id.to_le_bytes());
-        self.events.extend_from_slice(&ts.to_le_bytes());
-        self.events.extend_from_slice(&(pid as i32).to_le_bytes());
-        self.events.extend_from_slice(&(tid as i32).to_le_bytes());
-        ts
-    }
-
-    fn string(&mut self, s: &str) {
-        // CTF strings end at the first NUL: drop any inside.
-        self.events.extend(clip(s).bytes().filter(|&b| b != 0));
-        self.events.push(0);
-    }
-
-    /// Encodes a span_begin event; returns its timestamp.
-    pub(crate) fn span_begin(&mut self, ts: u64, pid: u32, tid: u32, s: &SpanState) -> u64 {
-        let ts = self.header(EVENT_SPAN_BEGIN, ts, pid, tid);
-        self.string(&format!("{:032x}", s.trace_id));
-        self.events.extend_from_slice(&s.span_id.to_le_bytes());
-        self.events.extend_from_slice(&s.parent_id.to_le_bytes());
-        self.string(s.name);
-        self.string(s.component);
-        self.string(&s.detail);
-        self.maybe_write();
-        ts
-    }
-
-    /// Encodes a span_end event; returns its timestamp.
-    pub(crate) fn span_end(&mut self, ts: u64, pid: u32, tid: u32, s: &SpanState) -> u64 {
-        let ts = self.header(EVENT_SPAN_END, ts, pid, tid);
-        self.string(&format!("{:032x}", s.trace_id));
-        self.events.extend_from_slice(&s.span_id.to_le_bytes());
-        self.string(s.name);
-        self.string(s.component);
-        self.maybe_write();
-        ts
-    }
-
-    fn maybe_write(&mut self) {
-        if self.events.len() >= PACKET_EVENTS_BYTES {
-            if let Err(e) = self.flush() {
-                tracing::warn!("writing the CTF trace failed: {e}");
-            }
-        }
-    }
-
-    /// Writes the pending events as one packet.
-    pub fn flush(&mut self) -> std::io::Result<()> {
-        if self.events.is_empty() {
+impl CtfFile {
+    /// Writes one chunk as a packet: the preamble and the events in one `writev`,
+    /// nothing copied.
+    pub fn write_packet(&mut self, chunk: &Chunk) -> std::io::Result<()> {
+        let events = chunk.buf.as_slice();
+        if events.is_empty() {
             return Ok(());
         }
-        let packet = encode_packet(
+        let pre = packet_preamble(
             &self.uuid,
-            self.first_ts,
-            self.last_ts,
+            chunk.first_ts,
+            chunk.last_ts,
             self.seq,
-            &self.events,
+            chunk.discarded,
+            events.len(),
         );
-        self.events.clear();
         self.seq += 1;
-        self.file.write_all(&packet)
+        let n = self
+            .file
+            .write_vectored(&[IoSlice::new(&pre), IoSlice::new(events)])?;
+        // Short writes (a full disk, a signal) finish the packet byte by byte.
+        if n < pre.len() {
+            self.file.write_all(&pre[n..])?;
+            self.file.write_all(events)
+        } else {
+            self.file.write_all(&events[n - pre.len()..])
+        }
     }
 }
 
-/// A whole packet: header, context, then the encoded events.
-pub fn encode_packet(uuid: &[u8; 16], begin: u64, end: u64, seq: u64, events: &[u8]) -> Vec<u8> {
-    let size_bits = ((PACKET_PREAMBLE_BYTES + events.len()) * 8) as u64;
-    let mut p = Vec::with_capacity(PACKET_PREAMBLE_BYTES + events.len());
-    p.extend_from_slice(&MAGIC.to_le_bytes());
-    p.extend_from_slice(uuid);
-    p.extend_from_slice(&0u32.to_le_bytes()); // stream_id
-    p.extend_from_slice(&begin.to_le_bytes());
-    p.extend_from_slice(&end.to_le_bytes());
-    p.extend_from_slice(&size_bits.to_le_bytes()); // content_size
-    p.extend_from_slice(&size_bits.to_le_bytes()); // packet_size
-    p.extend_from_slice(&seq.to_le_bytes());
-    p.extend_from_slice(&0u64.to_le_bytes()); // events_discarded
-    debug_assert_eq!(p.len(), PACKET_PREAMBLE_BYTES);
-    p.extend_from_slice(events);
+/// Encodes the fixed-size part of an event (header and context).
+fn header(buf: &mut ChunkBuf, id: u32, ts: u64, pid: u32, tid: u32) {
+    let mut h = [0u8; 20];
+    h[0..4].copy_from_slice(&id.to_le_bytes());
+    h[4..12].copy_from_slice(&ts.to_le_bytes());
+    h[12..16].copy_from_slice(&(pid as i32).to_le_bytes());
+    h[16..20].copy_from_slice(&(tid as i32).to_le_bytes());
+    buf.extend(&h);
+}
+
+/// A CTF string: the bytes up to [`super::MAX_FIELD_BYTES`], without NULs (CTF strings
+/// end at the first), then a NUL.
+fn string(buf: &mut ChunkBuf, s: &str) {
+    let s = clip(s).as_bytes();
+    if s.contains(&0) {
+        for &b in s.iter().filter(|&&b| b != 0) {
+            buf.push(b);
+        }
+    } else {
+        buf.extend(s);
+    }
+    buf.push(0);
+}
+
+/// The trace id as 32 lowercase hex digits and a NUL, without allocating.
+fn trace_id(buf: &mut ChunkBuf, id: u128) {
+    let mut hex = [0u8; 33];
+    super::hex_into(id, &mut hex[..32]);
+    buf.extend(&hex);
+}
+
+/// Encodes a span_begin event at `ts`.
+pub(crate) fn span_begin(buf: &mut ChunkBuf, ts: u64, pid: u32, tid: u32, s: &SpanState) {
+    header(buf, EVENT_SPAN_BEGIN, ts, pid, tid);
+    trace_id(buf, s.trace_id);
+    buf.extend(&s.span_id.to_le_bytes());
+    buf.extend(&s.parent_id.to_le_bytes());
+    string(buf, s.name);
+    string(buf, s.component);
+    string(buf, &s.detail);
+}
+
+/// Encodes a span_end event at `ts`.
+pub(crate) fn span_end(buf: &mut ChunkBuf, ts: u64, pid: u32, tid: u32, s: &SpanState) {
+    header(buf, EVENT_SPAN_END, ts, pid, tid);
+    trace_id(buf, s.trace_id);
+    buf.extend(&s.span_id.to_le_bytes());
+    string(buf, s.name);
+    string(buf, s.component);
+}
+
+/// A packet's header and context, for `events_len` bytes of events.
+pub fn packet_preamble(
+    uuid: &[u8; 16],
+    begin: u64,
+    end: u64,
+    seq: u64,
+    discarded: u64,
+    events_len: usize,
+) -> [u8; PACKET_PREAMBLE_BYTES] {
+    let size_bits = ((PACKET_PREAMBLE_BYTES + events_len) * 8) as u64;
+    let mut p = [0u8; PACKET_PREAMBLE_BYTES];
+    p[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    p[4..20].copy_from_slice(uuid);
+    p[20..24].copy_from_slice(&0u32.to_le_bytes()); // stream_id
+    p[24..32].copy_from_slice(&begin.to_le_bytes());
+    p[32..40].copy_from_slice(&end.to_le_bytes());
+    p[40..48].copy_from_slice(&size_bits.to_le_bytes()); // content_size
+    p[48..56].copy_from_slice(&size_bits.to_le_bytes()); // packet_size
+    p[56..64].copy_from_slice(&seq.to_le_bytes());
+    p[64..72].copy_from_slice(&discarded.to_le_bytes()); // events_discarded
     p
 }
 
@@ -322,10 +326,9 @@ mod tests {
 
     #[test]
     fn packet_sizes_are_in_bits() {
-        let p = encode_packet(&[7; 16], 10, 20, 3, &[1, 2, 3]);
-        assert_eq!(p.len(), PACKET_PREAMBLE_BYTES + 3);
+        let p = packet_preamble(&[7; 16], 10, 20, 3, 0, 3);
         let content = u64::from_le_bytes(p[40..48].try_into().unwrap());
-        assert_eq!(content, (p.len() * 8) as u64);
+        assert_eq!(content, ((PACKET_PREAMBLE_BYTES + 3) * 8) as u64);
         assert_eq!(u32::from_le_bytes(p[0..4].try_into().unwrap()), MAGIC);
     }
 }

@@ -4,19 +4,21 @@
 //!
 //! A process turns tracing on once with [`install`]; until then every span is a no-op
 //! that only passes its parent's context along (so an untraced manager still links a
-//! traced client to a traced worker). Events are encoded into memory under one mutex
-//! and written in packets by a flusher thread every [`FLUSH_INTERVAL`], so recording a
-//! span costs a clock read, a lock and a few hundred bytes of copying.
+//! traced client to a traced worker). Events are encoded into memory chunks under one
+//! mutex and written by a flusher thread every [`FLUSH_INTERVAL`] (or sooner when many
+//! chunks wait), outside that mutex, so recording a span costs a clock read, a lock and
+//! a few hundred bytes of copying: no system call, no allocation, no file lock.
 //!
 //! See docs/tracing.md for the formats and how to open them.
 
 pub mod analyze;
+mod buffer;
 pub mod ctf;
 pub mod json;
 pub mod read;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -39,19 +41,23 @@ pub struct TraceContext {
 impl TraceContext {
     /// `00-<trace id>-<span id>-01` (W3C Trace Context, sampled).
     pub fn traceparent(&self) -> String {
-        format!("00-{:032x}-{:016x}-01", self.trace_id, self.span_id)
+        // By hand: core::fmt's padded hex was a visible part of a traced job's cost.
+        let mut b = *b"00-00000000000000000000000000000000-0000000000000000-01";
+        hex_into(self.trace_id, &mut b[3..35]);
+        hex_into(u128::from(self.span_id), &mut b[36..52]);
+        String::from_utf8(b.to_vec()).expect("hex is ASCII")
     }
 
     /// Parses a `traceparent`; `None` for anything malformed or all-zero.
     pub fn parse(text: &str) -> Option<TraceContext> {
-        let mut parts = text.trim().split('-');
-        let (version, trace, span, _flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if version != "00" || trace.len() != 32 || span.len() != 16 || parts.next().is_some() {
+        let b = text.trim().as_bytes();
+        // version "00", '-', 32 hex, '-', 16 hex, '-', 2 hex flags.
+        if b.len() != 55 || &b[..3] != b"00-" || b[35] != b'-' || b[52] != b'-' {
             return None;
         }
-        let trace_id = u128::from_str_radix(trace, 16).ok()?;
-        let span_id = u64::from_str_radix(span, 16).ok()?;
+        parse_hex(&b[53..55])?;
+        let trace_id = parse_hex(&b[3..35])?;
+        let span_id = parse_hex(&b[36..52])? as u64;
         (trace_id != 0 && span_id != 0).then_some(TraceContext { trace_id, span_id })
     }
 
@@ -136,17 +142,38 @@ pub struct ProcessInfo {
     pub pid: u32,
 }
 
-/// A tracer: the writers of one process.
+/// A tracer: the buffers and files of one process.
+///
+/// Two locks, so that recording never waits for a file: `hot` guards the chunks that
+/// spans are encoded into (held for the encoding only: no system call, no allocation
+/// in the steady state), `files` the files, held by the flusher while it writes the
+/// chunks it took out of `hot`.
 pub struct Tracer {
     info: ProcessInfo,
-    writers: Mutex<Writers>,
+    hot: Mutex<Hot>,
+    /// Signalled (once per flush) when enough chunks wait to wake the flusher early.
+    wake: Condvar,
+    files: Mutex<Files>,
     ctf_dir: PathBuf,
     json_path: PathBuf,
 }
 
-struct Writers {
-    ctf: ctf::CtfWriter,
-    json: json::JsonWriter,
+struct Hot {
+    ctf: buffer::Chunks,
+    json: buffer::Chunks,
+    /// Last CTF timestamp: a stream never goes back in time.
+    last_ts: u64,
+    /// No more JSON after [`Tracer::finish`] closed the array.
+    json_closed: bool,
+    wake_sent: bool,
+}
+
+struct Files {
+    ctf: ctf::CtfFile,
+    json: json::JsonFile,
+    /// Chunks being written (kept to hand them back for reuse).
+    ctf_out: Vec<buffer::Chunk>,
+    json_out: Vec<buffer::Chunk>,
 }
 
 impl Tracer {
@@ -177,11 +204,24 @@ impl Tracer {
         }
         let ctf_dir = ctf_root.join(&name);
         let json_path = json_root.join(format!("{name}.json"));
-        let ctf = ctf::CtfWriter::create(&ctf_dir, &info)?;
-        let json = json::JsonWriter::create(&json_path, &info)?;
+        let ctf = ctf::create(&ctf_dir, &info)?;
+        let json = json::JsonFile::create(&json_path, &info)?;
         Ok(Tracer {
             info,
-            writers: Mutex::new(Writers { ctf, json }),
+            hot: Mutex::new(Hot {
+                ctf: buffer::Chunks::new(),
+                json: buffer::Chunks::new(),
+                last_ts: 0,
+                json_closed: false,
+                wake_sent: false,
+            }),
+            wake: Condvar::new(),
+            files: Mutex::new(Files {
+                ctf,
+                json,
+                ctf_out: Vec::new(),
+                json_out: Vec::new(),
+            }),
             ctf_dir,
             json_path,
         })
@@ -197,34 +237,143 @@ impl Tracer {
         &self.json_path
     }
 
+    fn lock_hot(&self) -> std::sync::MutexGuard<'_, Hot> {
+        self.hot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the flusher if enough chunks wait (once until it runs).
+    fn maybe_wake(&self, h: &mut Hot) {
+        let waiting = h.ctf.closed.len().max(h.json.closed.len());
+        if !h.wake_sent && waiting >= buffer::WAKE_PENDING_CHUNKS {
+            h.wake_sent = true;
+            self.wake.notify_one();
+        }
+    }
+
     /// Records the beginning of `s`, setting its start time. The clock is read under
     /// the lock so that the events of the stream are in time order.
     fn begin(&self, s: &mut SpanState) {
         let tid = gettid();
-        let mut w = self.writers.lock().unwrap_or_else(|p| p.into_inner());
-        s.start_ns = w.ctf.span_begin(now_ns(), self.info.pid, tid, s);
+        let mut h = self.lock_hot();
+        let ts = now_ns().max(h.last_ts);
+        h.last_ts = ts;
+        s.start_ns = ts;
+        if let Some(buf) = h.ctf.room(ts) {
+            ctf::span_begin(buf, ts, self.info.pid, tid, s);
+        }
+        self.maybe_wake(&mut h);
     }
 
     fn end(&self, s: &SpanState) {
         let tid = gettid();
-        let mut w = self.writers.lock().unwrap_or_else(|p| p.into_inner());
-        let end_ns = w.ctf.span_end(now_ns(), self.info.pid, tid, s);
-        w.json.span(s, end_ns, self.info.pid, tid);
+        let mut h = self.lock_hot();
+        let ts = now_ns().max(h.last_ts);
+        h.last_ts = ts;
+        if let Some(buf) = h.ctf.room(ts) {
+            ctf::span_end(buf, ts, self.info.pid, tid, s);
+        }
+        if !h.json_closed {
+            if let Some(buf) = h.json.room(ts) {
+                json::encode_span(buf, s, ts, self.info.pid, tid);
+            }
+        }
+        self.maybe_wake(&mut h);
     }
 
-    /// Writes buffered events to the files.
+    /// Writes buffered events to the files. The chunks are taken out under the hot
+    /// lock and written outside it, so recording goes on meanwhile.
     pub fn flush(&self) -> std::io::Result<()> {
-        let mut w = self.writers.lock().unwrap_or_else(|p| p.into_inner());
-        w.ctf.flush()?;
-        w.json.flush()
+        let mut f = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let f = &mut *f;
+        {
+            let mut h = self.lock_hot();
+            h.ctf.take_closed(&mut f.ctf_out);
+            h.json.take_closed(&mut f.json_out);
+            h.wake_sent = false;
+        }
+        let mut result = Ok(());
+        for c in &f.ctf_out {
+            if let Err(e) = f.ctf.write_packet(c) {
+                result = result.and(Err(e));
+            }
+        }
+        for c in &f.json_out {
+            if let Err(e) = f.json.write_chunk(c) {
+                result = result.and(Err(e));
+            }
+        }
+        let mut h = self.lock_hot();
+        h.ctf.give_back(&mut f.ctf_out);
+        h.json.give_back(&mut f.json_out);
+        result
     }
 
     /// Flushes and closes the JSON array; later spans are still written to CTF.
     pub fn finish(&self) -> std::io::Result<()> {
-        let mut w = self.writers.lock().unwrap_or_else(|p| p.into_inner());
-        w.ctf.flush()?;
-        w.json.finish()
+        // No JSON is encoded after this, so the flush below writes the last of it
+        // (and any concurrent flush writes none) before the array is closed.
+        self.lock_hot().json_closed = true;
+        self.flush()?;
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .json
+            .finish()
     }
+
+    /// Sleeps until the next flush is due: [`FLUSH_INTERVAL`] or an early wake.
+    fn wait_for_flush(&self) {
+        let h = self.lock_hot();
+        let _ = self
+            .wake
+            .wait_timeout_while(h, FLUSH_INTERVAL, |h| !h.wake_sent);
+    }
+}
+
+/// The two lowercase hex digits of every byte.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
+/// Writes `v` as `out.len()` lowercase hex digits (the low ones; an even number, at
+/// most 32), without allocating: a table lookup per byte (a digit at a time was most of
+/// the cost of encoding a span).
+pub(crate) fn hex_into(v: u128, out: &mut [u8]) {
+    assert!(
+        out.len() % 2 == 0 && out.len() <= 32,
+        "hex of {} digits",
+        out.len()
+    );
+    let bytes = v.to_be_bytes();
+    let skip = 16 - out.len() / 2;
+    for (pair, &byte) in out.chunks_exact_mut(2).zip(&bytes[skip..]) {
+        pair.copy_from_slice(&HEX_PAIRS[byte as usize]);
+    }
+}
+
+/// Lowercase or uppercase hex digits (at most 32) as a number; `None` for anything else.
+fn parse_hex(digits: &[u8]) -> Option<u128> {
+    if digits.is_empty() || digits.len() > 32 {
+        return None;
+    }
+    let mut v: u128 = 0;
+    for &c in digits {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | u128::from(d);
+    }
+    Some(v)
 }
 
 /// The calling thread's id, asked of the kernel once per thread.
@@ -250,8 +399,8 @@ pub fn install(dir: &Path, role: &str) -> anyhow::Result<()> {
             .name("nuage-trace-flush".into())
             .spawn(move || {
                 loop {
-                    std::thread::sleep(FLUSH_INTERVAL);
                     let Some(t) = weak.upgrade() else { return };
+                    t.wait_for_flush();
                     if let Err(e) = t.flush() {
                         tracing::warn!("writing the trace failed: {e}");
                     }
@@ -421,6 +570,9 @@ mod tests {
             "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
             "00-0af7651916cd43dd8448eb211c8031zz-b7ad6b7169203331-01",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g",
+            "00+0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-+af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         ] {
             assert_eq!(TraceContext::parse(bad), None, "{bad:?}");
         }
@@ -436,6 +588,31 @@ mod tests {
         let s = Span::child(Some(parent), "x", "y", String::new);
         assert_eq!(s.context(), Some(parent));
         assert_eq!(Span::child(None, "x", "y", String::new).context(), None);
+    }
+
+    #[test]
+    fn hex_matches_core_fmt() {
+        for v in [
+            0u128,
+            1,
+            0xabc,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ] {
+            let mut b = [0u8; 32];
+            hex_into(v, &mut b);
+            assert_eq!(std::str::from_utf8(&b).unwrap(), format!("{v:032x}"));
+            let mut b = [0u8; 16];
+            hex_into(v, &mut b);
+            assert_eq!(
+                std::str::from_utf8(&b).unwrap(),
+                format!("{:016x}", v as u64)
+            );
+            assert_eq!(parse_hex(format!("{v:032x}").as_bytes()), Some(v));
+            assert_eq!(parse_hex(format!("{v:X}").as_bytes()), Some(v));
+        }
+        assert_eq!(parse_hex(b""), None);
+        assert_eq!(parse_hex(b"12g"), None);
     }
 
     #[test]

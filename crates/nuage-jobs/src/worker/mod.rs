@@ -586,7 +586,11 @@ async fn report_loop(
                 report: Some(p.report.clone()),
             });
             request.set_timeout(Duration::from_secs(10));
-            trace::inject(&mut request, report_span.context().or(p.trace));
+            // Only the Finished report has a span on the manager's side; the others
+            // carry no header (each costs an HPACK encode and decode).
+            if is_finished {
+                trace::inject(&mut request, report_span.context().or(p.trace));
+            }
             match shared.client.clone().report(request).await {
                 Ok(reply) => {
                     let r = reply.into_inner();
