@@ -388,8 +388,8 @@ struct Core {
     /// The last configuration logged.
     logged_ring: Option<RingId>,
     pacing: Pacing,
-    /// A token held back (token pacing), handed to the ring when its timer ends or a
-    /// frame's worth of messages waits.
+    /// A token held back (token pacing), handed to the ring when its timer ends or
+    /// half a frame's worth of messages waits.
     paced: Option<PacedToken>,
     /// Messages the last token handed to the ring here took (a stream under way?).
     last_visit_ops: usize,
@@ -409,7 +409,7 @@ struct PaceStats {
     hold_us: u64,
     /// Tokens held back.
     tokens_paced: u64,
-    /// Of those, released early because a frame's worth of messages was waiting.
+    /// Of those, released early because half a frame's worth of messages was waiting.
     released_full: u64,
     /// Tokens not held: the ring state did not allow it (see `Ring::may_pace`).
     declined_by_ring: u64,

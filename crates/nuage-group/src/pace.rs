@@ -7,7 +7,7 @@
 //! client whenever a message or a token arrives, so each token visit finds only the
 //! 3–5 messages the client managed to write since the last one: nearly empty frames,
 //! and a token rotation, a frame and a system call per few messages. Holding the
-//! token for [`TOKEN_PACE_US`] lets the client write a frame's worth first.
+//! token for [`TOKEN_PACE_US`] lets the client write many more first.
 //!
 //! When: only for a token [`crate::ring::Ring::may_pace`] accepts (this daemon sent in
 //! its last visit and nobody else did anything in the rotation since: no other
