@@ -12,7 +12,10 @@
 # with every per-run ratio, so a drifting machine load does not favour either side.
 # Environment: COUNT, LATENCY, SERVICES, SIZES; NUAGE_RT=1 runs nuage's daemons with
 # realtime scheduling, as corosync runs itself (see below).
-# Diagnostics: STATS=1 prints each daemon's ring counters after every nuage run;
+# PACE=US sets nuage's token pacing hold (NUAGE_GROUP_TOKEN_PACE_US; 0 turns it off;
+# unset: the daemon's default), for A/B runs.
+# Diagnostics: STATS=1 prints each daemon's ring counters after every nuage run, and
+# n1's messages per frame and token rotations per second over the throughput phase;
 # CLIENT_RT=1 runs all clients (both systems) at realtime priority 50.
 set -euo pipefail
 
@@ -57,9 +60,12 @@ if [ "${NUAGE_RT:-0}" = 1 ]; then RT=(chrt --rr 99); fi
 # the clients being descheduled by the machine's other work.
 CRT=()
 if [ "${CLIENT_RT:-0}" = 1 ]; then CRT=(chrt --rr 50); fi
+# PACE=US: token pacing hold of nuage's daemons (see docs/groups.md, "Token pacing").
+PACEENV=()
+if [ -n "${PACE:-}" ]; then PACEENV=(env "NUAGE_GROUP_TOKEN_PACE_US=$PACE"); fi
 for m in n1 n2 n3; do
   mkdir -p "$WORK/$m"
-  "$NUAGE" lab exec --name "$LAB" "$m" -- "${RT[@]}" "$NUAGE" group daemon -l n -n "$m" -c "$WORK/spread.conf" --runtime-dir "$WORK/$m" >"$WORK/$m.log" 2>&1 &
+  "$NUAGE" lab exec --name "$LAB" "$m" -- "${RT[@]}" "${PACEENV[@]}" "$NUAGE" group daemon -l n -n "$m" -c "$WORK/spread.conf" --runtime-dir "$WORK/$m" >"$WORK/$m.log" 2>&1 &
 done
 sleep 4
 
@@ -74,10 +80,20 @@ run_nuage() { # service size -> "msgs_per_s mbit p50 p99" (one run, receivers' m
     pids+=($!)
   done
   sleep 0.5
+  local watcher=
+  if [ "${STATS:-0}" = 1 ]; then
+    # n1's counters before the run and when the sender says its throughput phase is
+    # over (during the 1 s pause before the probes): frames and tokens of that phase.
+    snapshot n1 "$out.pre"
+    ( for _ in $(seq 1000); do grep -q '^throughput phase over' "$out.n1" 2>/dev/null && break; sleep 0.01; done
+      snapshot n1 "$out.mid" ) &
+    watcher=$!
+  fi
   if ! "$NUAGE" lab exec --name "$LAB" n1 -- "${CRT[@]}" "$CLIENT" send -s 4803@127.0.0.1 -g "b$svc$size" --service "$svc" --size "$size" --count "$COUNT" --latency "$LATENCY" --members 3 >"$out.n1" 2>&1; then
     echo "nuage sender failed: $(cat "$out.n1")" >&2
   fi
   wait "${pids[@]}" || true
+  if [ -n "$watcher" ]; then wait "$watcher" || true; fi
   sleep 0.2
   cat "$out.n2" "$out.n3" > "$out.all"
   if [ "${STATS:-0}" = 1 ]; then ring_stats "$svc $size" >&2; fi
@@ -88,10 +104,23 @@ run_nuage() { # service size -> "msgs_per_s mbit p50 p99" (one run, receivers' m
 # and each receiver's latency line, on stderr, to see where a latency tail comes from.
 ring_stats() {
   for m in n1 n2 n3; do
-    echo "  [$1] $m $("$NUAGE" group status --runtime-dir "$WORK/$m" --json 2>&1 | tr -d ' \n' | sed -n 's/.*"stats":{\([^}]*\)}.*/\1/p')"
+    local st; st=$("$NUAGE" group status --runtime-dir "$WORK/$m" --json 2>&1 | tr -d ' \n')
+    echo "  [$1] $m $(sed -n 's/.*"stats":{\([^}]*\)}.*/\1/p' <<<"$st") pacing $(sed -n 's/.*"token_pacing":{\([^}]*\)}.*/\1/p' <<<"$st")"
   done
   for m in n2 n3; do echo "  [$1] recv $m: $(grep '^recv' "$out.$m")"; done
+  # The throughput phase at n1 (the only sender): messages per frame and token
+  # rotations per second; neither depends on how loaded the machine is.
+  local secs d_frames d_tokens d_paced d_full
+  secs=$(field secs <"$out.n1" | head -1)
+  d_frames=$(( $(counter frames_sent <"$out.mid") - $(counter frames_sent <"$out.pre") ))
+  d_tokens=$(( $(counter tokens <"$out.mid") - $(counter tokens <"$out.pre") ))
+  d_paced=$(( $(counter tokens_paced <"$out.mid") - $(counter tokens_paced <"$out.pre") ))
+  d_full=$(( $(counter released_full <"$out.mid") - $(counter released_full <"$out.pre") ))
+  echo "  [$1] n1 throughput phase: $(awk -v c="$COUNT" -v f="$d_frames" -v t="$d_tokens" -v s="$secs" -v p="$d_paced" -v u="$d_full" 'BEGIN {
+    printf "%.3f s, %d frames (%.1f msgs/frame), %d token visits (%.0f rotations/s), %d held back (%d released full)", s, f, (f > 0 ? c / f : 0), t, (s > 0 ? t / s : 0), p, u }')"
 }
+snapshot() { "$NUAGE" group status --runtime-dir "$WORK/$1" --json 2>/dev/null | tr -d ' \n' >"$2" || true; }
+counter() { grep -o "\"$1\":[0-9]*" | head -1 | cut -d: -f2 | grep . || echo 0; }
 
 # corosync: one per machine, each with a private /run and /var/lib/corosync (a mount
 # namespace of its own), knet transport, and our CPG client doing the same sends.
@@ -164,7 +193,7 @@ run_cpg() { # size -> "msgs_per_s mbit p50 p99"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f\n", a / b; else print "nan" }'; }
 sorted() { tr ' ' '\n' | grep -v '^$' | sort -n | tr '\n' ' '; }
 
-echo "groups benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); $COUNT messages per run, $LATENCY latency probes, $RUNS runs; NUAGE_RT=${NUAGE_RT:-0} CLIENT_RT=${CLIENT_RT:-0}"
+echo "groups benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); $COUNT messages per run, $LATENCY latency probes, $RUNS runs; NUAGE_RT=${NUAGE_RT:-0} CLIENT_RT=${CLIENT_RT:-0} PACE=${PACE:-default}"
 echo "(AGREED: nuage and corosync runs interleaved, alternating which goes first; ratios are per run, then the median)"
 printf '%-14s %6s | %12s %10s %8s %8s\n' "system/service" size "msgs/s" "Mbit/s" "p50 us" "p99 us"
 for svc in ${SERVICES:-reliable agreed safe}; do

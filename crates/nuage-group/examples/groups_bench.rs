@@ -139,6 +139,8 @@ async fn send(a: &Args, mb: &Mailbox) {
         // the latency probes do not queue behind it.
         let _ = seen.wait_for(|s| s.0 >= a.count).await;
         let took = start.elapsed();
+        // Said at once (the benchmark script snapshots the daemons' counters on it).
+        println!("throughput phase over secs={:.3}", took.as_secs_f64());
         // The receivers may still be behind the sender: let them drain before probing,
         // so the probes measure latency, not the receivers' backlog (same pause in
         // cpg_bench.c).

@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::conf::SpreadConf;
 use crate::group::{GroupLayer, Op};
-use crate::ring::packet::{self, DecodeError};
+use crate::pace::Pacing;
+use crate::ring::packet::{self, Body, DecodeError, Packet};
 use crate::ring::{NodeId, Ring, RingConfig, RingId, Send};
 use crate::wire::{self, HEADER_LEN, Header, Request, Version, code};
 
@@ -54,6 +55,9 @@ pub struct DaemonConfig {
     /// Where the port, address and socket directory are chosen, named by errors such as
     /// "address in use" (default: [`DAEMON_SETTINGS_HINT`]).
     pub settings_hint: &'static str,
+    /// Longest a token is held back to fill frames, in µs (see [`crate::pace`];
+    /// default [`crate::pace::TOKEN_PACE_US`], `$NUAGE_GROUP_TOKEN_PACE_US` overrides).
+    pub token_pace_us: u64,
 }
 
 /// Where `nuage group daemon`'s port, address and socket directory are chosen.
@@ -79,6 +83,7 @@ impl DaemonConfig {
             me,
             runtime_dir: runtime_dir.unwrap_or_else(default_runtime_dir),
             settings_hint: DAEMON_SETTINGS_HINT,
+            token_pace_us: Pacing::hold_us_from_env()?,
         })
     }
 
@@ -382,6 +387,34 @@ struct Core {
     datagrams_refused: u64,
     /// The last configuration logged.
     logged_ring: Option<RingId>,
+    pacing: Pacing,
+    /// A token held back (token pacing), handed to the ring when its timer ends or
+    /// half a frame's worth of messages waits.
+    paced: Option<PacedToken>,
+    /// Messages the last token handed to the ring here took (a stream under way?).
+    last_visit_ops: usize,
+    pace_stats: PaceStats,
+}
+
+struct PacedToken {
+    packet: Packet,
+    /// Ends after the hold. tokio's timers count whole milliseconds; the hold is a few
+    /// hundred microseconds, so a blocking-pool thread sleeps it (nanosleep).
+    timer: tokio::task::JoinHandle<()>,
+}
+
+/// Token pacing counters, for the status page and the benchmark.
+#[derive(Debug, Default, serde::Serialize)]
+struct PaceStats {
+    hold_us: u64,
+    /// Tokens held back.
+    tokens_paced: u64,
+    /// Of those, released early because half a frame's worth of messages was waiting.
+    released_full: u64,
+    /// Tokens not held: the ring state did not allow it (see `Ring::may_pace`).
+    declined_by_ring: u64,
+    /// Tokens not held: the ring allowed it, but too few or enough messages waited.
+    declined_by_load: u64,
 }
 
 impl Core {
@@ -400,6 +433,11 @@ impl Core {
         rc.form_timeout = t.form.as_millis() as u64;
         rc.window = c.window;
         rc.personal_window = c.personal_window;
+        let pacing = Pacing::new(
+            cfg.token_pace_us,
+            rc.hurry_timeout,
+            rc.max_datagram - packet::DATA_OVERHEAD,
+        );
         let names = c.daemons.iter().map(|d| d.name.clone()).collect();
         Core {
             peers: c
@@ -418,6 +456,13 @@ impl Core {
             clients_kicked: 0,
             datagrams_refused: 0,
             logged_ring: None,
+            pacing,
+            paced: None,
+            last_visit_ops: 0,
+            pace_stats: PaceStats {
+                hold_us: pacing.hold.as_micros() as u64,
+                ..PaceStats::default()
+            },
         }
     }
 
@@ -452,6 +497,7 @@ impl Core {
                     let now = self.now();
                     self.ring.tick(now, &mut self.group, &mut self.sends);
                 }
+                _ = paced_done(&mut self.paced) => self.release_paced(),
             }
             self.flush().await;
         }
@@ -542,6 +588,57 @@ impl Core {
         let now = self.now();
         self.ring
             .notify_pending(now, &mut self.group, &mut self.sends);
+        if self.paced.is_some() && self.pacing.should_release(self.group.pending_load()) {
+            self.pace_stats.released_full += 1;
+            self.release_paced();
+        }
+    }
+
+    /// Holds `p` back if it is a token worth pacing (see [`crate::pace`]); gives it back
+    /// otherwise.
+    fn try_pace(&mut self, p: Packet) -> Option<Packet> {
+        let Body::Token(t) = &p.body else {
+            return Some(p);
+        };
+        if self.paced.is_some() || self.pacing.hold.is_zero() {
+            return Some(p);
+        }
+        if !self.ring.may_pace(t) {
+            self.pace_stats.declined_by_ring += 1;
+            return Some(p);
+        }
+        if !self
+            .pacing
+            .should_hold(self.group.pending_load(), self.last_visit_ops)
+        {
+            self.pace_stats.declined_by_load += 1;
+            return Some(p);
+        }
+        let hold = self.pacing.hold;
+        self.pace_stats.tokens_paced += 1;
+        self.paced = Some(PacedToken {
+            packet: p,
+            timer: tokio::task::spawn_blocking(move || std::thread::sleep(hold)),
+        });
+        None
+    }
+
+    /// Hands the held token to the ring.
+    fn release_paced(&mut self) {
+        if let Some(t) = self.paced.take() {
+            self.handle_packet(t.packet);
+        }
+    }
+
+    /// Hands a packet to the ring, noting how many messages a token's visit took.
+    fn handle_packet(&mut self, p: Packet) {
+        let token = matches!(p.body, Body::Token(_));
+        let before = self.group.stats().operations_sent;
+        let now = self.now();
+        self.ring.handle(now, p, &mut self.group, &mut self.sends);
+        if token {
+            self.last_visit_ops = (self.group.stats().operations_sent - before) as usize;
+        }
     }
 
     fn on_datagram(&mut self, data: Bytes, from: SocketAddr) {
@@ -556,8 +653,9 @@ impl Core {
                     self.datagrams_refused += 1;
                     return;
                 }
-                let now = self.now();
-                self.ring.handle(now, p, &mut self.group, &mut self.sends);
+                if let Some(p) = self.try_pace(p) {
+                    self.handle_packet(p);
+                } // else held back; handled when released
             }
             Err(DecodeError::OtherConfiguration { hash }) => {
                 self.datagrams_refused += 1;
@@ -649,7 +747,18 @@ impl Core {
             "group_stats": self.group.stats(),
             "clients_disconnected_for_unread_messages": self.clients_kicked,
             "datagrams_refused": self.datagrams_refused,
+            "token_pacing": self.pace_stats,
         })
+    }
+}
+
+/// Ends when the held token's hold is over (never, with no token held).
+async fn paced_done(paced: &mut Option<PacedToken>) {
+    match paced {
+        Some(t) => {
+            let _ = (&mut t.timer).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

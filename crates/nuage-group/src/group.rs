@@ -14,7 +14,7 @@
 //! | LEAVE (2) | id, client private group (32), group (32) |
 //! | KILL (3) | id, client private group (32): the client disconnected |
 //! | DATA (4) | id, a client message: Spread header, destination groups, body (little-endian header) |
-//! | STATE (5) | ring seq u64, ring rep u8, n u32, n × (client (32), k u16, k × group (32)) |
+//! | STATE (5) | ring seq u64, ring rep u8, n u32, n × (client (32), k u16, k × (group (32), id of the client's last view of it: 3 × i32)) |
 //!
 //! The id (boot id u64, sequence u64) lets a daemon send an operation again — when the
 //! ring dropped it in a configuration change, or when the STATE exchange it was ordered in
@@ -23,13 +23,17 @@
 //! **Configuration changes.** On a transitional configuration, every group that has
 //! members on daemons that did not come along gets a TRANSITIONAL membership message, and
 //! those members are removed. On a regular configuration every daemon broadcasts STATE:
-//! its own clients and their groups. Client operations wait (locally) until the STATE of
+//! its own clients and their groups, each with the id of the last view the client was
+//! shown of it. Client operations wait (locally) until the STATE of
 //! every daemon of the configuration has been delivered; any other operation delivered
 //! meanwhile (sent before the change) is held and applied right after, at every daemon
 //! alike (if another change interrupts the exchange, they are not applied: their senders
 //! send them again). The group state is then rebuilt from the STATE messages, and each group whose
 //! members changed gets (a TRANSITIONAL membership if it had none yet, then) a REGULAR
-//! membership caused by the network, with one vs-set per old ring its members come from.
+//! membership caused by the network, with one vs-set per view its members come from (the
+//! ids in STATE). Not per old ring: a daemon's old ring can be one whose exchange was
+//! interrupted before its clients were shown anything, entered by daemons whose clients
+//! last saw different views (found by the simulator, seed 2000978 with token pacing).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -50,6 +54,9 @@ const OP_KILL: u8 = 3;
 const OP_DATA: u8 = 4;
 const OP_STATE: u8 = 5;
 
+/// A client and its groups, each with the id of the last view the client was shown.
+pub type ClientGroups = (String, Vec<(String, GroupId)>);
+
 /// A client operation, as sent through the ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -68,9 +75,12 @@ pub enum Op {
     Data {
         frame: Bytes,
     },
+    /// A daemon's clients after a configuration change: each client with its groups,
+    /// each group with the id of the last view that client was shown (vs-sets are
+    /// drawn by it).
     State {
         ring: RingId,
-        clients: Vec<(String, Vec<String>)>,
+        clients: Vec<ClientGroups>,
     },
 }
 
@@ -104,8 +114,11 @@ impl Op {
                 for (c, groups) in clients {
                     put_name(&mut out, c);
                     out.put_u16_le(u16::try_from(groups.len()).expect("bounded group count"));
-                    for g in groups {
+                    for (g, id) in groups {
                         put_name(&mut out, g);
+                        for x in id.0 {
+                            out.put_i32_le(x);
+                        }
                     }
                 }
             }
@@ -162,8 +175,14 @@ impl Op {
                     at += 2;
                     let mut groups = Vec::with_capacity(k);
                     for _ in 0..k {
-                        groups.push(name_at(at)?);
+                        let g = name_at(at)?;
                         at += MAX_GROUP_NAME;
+                        let mut id = [0i32; 3];
+                        for x in &mut id {
+                            *x = i32::from_le_bytes(get(at, 4)?.try_into().expect("4"));
+                            at += 4;
+                        }
+                        groups.push((g, GroupId(id)));
                     }
                     clients.push((c, groups));
                 }
@@ -257,9 +276,7 @@ pub struct Delivery {
 struct Exchange {
     ring: RingId,
     members: NodeSet,
-    /// Old ring of each daemon of the new configuration.
-    old_rings: BTreeMap<NodeId, RingId>,
-    states: BTreeMap<NodeId, Vec<(String, Vec<String>)>>,
+    states: BTreeMap<NodeId, Vec<ClientGroups>>,
     /// Operations delivered during the exchange (sent before it), applied after it.
     held: Vec<(NodeId, OpId, Op)>,
 }
@@ -293,6 +310,8 @@ pub struct GroupLayer {
     next_seq: u64,
     /// Client operations waiting for the ring, with their sequence numbers.
     pending: VecDeque<(u64, Outgoing)>,
+    /// Bytes of the operations in `pending`.
+    pending_bytes: usize,
     /// Operations the ring took and has not delivered back yet: the ring drops them if the
     /// configuration changes first, and they are sent again.
     inflight: VecDeque<(u64, Outgoing)>,
@@ -321,6 +340,7 @@ impl GroupLayer {
             boot,
             next_seq: 1,
             pending: VecDeque::new(),
+            pending_bytes: 0,
             inflight: VecDeque::new(),
             resubmit: Vec::new(),
             applied: HashMap::new(),
@@ -338,6 +358,16 @@ impl GroupLayer {
         self.pending.len() < MAX_PENDING_OPS
     }
 
+    /// The client operations waiting for the ring that the next token visit could
+    /// broadcast: how many, and their bytes. `(0, 0)` while a STATE exchange holds
+    /// them back or this daemon's STATE is still to go (then nothing waits on volume).
+    pub fn pending_load(&self) -> (usize, usize) {
+        if self.state_out.is_some() || self.exchange.is_some() {
+            return (0, 0);
+        }
+        (self.pending.len(), self.pending_bytes)
+    }
+
     /// Queues a client operation for the ring (SAFE data is broadcast as a SAFE frame).
     pub fn submit(&mut self, op: &Op) {
         let safe = matches!(op, Op::Data { frame } if frame_is_safe(frame));
@@ -346,13 +376,9 @@ impl GroupLayer {
             seq: self.next_seq,
         };
         self.next_seq += 1;
-        self.pending.push_back((
-            id.seq,
-            Outgoing {
-                data: encode_op(Some(id), op),
-                safe,
-            },
-        ));
+        let data = encode_op(Some(id), op);
+        self.pending_bytes += data.len();
+        self.pending.push_back((id.seq, Outgoing { data, safe }));
     }
 
     /// Messages for local clients produced since the last call.
@@ -620,7 +646,7 @@ impl GroupLayer {
         }
     }
 
-    fn on_regular(&mut self, ring: RingId, members: NodeSet, old_rings: Vec<(NodeId, RingId)>) {
+    fn on_regular(&mut self, ring: RingId, members: NodeSet) {
         // What the ring dropped, and own operations of an interrupted exchange, go first
         // in the new configuration, in their original order.
         let mut again: Vec<(u64, Outgoing)> = self.resubmit.drain(..).collect();
@@ -628,18 +654,19 @@ impl GroupLayer {
         again.sort_by_key(|(seq, _)| *seq);
         self.stats.operations_resubmitted += again.len() as u64;
         for item in again.into_iter().rev() {
+            self.pending_bytes += item.1.data.len();
             self.pending.push_front(item);
         }
         self.ring = ring;
         self.view_counter = 0;
-        let mine: Vec<(String, Vec<String>)> = {
-            let mut per_client: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mine: Vec<ClientGroups> = {
+            let mut per_client: BTreeMap<String, Vec<(String, GroupId)>> = BTreeMap::new();
             for (name, g) in &self.groups {
                 for m in g.members.iter().filter(|m| m.daemon == self.me) {
                     per_client
                         .entry(m.name.clone())
                         .or_default()
-                        .push(name.clone());
+                        .push((name.clone(), g.id));
                 }
             }
             per_client.into_iter().collect()
@@ -655,13 +682,12 @@ impl GroupLayer {
         self.exchange = Some(Exchange {
             ring,
             members,
-            old_rings: old_rings.into_iter().collect(),
             states: BTreeMap::new(),
             held: Vec::new(),
         });
     }
 
-    fn on_state(&mut self, origin: NodeId, ring: RingId, clients: Vec<(String, Vec<String>)>) {
+    fn on_state(&mut self, origin: NodeId, ring: RingId, clients: Vec<ClientGroups>) {
         let Some(x) = &mut self.exchange else {
             return;
         };
@@ -675,17 +701,20 @@ impl GroupLayer {
         let x = self.exchange.take().expect("present");
         // Rebuild every group from the reports.
         let mut rebuilt: BTreeMap<String, BTreeSet<Member>> = BTreeMap::new();
+        // The view each member was last shown, per group: its vs-set.
+        let mut came_from: HashMap<(&str, &str), GroupId> = HashMap::new();
         for (d, clients) in &x.states {
             for (c, groups) in clients {
                 if self.daemon_of(c) != Some(*d) {
                     continue;
                 }
-                for g in groups {
+                for (g, id) in groups {
                     if wire::check_group_name(g).is_ok() {
                         rebuilt.entry(g.clone()).or_default().insert(Member {
                             daemon: *d,
                             name: c.clone(),
                         });
+                        came_from.insert((g.as_str(), c.as_str()), *id);
                     }
                 }
             }
@@ -726,10 +755,11 @@ impl GroupLayer {
         }
         self.groups = groups;
         for name in changed {
-            // One vs-set per old ring, in daemon order of their first member.
-            let mut sets: Vec<(RingId, Vec<String>)> = Vec::new();
+            // One vs-set per view the members come from, in the order of their first
+            // member (daemon, then name).
+            let mut sets: Vec<(Option<GroupId>, Vec<String>)> = Vec::new();
             for m in &self.groups[&name].members {
-                let old = x.old_rings.get(&m.daemon).copied().unwrap_or_default();
+                let old = came_from.get(&(name.as_str(), m.name.as_str())).copied();
                 match sets.iter_mut().find(|(r, _)| *r == old) {
                     Some((_, s)) => s.push(m.name.clone()),
                     None => sets.push((old, vec![m.name.clone()])),
@@ -783,6 +813,7 @@ impl Upper for GroupLayer {
             return None;
         }
         let (seq, m) = self.pending.pop_front()?;
+        self.pending_bytes -= m.data.len();
         self.inflight.push_back((seq, m.clone()));
         self.stats.operations_sent += 1;
         Some(m)
@@ -792,11 +823,9 @@ impl Upper for GroupLayer {
         match event {
             Event::Message { sender, data } => self.on_message(sender, data),
             Event::Transitional { members, .. } => self.on_transitional(members),
-            Event::Regular {
-                ring,
-                members,
-                old_rings,
-            } => self.on_regular(ring, members, old_rings),
+            // The vs-sets come from the STATE exchange (the view each member was last
+            // shown), not from the daemons' old rings: see `on_state`.
+            Event::Regular { ring, members, .. } => self.on_regular(ring, members),
         }
     }
 }
@@ -896,7 +925,13 @@ mod tests {
             },
             Op::State {
                 ring: ring(9, 1),
-                clients: vec![("#a#d0".into(), vec!["g".into(), "h".into()])],
+                clients: vec![(
+                    "#a#d0".into(),
+                    vec![
+                        ("g".into(), GroupId([1, 2, 3])),
+                        ("h".into(), GroupId([-1, 0, 7])),
+                    ],
+                )],
             },
         ];
         for op in ops {

@@ -280,6 +280,8 @@ enum Ev {
         from: NodeId,
         to: NodeId,
         data: Bytes,
+        /// Already held back once by token pacing (not held again).
+        paced: bool,
     },
     Submit,
     Fault,
@@ -291,6 +293,8 @@ pub struct Outcome {
     pub incarnations: Vec<Incarnation>,
     pub final_members: Vec<(NodeId, RingId, NodeSet)>,
     pub trace: Vec<String>,
+    /// Tokens held back by (simulated) token pacing.
+    pub tokens_paced: u64,
 }
 
 struct Sim {
@@ -307,6 +311,7 @@ struct Sim {
     msg_counter: u32,
     trace: Vec<String>,
     group_mode: bool,
+    tokens_paced: u64,
 }
 
 fn ring_config(n: usize, me: NodeId, boot: u64) -> RingConfig {
@@ -346,6 +351,7 @@ impl Sim {
                         from,
                         to,
                         data: s.packet.clone(),
+                        paced: false,
                     },
                 );
             }
@@ -579,7 +585,12 @@ impl Sim {
             if ev_at == Some(t) {
                 let Reverse(Scheduled { ev, .. }) = self.events.pop().expect("peeked");
                 match ev {
-                    Ev::Packet { from, to, data } => self.packet(from, to, data),
+                    Ev::Packet {
+                        from,
+                        to,
+                        data,
+                        paced,
+                    } => self.packet(from, to, data, paced),
                     Ev::Submit => self.submit(),
                     Ev::Fault => self.fault(p),
                     Ev::FinalHeal => self.final_heal(),
@@ -598,20 +609,51 @@ impl Sim {
         }
     }
 
-    fn packet(&mut self, from: NodeId, to: NodeId, data: Bytes) {
+    fn packet(&mut self, from: NodeId, to: NodeId, data: Bytes, paced: bool) {
         let paused_until = self.nodes[to as usize]
             .as_ref()
             .map_or(0, |n| n.paused_until);
         if paused_until > self.now {
             // A paused process finds the datagram in its socket buffer when it resumes.
-            self.schedule(paused_until, Ev::Packet { from, to, data });
+            self.schedule(
+                paused_until,
+                Ev::Packet {
+                    from,
+                    to,
+                    data,
+                    paced,
+                },
+            );
             return;
         }
         if !self.connected(from, to) {
             return;
         }
-        let pk =
-            packet::decode(data, CONFIG_HASH).expect("the simulator carries well-formed packets");
+        let pk = packet::decode(data.clone(), CONFIG_HASH)
+            .expect("the simulator carries well-formed packets");
+        // Token pacing (crate::pace): the daemon may hold back a token its ring accepts
+        // for pacing. Here every such token is held with probability 1/2, for 1–2 ms
+        // (longer than the daemon's sub-millisecond hold), whatever the load.
+        if !paced
+            && let packet::Body::Token(t) = &pk.body
+            && self.nodes[to as usize]
+                .as_ref()
+                .is_some_and(|n| n.ring.may_pace(t))
+            && self.rng.chance(0.5)
+        {
+            let at = self.now + 1 + self.rng.below(2);
+            self.tokens_paced += 1;
+            self.schedule(
+                at,
+                Ev::Packet {
+                    from,
+                    to,
+                    data,
+                    paced: true,
+                },
+            );
+            return;
+        }
         self.with_node(to as usize, |n, now, out| {
             n.ring.handle(now, pk, &mut n.upper, out)
         });
@@ -633,6 +675,7 @@ pub fn simulate(seed: u64, p: &SimParams) -> Outcome {
         msg_counter: 0,
         trace: Vec::new(),
         group_mode: p.group_mode,
+        tokens_paced: 0,
     };
     for i in 0..p.nodes {
         sim.boot(i, 0);
@@ -668,6 +711,7 @@ pub fn simulate(seed: u64, p: &SimParams) -> Outcome {
         incarnations,
         final_members,
         trace: sim.trace,
+        tokens_paced: sim.tokens_paced,
     }
 }
 
@@ -1012,6 +1056,7 @@ mod tests {
         for x in &o.incarnations {
             assert_eq!(x.log.len(), o.incarnations[0].log.len());
         }
+        assert!(o.tokens_paced > 0, "the run exercises token pacing");
     }
 
     #[test]
@@ -1102,6 +1147,7 @@ mod tests {
                 (1, ring(1), NodeSet::first(2)),
             ],
             trace: Vec::new(),
+            tokens_paced: 0,
         };
         assert!(
             check(&outcome(

@@ -674,6 +674,41 @@ impl Ring {
         self.visit(now, tok, upper, out);
     }
 
+    /// Whether `tok`, a token this daemon has just received, may be held back a moment
+    /// before it is handled (the daemon's token pacing: see `crate::daemon::pace`).
+    ///
+    /// Only a plain token of the current operational ring in the middle of this
+    /// daemon's own stream qualifies: this daemon broadcast in its last visit and nobody
+    /// else broadcast or retransmitted anything in the rotation since (`fcc`), no other
+    /// member has anything waiting (`pend`), nobody asks for a retransmission (`rtr`),
+    /// this daemon lacks no frame, no recovery flag is set, and no message is half
+    /// broadcast. Holding such a token back is indistinguishable, for every member, from
+    /// the network taking longer to carry it, which the protocol tolerates up to the
+    /// token timeouts (and the simulator exercises): pacing changes no guarantee.
+    pub fn may_pace(&self, tok: &Token) -> bool {
+        let State::Operational = self.state else {
+            return false;
+        };
+        let Some(rank) = self.cur.members.index_of(self.cfg.me) else {
+            return false;
+        };
+        self.cur.members.len() > 1
+            && tok.ring == self.cur.ring
+            && tok.tseq > self.last_tseq
+            && tok.flags == 0
+            && tok.rtr.is_empty()
+            && self.my_prev_sent > 0
+            && tok.fcc <= self.my_prev_sent
+            && tok.pend.len() == self.cur.members.len()
+            && tok
+                .pend
+                .iter()
+                .enumerate()
+                .all(|(r, &p)| r == rank || p == 0)
+            && self.cur.aru == tok.seq
+            && self.outgoing.is_none()
+    }
+
     fn hold_ms(&self) -> u64 {
         let n = self.cur.members.len().max(1) as u64;
         MAX_TOKEN_HOLD_MS
