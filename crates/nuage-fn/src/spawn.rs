@@ -77,6 +77,15 @@ fn stderr_reader(fd: std::os::fd::OwnedFd) -> std::io::Result<tokio::net::unix::
     tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd)
 }
 
+/// Polls `future` once: its output if it is ready now.
+fn ready_now<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(future).poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
+}
+
 /// How a served connection's process was ended, if nuage ended it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
@@ -190,12 +199,16 @@ impl Spawner {
         self.stats.cold_starts.inc();
         let _instance = GaugeGuard::new(&self.stats.instances);
         let _in_flight = GaugeGuard::new(&self.stats.in_flight);
-        match stderr_reader(stderr) {
-            Ok(stderr) => drop(tokio::spawn(collect_stderr(self.logs.clone(), pid, stderr))),
+        // The process's stderr is read by this task, not one of its own: when the process
+        // ends, its pidfd and its stderr's end of file then wake one task, not two (two
+        // make tokio wake a second worker thread, a context switch per connection).
+        let mut stderr = match stderr_reader(stderr) {
+            Ok(stderr) => Some(Box::pin(collect_stderr(self.logs.clone(), pid, stderr))),
             Err(e) => {
-                tracing::warn!(function = %self.program.function, pid, "cannot read stderr: {e}")
+                tracing::warn!(function = %self.program.function, pid, "cannot read stderr: {e}");
+                None
             }
-        }
+        };
 
         let mut watch =
             tokio::time::interval_at(tokio::time::Instant::now() + WATCH_PERIOD, WATCH_PERIOD);
@@ -204,6 +217,7 @@ impl Spawner {
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status,
+                () = async { stderr.as_mut().expect("guarded").await }, if stderr.is_some() => stderr = None,
                 _ = stop.cancelled(), if ended == Ended::Itself => {
                     ended = Ended::Stopped;
                     break process::terminate(&mut child).await.ok_or_else(|| std::io::Error::other("no status"));
@@ -235,6 +249,13 @@ impl Spawner {
             }
         };
         drop(socket);
+        if let Some(mut rest) = stderr {
+            // Its end of file usually came with the exit; if not (a descendant still holds
+            // stderr, or the event is late), the rest is read by a task of its own.
+            if ready_now(&mut rest).is_none() {
+                drop(tokio::spawn(rest));
+            }
+        }
         let took = started.elapsed();
         self.stats.latency.observe(took.as_secs_f64());
         let status = match status {

@@ -775,3 +775,37 @@ fn functions_get_a_small_fixed_environment_and_the_values_deploy_passes() {
         "{err}"
     );
 }
+
+#[test]
+fn spawn_mode_logs_stderr_by_pid_even_after_the_process_exits() {
+    let node = Node::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The process exits at once; a descendant keeps stderr open and writes a second later.
+    let f = script(
+        dir.path(),
+        "chatty",
+        "read -r line\necho \"before $line\" >&2\necho \"$$\"\n( sleep 1; echo 'late from a descendant' >&2 ) >/dev/null &",
+    );
+    let port = free_port();
+    node.ok(&["deploy", "chatty", "--port", &port.to_string(), "--", &f]);
+    let mut c = Conn::open(port);
+    let pid = c.ask("x");
+    assert!(pid.parse::<u32>().is_ok(), "{pid}");
+    assert_eq!(c.finish(), "");
+    let mut logs = String::new();
+    wait_for("the descendant's line", Duration::from_secs(20), || {
+        logs = node.ok(&["logs", "chatty"]);
+        logs.contains("stderr: late from a descendant")
+    });
+    for text in [
+        "stderr: before x",
+        "stderr: late from a descendant",
+        "nuage: exited with status 0",
+    ] {
+        let line = logs
+            .lines()
+            .find(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("no `{text}` in:\n{logs}"));
+        assert!(line.contains(&pid), "`{line}` is not tagged with pid {pid}");
+    }
+}
