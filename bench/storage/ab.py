@@ -4,7 +4,7 @@ remove on a 2-brick distribute and a replica-2 volume, with wall time, CPU time 
 processes per operation and their context switches per operation (less load-dependent
 than wall time on a shared machine).
 
-    python3 bench/storage/ab.py target/release/nuage      # VOLUMES= SEQ_MIB=256 SMALL=1000 REPS=1
+    python3 bench/storage/ab.py target/release/nuage      # VOLUMES= SEQ_MIB=256 SMALL=1000 REPS=1 FLUSH_BEHIND=on
 
 Copy each build to its own path first: the processes of a run are found by their binary.
 """
@@ -52,6 +52,7 @@ try:
         for i in (1, 2):
             d = os.path.join(base, f"{kind}-b{i}"); os.makedirs(d); bricks.append(f"{ip}:{d}")
         lab(NUAGE, "volume", "create", vol, *(["replica", "2"] if kind == "replicate" else []), *bricks, "force")
+        lab(NUAGE, "volume", "set", vol, "performance.flush-behind", os.environ.get("FLUSH_BEHIND", "on"))
         lab(NUAGE, "volume", "start", vol)
         lab(NUAGE, "mount", f"{ip}:/{vol}", mnt)
         print(f"{kind} ({os.path.basename(os.path.dirname(NUAGE))})")

@@ -34,7 +34,7 @@ pub struct VolumeSpec {
     /// `cluster.quorum-type` of the volume (None: the default, `auto`).
     #[serde(default)]
     pub quorum_type: Option<String>,
-    /// `performance.flush-behind` of the volume (None: the default, on).
+    /// `performance.flush-behind` of the volume (None: the default, off).
     #[serde(default)]
     pub flush_behind: Option<bool>,
     /// The definition's version: raised by every change of the volume, so a mount that

@@ -1465,14 +1465,15 @@ impl Volume {
         self.wb.drain(f.gfid).await
     }
 
-    /// `close(2)` with `performance.flush-behind` on (the default, as in gluster): `Some`
+    /// `close(2)` with `performance.flush-behind` on (gluster's default): `Some`
     /// answer at once, without waiting for the file's writes in flight; only a failure
     /// already known is reported. A write failing later is reported by the next write,
     /// flush or fsync of the file through this mount, and logged at release. Anything that
     /// reads the file or its attributes through this mount still waits for the writes.
     /// `None` with flush-behind off: call `flush`.
     pub fn flush_behind(&self, f: OpenFile) -> Option<Res<()>> {
-        if !self.topo().spec.flush_behind.unwrap_or(true) {
+        let on = self.topo().spec.flush_behind;
+        if !on.unwrap_or(crate::mgmt::FLUSH_BEHIND_DEFAULT) {
             return None;
         }
         Some(self.wb.take_error(f.gfid))

@@ -952,8 +952,11 @@ const SELF_HEAL_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 pub const QUORUM_TYPE_OPTION: &str = "cluster.quorum-type";
 
 /// The option a mount reads to answer `close(2)` before its writes are on the bricks
-/// (`on`, the default, as gluster's) or after (`off`).
+/// (`on`, gluster's default) or after (`off`, nuage's default: a file closed through a
+/// mount is on the bricks, which tools reading bricks directly rely on).
 pub const FLUSH_BEHIND_OPTION: &str = "performance.flush-behind";
+/// `performance.flush-behind` when not set.
+pub const FLUSH_BEHIND_DEFAULT: bool = false;
 
 /// A gluster on/off option value.
 pub fn parse_switch(s: &str) -> Option<bool> {
@@ -1003,7 +1006,7 @@ pub const VOLUME_OPTIONS: &[VolumeOption] = &[
     },
     VolumeOption {
         name: FLUSH_BEHIND_OPTION,
-        default: "on",
+        default: if FLUSH_BEHIND_DEFAULT { "on" } else { "off" },
         check: |v| match parse_switch(v) {
             Some(_) => Ok(()),
             None => Err("must be on or off".into()),
