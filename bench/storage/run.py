@@ -10,6 +10,7 @@ row).
 Run as root from the repository root, after `cargo build --release -p nuage`:
 
     python3 bench/storage/run.py    # RUNS=3 BIG_MIB=200 SEQ_MIB=1024 SMALL=1000,10000
+                                    # FLUSH_BEHIND=on (nuage's volumes, as gluster's default)
     RUNS=5 VOLUMES=replicate SMALL=1000 python3 bench/storage/run.py
 
 glusterd runs inside the lab machine (its own network namespace, so its fixed ports never
@@ -30,6 +31,8 @@ BIG_MIB = int(os.environ.get("BIG_MIB", "200"))
 SEQ_MIB = int(os.environ.get("SEQ_MIB", "1024"))
 SMALL = [int(n) for n in os.environ.get("SMALL", "1000,10000").split(",")]
 VOLUMES = os.environ.get("VOLUMES", "distribute,replicate").split(",")
+# nuage's performance.flush-behind for the run: gluster's default is on.
+FLUSH_BEHIND = os.environ.get("FLUSH_BEHIND", "on")
 for _v in VOLUMES:
     if _v not in ("distribute", "replicate"):
         sys.exit(f"bench: VOLUMES: unknown kind {_v!r} (distribute, replicate)")
@@ -76,6 +79,8 @@ class Nuage:
             os.makedirs(d)
             bricks.append(f"{ip}:{d}")
         in_lab(NUAGE, "volume", "create", self.vol, *replica_args(kind), *bricks, "force")
+        # gluster's default (nuage's is off): close(2) does not wait for the file's writes.
+        in_lab(NUAGE, "volume", "set", self.vol, "performance.flush-behind", FLUSH_BEHIND)
         in_lab(NUAGE, "volume", "start", self.vol)
 
     def mount(self):

@@ -60,6 +60,7 @@ fn start(n: u32) -> Cluster {
         layout_epoch: 1,
         ping_timeout: None,
         quorum_type: None,
+        flush_behind: None,
         generation: 1,
         draining: Vec::new(),
     };

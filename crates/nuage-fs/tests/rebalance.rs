@@ -54,6 +54,7 @@ fn spec(bricks: &[BrickSpec], epoch: u64, generation: u64) -> VolumeSpec {
         layout_epoch: epoch,
         ping_timeout: None,
         quorum_type: None,
+        flush_behind: None,
         generation,
         draining: Vec::new(),
     }

@@ -44,6 +44,7 @@ impl Cluster {
                 layout_epoch: 1,
                 ping_timeout: None,
                 quorum_type: None,
+                flush_behind: None,
                 generation: 1,
                 draining: Vec::new(),
             },

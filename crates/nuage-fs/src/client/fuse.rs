@@ -643,6 +643,12 @@ impl Filesystem for NuageFs {
             Ok(f) => f,
             Err(e) => return reply.error(errno(e)),
         };
+        // Flush-behind: answered from this thread.
+        match self.volume.flush_behind(f) {
+            Some(Ok(())) => return reply.ok(),
+            Some(Err(e)) => return reply.error(errno(e)),
+            None => {}
+        }
         let v = self.volume.clone();
         self.spawn(async move {
             match v.flush(f).await {

@@ -34,6 +34,9 @@ pub struct VolumeSpec {
     /// `cluster.quorum-type` of the volume (None: the default, `auto`).
     #[serde(default)]
     pub quorum_type: Option<String>,
+    /// `performance.flush-behind` of the volume (None: the default, off).
+    #[serde(default)]
+    pub flush_behind: Option<bool>,
     /// The definition's version: raised by every change of the volume, so a mount that
     /// polls the spec knows when to switch ([`crate::client::mount`]).
     #[serde(default)]
@@ -106,6 +109,7 @@ mod tests {
             layout_epoch: 1,
             ping_timeout: None,
             quorum_type: None,
+            flush_behind: None,
             generation: 1,
             draining: Vec::new(),
         }

@@ -785,8 +785,10 @@ impl Volume {
         if is_dir {
             return self.dir_attr(g).await;
         }
-        // Sizes and times must include writes already acknowledged.
+        // Sizes and times must include writes already acknowledged, and the ctime the
+        // replication post-op will give the file (replica.rs).
         self.wb.drain(g).await?;
+        self.settle(g).await;
         if let Some(f) = fh {
             let r = self
                 .sv(f.subvol)
@@ -840,6 +842,7 @@ impl Volume {
             return attr.ok_or(Errno(libc::EIO));
         }
         self.wb.drain(g).await?;
+        self.settle(g).await;
         let op = |fd| Op::Setattr {
             target: Target { gfid: g, fd },
             set: set.clone(),
@@ -1468,6 +1471,20 @@ impl Volume {
         self.wb.drain(f.gfid).await
     }
 
+    /// `close(2)` with `performance.flush-behind` on (gluster's default): `Some`
+    /// answer at once, without waiting for the file's writes in flight; only a failure
+    /// already known is reported. A write failing later is reported by the next write,
+    /// flush or fsync of the file through this mount, and logged at release. Anything that
+    /// reads the file or its attributes through this mount still waits for the writes.
+    /// `None` with flush-behind off: call `flush`.
+    pub fn flush_behind(&self, f: OpenFile) -> Option<Res<()>> {
+        let on = self.topo().spec.flush_behind;
+        if !on.unwrap_or(crate::mgmt::FLUSH_BEHIND_DEFAULT) {
+            return None;
+        }
+        Some(self.wb.take_error(f.gfid))
+    }
+
     pub async fn fsync(&self, f: OpenFile, datasync: bool) -> Res<()> {
         self.wb.drain(f.gfid).await?;
         self.sv(f.subvol)
@@ -1502,11 +1519,18 @@ impl Volume {
     pub async fn release(&self, f: OpenFile) -> Res<()> {
         // The brick's descriptor stays until the file's writes are done with it.
         let pending = self.wb.drain(f.gfid).await;
-        let closed = self
-            .sv(f.subvol)
-            .req(Op::Close { fd: f.fd })
-            .await
-            .map(drop);
+        let sv = self.sv(f.subvol);
+        // The file's replication post-op goes with the close (replica.rs).
+        let (closed, ()) = tokio::join!(sv.req(Op::Close { fd: f.fd }), sv.settle(f.gfid));
+        let closed = closed.map(drop);
+        if let Err(e) = pending {
+            // Flush-behind answered close(2) already: nobody else to tell.
+            tracing::warn!(
+                "a write to {} failed after it was acknowledged: {}",
+                f.gfid,
+                e.describe()
+            );
+        }
         self.wb.forget(f.gfid);
         pending.and(closed)
     }
@@ -1514,7 +1538,16 @@ impl Volume {
     /// Whether acknowledged writes of `g` may still be on their way (attributes read
     /// meanwhile would miss them).
     pub fn writes_pending(&self, g: Gfid) -> bool {
-        self.wb.busy(g)
+        self.wb.busy(g) || self.topo().slots.iter().any(|s| s.replica.in_tx(g))
+    }
+
+    /// Ends the replication data transaction of `g` if one is open and idle: its post-op
+    /// moves the file's ctime, which attributes answered after it must include.
+    async fn settle(&self, g: Gfid) {
+        let topo = self.topo();
+        for s in topo.slots.iter().filter(|s| s.replica.in_tx(g)) {
+            s.replica.settle(g).await;
+        }
     }
 
     pub async fn statfs(&self) -> Res<Statfs> {
@@ -1755,6 +1788,7 @@ mod topology_tests {
             layout_epoch: 1,
             ping_timeout: None,
             quorum_type: None,
+            flush_behind: None,
             generation: 1,
             draining: Vec::new(),
         }

@@ -8,6 +8,8 @@
 //! `fsync`, truncation and release, first wait for the file's writes; a failed write is
 //! reported by the next write, flush or fsync of the file (as with NFS and gluster), so
 //! `fsync` returning success means every earlier write is on the brick and synced.
+//! With flush-behind (volume.rs) `flush` does not wait: it reports only a failure
+//! already known.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -72,6 +74,18 @@ impl WriteBehind {
         };
         let all = f.slots.acquire_many(WINDOW).await.expect("never closed");
         drop(all);
+        match f.state.lock().expect("write-behind state").error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Returns (and clears) a failure not yet reported, without waiting for the writes in
+    /// flight (flush-behind).
+    pub fn take_error(&self, g: Gfid) -> Result<(), Errno> {
+        let Some(f) = self.files.lock().expect("write-behind").get(&g).cloned() else {
+            return Ok(());
+        };
         match f.state.lock().expect("write-behind state").error.take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -272,5 +286,25 @@ mod tests {
         wb.drain(g).await.unwrap_err();
         assert_eq!(wb.try_submit(g, 0, 4, || async { Ok(4) }), Ok(true));
         wb.drain(g).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn flush_behind_reports_only_known_failures_and_keeps_later_ones() {
+        let wb = Arc::new(WriteBehind::default());
+        let g = Gfid::random();
+        let (release, mut held) = tokio::sync::watch::channel(false);
+        wb.submit(g, 0, 4, async move {
+            let _ = held.wait_for(|go| *go).await;
+            Err(Errno(libc::ENOSPC))
+        })
+        .await
+        .unwrap();
+        // The write is in flight: flush-behind answers at once, with no failure known.
+        assert_eq!(wb.take_error(g), Ok(()));
+        assert!(wb.busy(g));
+        release.send(true).unwrap();
+        // The failure is kept for the next drain (fsync, release), reported once.
+        assert_eq!(wb.drain(g).await, Err(Errno(libc::ENOSPC)));
+        assert_eq!(wb.take_error(g), Ok(()));
     }
 }

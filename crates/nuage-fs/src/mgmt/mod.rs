@@ -815,6 +815,10 @@ impl Mgmt {
                 .get(PING_TIMEOUT_OPTION)
                 .and_then(|t| t.parse().ok()),
             quorum_type: v.options.get(QUORUM_TYPE_OPTION).cloned(),
+            flush_behind: v
+                .options
+                .get(FLUSH_BEHIND_OPTION)
+                .and_then(|s| parse_switch(s)),
             generation: v.version,
             draining,
         })
@@ -947,6 +951,22 @@ const SELF_HEAL_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 /// The option a mount reads for write quorum in replica sets (`auto` or `none`).
 pub const QUORUM_TYPE_OPTION: &str = "cluster.quorum-type";
 
+/// The option a mount reads to answer `close(2)` before its writes are on the bricks
+/// (`on`, gluster's default) or after (`off`, nuage's default: a file closed through a
+/// mount is on the bricks, which tools reading bricks directly rely on).
+pub const FLUSH_BEHIND_OPTION: &str = "performance.flush-behind";
+/// `performance.flush-behind` when not set.
+pub const FLUSH_BEHIND_DEFAULT: bool = false;
+
+/// A gluster on/off option value.
+pub fn parse_switch(s: &str) -> Option<bool> {
+    match s {
+        "on" | "true" | "yes" | "enable" | "1" => Some(true),
+        "off" | "false" | "no" | "disable" | "0" => Some(false),
+        _ => None,
+    }
+}
+
 /// An option `volume set` accepts: only options that take effect are listed.
 pub struct VolumeOption {
     pub name: &'static str,
@@ -982,6 +1002,14 @@ pub const VOLUME_OPTIONS: &[VolumeOption] = &[
         check: |v| match crate::client::replica::QuorumType::parse(v) {
             Some(_) => Ok(()),
             None => Err("must be auto or none".into()),
+        },
+    },
+    VolumeOption {
+        name: FLUSH_BEHIND_OPTION,
+        default: if FLUSH_BEHIND_DEFAULT { "on" } else { "off" },
+        check: |v| match parse_switch(v) {
+            Some(_) => Ok(()),
+            None => Err("must be on or off".into()),
         },
     },
 ];
