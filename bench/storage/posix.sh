@@ -39,7 +39,9 @@ cleanup() {
 trap cleanup EXIT
 
 # A node of its own (API on a free port), a replica-2 volume over two local bricks.
-"$NUAGE" up --api 127.0.0.1:0 --data "$base/data" --name posix >"$base/node.out" 2>"$base/node.err" &
+# Storage only: the group daemon `nuage up` starts by default wants the fixed port 4803,
+# which another node on this host may hold.
+NUAGE_GROUP_ENABLED=false "$NUAGE" up --api 127.0.0.1:0 --data "$base/data" --name posix >"$base/node.out" 2>"$base/node.err" &
 node_pid=$!
 for _ in $(seq 100); do
     api=$(sed -n 's|^api *http://||p' "$base/node.out")
