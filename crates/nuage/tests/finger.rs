@@ -233,6 +233,14 @@ impl Server {
     }
 }
 
+/// A test's server ends with the test (else every run left a daemon behind).
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The query log once it has at least `lines` lines (within 10 s).
 fn read_log(path: &Path, lines: usize) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
