@@ -670,27 +670,15 @@ impl Replica {
         if !done.is_empty() && !failed.is_empty() {
             let missed: Vec<u32> = failed.iter().map(|i| self.ids[*i]).collect();
             let delta = AfrDelta::pre_op(&[Kind::Data], &missed).without_dirty();
-            let accusations: Vec<_> = done
+            let accusations = done
                 .iter()
-                .map(|i| {
-                    let (b, delta) = (self.bricks[*i].clone(), delta.clone());
-                    tokio::spawn(async move {
-                        b.req(Op::Xattrop {
-                            gfid: g,
-                            delta,
-                            unlock: None,
-                        })
-                        .await
-                    })
-                })
+                .map(|i| (self.bricks[*i].clone(), g, delta.clone()))
                 .collect();
-            for a in accusations {
-                if let Ok(Err(e)) = a.await {
-                    tracing::warn!(
-                        "accusing copies that missed a write failed: {}",
-                        e.describe()
-                    );
-                }
+            for e in xattrops(accusations).await {
+                tracing::warn!(
+                    "accusing copies that missed a write failed: {}",
+                    e.describe()
+                );
             }
         }
         match reply {
@@ -795,7 +783,7 @@ impl Replica {
             // A copy that refused the change (EEXIST, EACCES…) may have applied the pre-op
             // first: lower its `dirty` again (counters never go below zero). Its
             // accusations of absent copies stay: at worst a needless heal.
-            let undo: Vec<_> = refused
+            let undo = refused
                 .iter()
                 .flat_map(|i| marked.iter().map(move |m| (*i, m)))
                 .map(|(i, m)| {
@@ -803,21 +791,11 @@ impl Replica {
                     for k in &m.kinds {
                         delta.dirty[*k as usize] = -1;
                     }
-                    let (b, gfid) = (self.bricks[i].clone(), m.gfid);
-                    tokio::spawn(async move {
-                        b.req(Op::Xattrop {
-                            gfid,
-                            delta,
-                            unlock: None,
-                        })
-                        .await
-                    })
+                    (self.bricks[i].clone(), m.gfid, delta)
                 })
                 .collect();
-            for u in undo {
-                if let Ok(Err(e)) = u.await {
-                    tracing::debug!("undoing a refused pre-op: {}", e.describe());
-                }
+            for e in xattrops(undo).await {
+                tracing::debug!("undoing a refused pre-op: {}", e.describe());
             }
         }
         if !marked.is_empty() && !done.is_empty() {
@@ -834,26 +812,16 @@ impl Replica {
                     (m.gfid, d)
                 })
                 .collect();
-            let post_ops: Vec<_> = done
+            let post_ops = done
                 .iter()
-                .flat_map(|i| post.iter().map(move |(g, d)| (*i, *g, d.clone())))
-                .map(|(i, gfid, delta)| {
-                    let b = self.bricks[i].clone();
-                    tokio::spawn(async move {
-                        b.req(Op::Xattrop {
-                            gfid,
-                            delta,
-                            unlock: None,
-                        })
-                        .await
-                    })
+                .flat_map(|i| {
+                    post.iter()
+                        .map(move |(g, d)| (self.bricks[*i].clone(), *g, d.clone()))
                 })
                 .collect();
-            for p in post_ops {
-                if let Ok(Err(e)) = p.await {
-                    // The copy keeps `dirty` raised: heal looks at it.
-                    tracing::warn!("post-op failed: {}", e.describe());
-                }
+            for e in xattrops(post_ops).await {
+                // The copy keeps `dirty` raised: heal looks at it.
+                tracing::warn!("post-op failed: {}", e.describe());
             }
             // The post-op wrote an extended attribute of the changed object, which moved
             // its ctime past the one in the reply: attributes answered now must be the
@@ -915,17 +883,29 @@ fn end_tx(txs: &DataTxs, g: Gfid, generation: Option<u64>) -> Option<Vec<i32>> {
 /// Lowers `dirty` (data) on each copy by the raises of a transaction. A copy that cannot
 /// be reached keeps it raised, which heal does not take as an accusation.
 async fn post_op(bricks: &[Arc<BrickConn>], g: Gfid, raised: Vec<i32>) {
-    let ops: Vec<_> = raised
+    let ops = raised
         .iter()
         .enumerate()
         .filter(|(_, n)| **n > 0)
         .map(|(i, n)| {
             let mut delta = AfrDelta::default();
             delta.dirty[Kind::Data as usize] = -n;
-            let b = bricks[i].clone();
+            (bricks[i].clone(), g, delta)
+        })
+        .collect();
+    for e in xattrops(ops).await {
+        tracing::debug!("post-op of {g}: {}", e.describe());
+    }
+}
+
+/// Applies marker changes on copies, all at once; the errors of those that failed.
+async fn xattrops(ops: Vec<(Arc<BrickConn>, Gfid, AfrDelta)>) -> Vec<Errno> {
+    let sent: Vec<_> = ops
+        .into_iter()
+        .map(|(b, gfid, delta)| {
             tokio::spawn(async move {
                 b.req(Op::Xattrop {
-                    gfid: g,
+                    gfid,
                     delta,
                     unlock: None,
                 })
@@ -933,11 +913,13 @@ async fn post_op(bricks: &[Arc<BrickConn>], g: Gfid, raised: Vec<i32>) {
             })
         })
         .collect();
-    for p in ops {
-        if let Ok(Err(e)) = p.await {
-            tracing::debug!("post-op of {g}: {}", e.describe());
+    let mut failed = Vec::new();
+    for s in sent {
+        if let Ok(Err(e)) = s.await {
+            failed.push(e);
         }
     }
+    failed
 }
 
 /// Whether the copies that made a change fall short of quorum (the change then fails).
