@@ -1,12 +1,13 @@
-//! Copying a file's bytes between two places that answer brick requests: one brick's
-//! connection to another (heal), one subvolume to another (rebalance).
+//! What heal and rebalance share, over anything that answers brick requests (one brick's
+//! connection, for heal; a subvolume, for rebalance): copying a file's bytes, and reading
+//! a whole directory.
 
 use std::future::Future;
 
 use crate::client::conn::BrickConn;
 use crate::client::replica::Replica;
 use crate::gfid::Gfid;
-use crate::proto::{Errno, MAX_IO, Op, Reply, Target};
+use crate::proto::{Entry, Errno, MAX_IO, Op, Reply, Target};
 
 type Res<T> = Result<T, Errno>;
 
@@ -24,6 +25,43 @@ impl Requests for BrickConn {
 impl Requests for Replica {
     fn call(&self, op: Op, data: &[u8]) -> impl Future<Output = Res<(Reply, Vec<u8>)>> + Send {
         Replica::call(self, op, data)
+    }
+}
+
+/// Every name of directory `dir` (but `.` and `..`) with its entry, read `batch` names
+/// a request; EFBIG once there are more than `max`.
+pub async fn list_dir<C: Requests>(
+    c: &C,
+    dir: Gfid,
+    batch: u32,
+    max: usize,
+) -> Res<Vec<(Vec<u8>, Entry)>> {
+    let mut out = Vec::new();
+    let mut cookie = 0;
+    loop {
+        let op = Op::Readdir {
+            gfid: dir,
+            cookie,
+            max: batch,
+        };
+        let Reply::Dir { entries, next, eof } = c.call(op, &[]).await?.0 else {
+            return Err(Errno(libc::EIO));
+        };
+        for d in entries {
+            if d.name == b"." || d.name == b".." {
+                continue;
+            }
+            if let Some(e) = d.entry {
+                out.push((d.name, e));
+            }
+        }
+        if out.len() > max {
+            return Err(Errno(libc::EFBIG));
+        }
+        if eof {
+            return Ok(out);
+        }
+        cookie = next;
     }
 }
 

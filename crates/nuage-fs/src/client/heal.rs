@@ -268,40 +268,14 @@ pub async fn heal_entries(
     Ok(())
 }
 
-/// Every name of a directory on one brick, with its entry.
+/// Every name of a directory on one brick, with its entry (EFBIG past
+/// [`MAX_HEAL_ENTRIES`]).
 pub(crate) async fn list(
     b: &BrickConn,
     dir: Gfid,
 ) -> Res<std::collections::BTreeMap<Vec<u8>, Entry>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut cookie = 0;
-    loop {
-        let r = b
-            .req(Op::Readdir {
-                gfid: dir,
-                cookie,
-                max: HEAL_READDIR_BATCH,
-            })
-            .await?;
-        let Reply::Dir { entries, next, eof } = r else {
-            return Err(Errno(libc::EIO));
-        };
-        for d in entries {
-            if d.name == b"." || d.name == b".." {
-                continue;
-            }
-            if let Some(e) = d.entry {
-                out.insert(d.name, e);
-            }
-        }
-        if out.len() > MAX_HEAL_ENTRIES {
-            return Err(Errno(libc::EFBIG));
-        }
-        if eof {
-            return Ok(out);
-        }
-        cookie = next;
-    }
+    let names = crate::client::copy::list_dir(b, dir, HEAL_READDIR_BATCH, MAX_HEAL_ENTRIES).await?;
+    Ok(names.into_iter().collect())
 }
 
 /// Makes `name` on the sink as it is on the source (same id, type, owner, mode).

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::client::conn::{BrickAddr, BrickConn};
+use crate::client::conn::BrickConn;
 use crate::client::heal::{self, Seen};
 use crate::client::replica::{QuorumType, Replica};
 use crate::client::spec::VolumeSpec;
@@ -67,21 +67,7 @@ pub async fn run_on(
         if !set.iter().any(|b| walk(b.id)) {
             continue;
         }
-        let conns: Vec<Arc<BrickConn>> = set
-            .iter()
-            .map(|b| {
-                BrickConn::new(
-                    BrickAddr {
-                        addr: b.addr.clone(),
-                        volume_id: spec.volume_id.clone(),
-                        brick_id: b.id,
-                    },
-                    client.to_owned(),
-                    HEAL_PING_TIMEOUT,
-                )
-                .0
-            })
-            .collect();
+        let conns = spec.connect_subvolume(k, client, HEAL_PING_TIMEOUT);
         let r = Replica::new(conns, set.iter().map(|b| b.id).collect(), QuorumType::None);
         for (i, b) in set.iter().enumerate() {
             if !walk(b.id) {
@@ -233,21 +219,7 @@ pub async fn full(spec: &VolumeSpec, client: &str) -> anyhow::Result<FullReport>
     let mut report = FullReport::default();
     for k in 0..spec.subvolume_count() {
         let set = spec.subvolume(k);
-        let conns: Vec<Arc<BrickConn>> = set
-            .iter()
-            .map(|b| {
-                BrickConn::new(
-                    BrickAddr {
-                        addr: b.addr.clone(),
-                        volume_id: spec.volume_id.clone(),
-                        brick_id: b.id,
-                    },
-                    client.to_owned(),
-                    HEAL_PING_TIMEOUT,
-                )
-                .0
-            })
-            .collect();
+        let conns = spec.connect_subvolume(k, client, HEAL_PING_TIMEOUT);
         let r = Replica::new(conns, set.iter().map(|b| b.id).collect(), QuorumType::None);
         for (i, b) in set.iter().enumerate() {
             if r.brick(i).req(Op::Ping).await.is_err() {

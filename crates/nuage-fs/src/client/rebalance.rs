@@ -34,7 +34,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::conn::{BrickAddr, BrickConn};
 use crate::client::replica::{QuorumType, Replica};
 use crate::client::spec::VolumeSpec;
 use crate::gfid::Gfid;
@@ -45,6 +44,8 @@ type Res<T> = Result<T, Errno>;
 
 /// Directory entries asked of a brick per `Readdir`.
 const READDIR_BATCH: u32 = 1024;
+/// Most names of one directory a rebalance reads at once (as heal's `MAX_HEAL_ENTRIES`).
+pub const MAX_DIR_ENTRIES: usize = 1_000_000;
 /// Most directories one crawl keeps queued (a bound on memory; deeper trees are crawled
 /// depth-first past it).
 pub const MAX_QUEUED_DIRS: usize = 1_000_000;
@@ -110,25 +111,10 @@ impl Crawler {
         };
         let sets = (0..spec.subvolume_count())
             .map(|k| {
-                let set = spec.subvolume(k);
-                let conns = set
-                    .iter()
-                    .map(|b| {
-                        BrickConn::new(
-                            BrickAddr {
-                                addr: b.addr.clone(),
-                                volume_id: spec.volume_id.clone(),
-                                brick_id: b.id,
-                            },
-                            client.to_owned(),
-                            REBALANCE_PING_TIMEOUT,
-                        )
-                        .0
-                    })
-                    .collect();
+                let conns = spec.connect_subvolume(k, client, REBALANCE_PING_TIMEOUT);
                 Arc::new(Replica::new(
                     conns,
-                    set.iter().map(|b| b.id).collect(),
+                    spec.subvolume(k).iter().map(|b| b.id).collect(),
                     quorum,
                 ))
             })
@@ -150,35 +136,10 @@ impl Crawler {
         &self.sets[k as usize]
     }
 
-    /// Every name of directory `dir` on subvolume `k`, with its entry.
+    /// Every name of directory `dir` on subvolume `k`, with its entry (EFBIG past
+    /// [`MAX_DIR_ENTRIES`]: that directory is counted as failed).
     async fn list(&self, k: u32, dir: Gfid) -> Res<Vec<(Vec<u8>, Entry)>> {
-        let mut out = Vec::new();
-        let mut cookie = 0;
-        loop {
-            let r = self
-                .sv(k)
-                .req(Op::Readdir {
-                    gfid: dir,
-                    cookie,
-                    max: READDIR_BATCH,
-                })
-                .await?;
-            let Reply::Dir { entries, next, eof } = r else {
-                return Err(Errno(libc::EIO));
-            };
-            for d in entries {
-                if d.name == b"." || d.name == b".." {
-                    continue;
-                }
-                if let Some(e) = d.entry {
-                    out.push((d.name, e));
-                }
-            }
-            if eof {
-                return Ok(out);
-            }
-            cookie = next;
-        }
+        crate::client::copy::list_dir(self.sv(k), dir, READDIR_BATCH, MAX_DIR_ENTRIES).await
     }
 
     /// The subdirectories of `dir` (the union over every subvolume: a copy may be

@@ -59,6 +59,31 @@ impl VolumeSpec {
         &self.bricks[k * r..(k + 1) * r]
     }
 
+    /// A connection (not yet connected: each connects on first use) to every brick of
+    /// subvolume `k`, in set order.
+    pub fn connect_subvolume(
+        &self,
+        k: usize,
+        client: &str,
+        ping_timeout: std::time::Duration,
+    ) -> Vec<std::sync::Arc<crate::client::conn::BrickConn>> {
+        self.subvolume(k)
+            .iter()
+            .map(|b| {
+                crate::client::conn::BrickConn::new(
+                    crate::client::conn::BrickAddr {
+                        addr: b.addr.clone(),
+                        volume_id: self.volume_id.clone(),
+                        brick_id: b.id,
+                    },
+                    client.to_owned(),
+                    ping_timeout,
+                )
+                .0
+            })
+            .collect()
+    }
+
     /// Checks the invariants a client relies on.
     pub fn validate(&self) -> Result<(), String> {
         if self.bricks.is_empty() {

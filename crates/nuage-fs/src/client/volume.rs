@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::client::conn::{BrickAddr, BrickConn};
 use crate::client::replica::{QuorumType, Replica};
 use crate::client::spec::VolumeSpec;
 use crate::client::write_behind::WriteBehind;
@@ -143,21 +142,7 @@ impl Topology {
         };
         let make = |k: usize| -> Slot {
             let set = spec.subvolume(k);
-            let conns = set
-                .iter()
-                .map(|b| {
-                    let (conn, _notes) = BrickConn::new(
-                        BrickAddr {
-                            addr: b.addr.clone(),
-                            volume_id: spec.volume_id.clone(),
-                            brick_id: b.id,
-                        },
-                        client.to_owned(),
-                        ping_timeout,
-                    );
-                    conn
-                })
-                .collect();
+            let conns = spec.connect_subvolume(k, client, ping_timeout);
             let ids: Vec<u32> = set.iter().map(|b| b.id).collect();
             Slot {
                 replica: Arc::new(Replica::new(conns, ids.clone(), quorum)),
