@@ -25,6 +25,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
 fi
 
+# Free space where the build and the tests' temporary files go: the disk may be shared,
+# and a failure with ENOSPC is easier to read with this line above it.
+echo "== free space: $(df -h --output=avail "${TMPDIR:-/tmp}" | tail -n 1 | tr -d ' ') in ${TMPDIR:-/tmp}, $(df -h --output=avail . | tail -n 1 | tr -d ' ') in $(pwd)"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -2,6 +2,7 @@
 //! runs): a 1 GiB write during which one brick's machine is killed, or cut off from the
 //! client by a partition; the write completes on the other copy and its fsync holds; once
 //! the machine is back, `volume heal` makes both copies identical (SHA-256 compared).
+//! The bricks live on a tmpfs (see `Tmpfs`): the shared disk's free space varies.
 
 mod common;
 
@@ -74,7 +75,8 @@ fn replica_write_survives(fault: Fault) {
     let ip = |m: &str| lab.addr(m).unwrap().to_string();
     let (ip1, ip2) = (ip("n1"), ip("n2"));
     lab_ok(&lab, "n1", &["peer", "probe", &ip2]);
-    let dir = tempfile::tempdir().unwrap();
+    // Two copies of the file at most, plus room for heal's work.
+    let dir = Tmpfs::mount(2 * write_mib() + 512);
     let b1 = dir.path().join("n1-brick");
     let b2 = dir.path().join("n2-brick");
     let out = lab_ok(

@@ -82,6 +82,40 @@ impl Drop for Unmount {
     }
 }
 
+/// A tmpfs of at most `size_mib` MiB mounted on a fresh temporary directory, unmounted
+/// (lazily) and removed when dropped. The tests that write a GiB put their bricks here:
+/// the disk is shared with other work and its free space varies (a CI run once hit
+/// ENOSPC), while the machine's memory is large and private. tmpfs keeps `trusted.*`
+/// extended attributes, which is all a brick needs. Needs root, as the lab does.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size_mib: usize) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size_mib}m,mode=0755").as_str()),
+        )
+        .expect("mount a tmpfs for the bricks (root needed)");
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// Regular files on a brick, as paths relative to it, sorted: neither link files (mode
 /// 01000, pointing at the brick that holds the data) nor nuage's own `.nuage` directory.
 pub fn files_on(brick: &Path) -> Vec<String> {
