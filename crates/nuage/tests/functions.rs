@@ -809,3 +809,30 @@ fn spawn_mode_logs_stderr_by_pid_even_after_the_process_exits() {
         assert!(line.contains(&pid), "`{line}` is not tagged with pid {pid}");
     }
 }
+
+#[test]
+fn spawn_mode_tells_the_client_when_the_program_vanished_after_deploy() {
+    // The process is started without waiting for its execve; a failed exec is found when
+    // it is reaped, and must still reach the client, the metrics and the logs.
+    let node = Node::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let f = script(tmp.path(), "gone", "cat");
+    let port = free_port();
+    node.ok(&["deploy", "gone", "--port", &port.to_string(), "--", &f]);
+    let mut conn = Conn::open(port);
+    assert_eq!(conn.ask("here"), "here", "it runs while the script exists");
+    drop(conn);
+    std::fs::remove_file(&f).unwrap();
+    let answer = Conn::open(port).finish();
+    assert!(
+        answer.starts_with(&format!("ERR cannot start the function: {f}: No such file")),
+        "{answer}"
+    );
+    let (_, metrics) = http_get(&node.api(), "/metrics");
+    assert!(
+        metrics.contains("nuage_fn_errors_total{function=\"gone\",kind=\"start_failed\"} 1"),
+        "{metrics}"
+    );
+    let logs = node.ok(&["logs", "gone"]);
+    assert!(logs.contains("cannot start:"), "{logs}");
+}
