@@ -5,6 +5,7 @@
 #   bench/functions/run.sh            # as root (the balancing part uses a lab)
 #   RUNS=5 CONNS=2000 REQS=20000 bench/functions/run.sh
 #   ONLY=balancing bench/functions/run.sh   # the two-machine part only
+#   ONLY=single bench/functions/run.sh      # the single-machine rows only
 #
 # Every server runs the same program, /bin/cat, so the figures compare the servers:
 #   nuage spawn   nuage fn deploy … -- /bin/cat               (a process per connection)
@@ -159,6 +160,7 @@ if [ "${ONLY:-}" != balancing ]; then
 fi
 
 # --- balancing over two machines -------------------------------------------------------
+[ "${ONLY:-}" = single ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo; echo "balancing: skipped (the lab needs root)"; exit 0
 fi
