@@ -2,17 +2,13 @@
 //!
 //! std and tokio start processes with glibc's `posix_spawn`: vfork-like and cheap, but its
 //! child resets the disposition of *every* signal before it execs (about 120
-//! `rt_sigaction` calls per process), and the parent's thread waits until the child has
-//! exec'd. [`launch`] does the same job with what nuage knows about itself, and without
-//! the wait: `clone(CLONE_VM | CLONE_PIDFD)` on a stack of the child's own (no copy of
-//! nuage's memory, as with vfork, but no CLONE_VFORK: the thread that accepted the
-//! connection goes on at once, to the next connection, while the child execs). In the
-//! child, with raw system calls only: its own process group, the few signals whose
-//! disposition is not the default (listed once by [`Dispositions::current`]) set back to
-//! the default, the socket on fds 0 and 1, the stderr pipe on fd 2, an empty signal mask,
-//! `execve`. The same `clone` returns a pidfd, by which [`Launched::wait`] reaps the child
-//! (no SIGCHLD handling involved); the child's stack and arguments are freed then, and a
-//! failure before `execve` (written by the child into that memory) is reported then.
+//! `rt_sigaction` calls per process), and that is on the path of every connection: the
+//! parent waits until the child has exec'd. [`launch`] does the same job with what nuage
+//! knows about itself. `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)`; then, in the child:
+//! its own process group, the few signals whose disposition is not the default (listed
+//! once by [`Dispositions::current`]) set back to the default, the socket on fds 0 and 1,
+//! the stderr pipe on fd 2, an empty signal mask, `execve`. The same `clone` returns a
+//! pidfd, by which [`Launched::wait`] reaps the child (no SIGCHLD handling involved).
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, c_char, c_int, c_void};
@@ -23,25 +19,21 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use tokio::io::unix::AsyncFd;
 
-/// Stack of the child between `clone` and `execve`, where it makes a handful of raw
-/// system calls (a few hundred bytes; glibc's own `posix_spawn` gives its child 36 KiB).
-/// Only the pages it touches are ever backed by memory.
+/// Stack of the child between `clone` and `execve`, where it makes a handful of system
+/// calls through libc (glibc's own `posix_spawn` gives its child 36 KiB).
 const CHILD_STACK: usize = 64 * 1024;
 
 /// Highest signal number on Linux (x86_64 and aarch64: 64 signals).
 const MAX_SIGNAL: c_int = 64;
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-compile_error!(
-    "launch.rs knows the kernel's sigaction layout and system calls of x86_64 and aarch64 only"
-);
+compile_error!("launch.rs knows the kernel's sigaction layout of x86_64 and aarch64 only");
 
 /// The kernel's `struct sigaction` as `rt_sigaction` takes it on x86_64 and aarch64.
 /// All zeroes is SIG_DFL, no flags, an empty mask.
@@ -138,133 +130,62 @@ impl Prepared {
     }
 }
 
-/// The memory the child uses between `clone` and `execve`: its stack and what it reads.
-/// The child shares nuage's memory (CLONE_VM) but not its wait (no CLONE_VFORK): the
-/// launching thread goes on at once while the child execs, so this block is owned by
-/// the [`Launched`] and freed only once the process has been reaped, when the child can
-/// no longer be reading it. The child writes nothing here but `errno`.
-struct ChildMemory {
-    stack: Box<[MaybeUninit<u8>]>,
-    program: Arc<Prepared>,
-    /// Pointers into `program` and `extra_env` (heap data that does not move).
-    argv: Vec<*const c_char>,
-    envp: Vec<*const c_char>,
-    #[expect(dead_code, reason = "never read: `envp` points into it")]
-    extra_env: Vec<CString>,
-    reset: Arc<Dispositions>,
+/// What the child needs, read by it between `clone` and `execve`. It lives on the
+/// parent's stack: with CLONE_VFORK the parent's thread is suspended until the child
+/// has exec'd or exited, so it stays valid and unchanged while the child reads it.
+struct ChildArgs<'a> {
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
     io: RawFd,
     stderr: RawFd,
+    reset: &'a [c_int],
     /// errno of the step that failed, written by the child before it exits (0: exec'd).
     errno: AtomicI32,
 }
 
-// SAFETY: the raw pointers point into `program` and `extra_env`, owned by the same
-// block and never changed while it lives; moving the block between threads moves them.
-unsafe impl Send for ChildMemory {}
-// SAFETY: shared access only reads the block; `errno` is atomic.
-unsafe impl Sync for ChildMemory {}
-
-/// A system call without libc: the result, or `-errno`. The child must not go through
-/// libc's wrappers: they set `errno`, a thread-local variable, and the child runs on the
-/// thread pointer of the nuage thread that cloned it, which keeps running meanwhile.
-///
-/// # Safety
-/// As the system call `n` with these arguments.
-#[cfg(target_arch = "x86_64")]
-unsafe fn raw_syscall(n: libc::c_long, a: usize, b: usize, c: usize, d: usize) -> isize {
-    let ret: isize;
-    // SAFETY: the x86_64 Linux system call convention; rcx and r11 are clobbered.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            inlateout("rax") n as isize => ret,
-            in("rdi") a, in("rsi") b, in("rdx") c, in("r10") d,
-            lateout("rcx") _, lateout("r11") _,
-            options(nostack),
-        );
-    }
-    ret
-}
-
-/// See the x86_64 version.
-///
-/// # Safety
-/// As the system call `n` with these arguments.
-#[cfg(target_arch = "aarch64")]
-unsafe fn raw_syscall(n: libc::c_long, a: usize, b: usize, c: usize, d: usize) -> isize {
-    let ret: isize;
-    // SAFETY: the aarch64 Linux system call convention (number in x8, svc 0).
-    unsafe {
-        std::arch::asm!(
-            "svc 0",
-            in("x8") n,
-            inlateout("x0") a as isize => ret,
-            in("x1") b, in("x2") c, in("x3") d,
-            options(nostack),
-        );
-    }
-    ret
-}
-
-/// The child, between `clone` and `execve`. It shares nuage's memory while nuage's
-/// threads keep running, so it makes raw system calls only: no libc (errno, locks), no
-/// allocation, no unwinding, nothing written but its own stack and `errno` below.
+/// The child, between `clone` and `execve`. It shares the parent's memory (CLONE_VM), so
+/// it only makes system calls through libc: no allocation, no lock, no unwinding.
 extern "C" fn child_main(arg: *mut c_void) -> c_int {
-    // SAFETY: `arg` is the `ChildMemory` that `launch` passed to clone; it lives until
-    // this process has been reaped (see `ChildMemory`).
-    let mem = unsafe { &*(arg as *const ChildMemory) };
-    let fail = |ret: isize| -> c_int {
-        // ret is -errno (-4095..=-1).
-        mem.errno
-            .store((ret.wrapping_neg() as i32).max(1), Ordering::Relaxed);
-        // SAFETY: ends this child (a thread group of its own) at once.
-        unsafe { raw_syscall(libc::SYS_exit_group, 127, 0, 0, 0) };
-        127
+    // SAFETY: `arg` is the `ChildArgs` that `launch` passed to clone; it outlives the
+    // child's use of it (see `ChildArgs`).
+    let args = unsafe { &*(arg as *const ChildArgs<'_>) };
+    let fail = || -> c_int {
+        let errno = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL);
+        args.errno.store(errno.max(1), Ordering::Relaxed);
+        // SAFETY: ends this child at once (exit_group of its own thread group); no
+        // destructor or atexit handler of the parent runs.
+        unsafe { libc::_exit(127) }
     };
-    let default = KernelSigaction::default();
-    let empty: u64 = 0;
-    // SAFETY: system calls on the child's own process state; every pointer is to
-    // `ChildMemory` or to this stack.
+    // SAFETY: plain system calls on the child's own process state; every pointer is
+    // valid (ChildArgs) or built on this stack.
     unsafe {
-        let ret = raw_syscall(libc::SYS_setpgid, 0, 0, 0, 0);
-        if ret < 0 {
-            return fail(ret);
+        if libc::setpgid(0, 0) != 0 {
+            return fail();
         }
-        for &sig in mem.reset.0.iter() {
-            let act = &default as *const KernelSigaction as usize;
-            raw_syscall(libc::SYS_rt_sigaction, sig as usize, act, 0, 8);
+        let default = KernelSigaction::default();
+        for &sig in args.reset {
+            rt_sigaction(sig, &default, std::ptr::null_mut());
         }
-        // dup3 clears close-on-exec on the new descriptors (both sources are above 2,
-        // so never equal to their target, which dup3 refuses).
-        for (from, to) in [(mem.io, 0), (mem.io, 1), (mem.stderr, 2)] {
-            let ret = raw_syscall(libc::SYS_dup3, from as usize, to, 0, 0);
-            if ret < 0 {
-                return fail(ret);
-            }
+        // dup2 clears close-on-exec on the new descriptors (both sources are above 2).
+        if libc::dup2(args.io, 0) < 0
+            || libc::dup2(args.io, 1) < 0
+            || libc::dup2(args.stderr, 2) < 0
+        {
+            return fail();
         }
-        let mask = &empty as *const u64 as usize;
-        raw_syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK as usize,
-            mask,
-            0,
-            8,
-        );
-        let ret = raw_syscall(
-            libc::SYS_execve,
-            mem.program.path.as_ptr() as usize,
-            mem.argv.as_ptr() as usize,
-            mem.envp.as_ptr() as usize,
-            0,
-        );
-        fail(ret)
+        let mut empty = MaybeUninit::<libc::sigset_t>::zeroed().assume_init();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::execve(args.path, args.argv, args.envp);
     }
+    fail()
 }
 
 /// Starts `program` (plus the `extra` environment variables) in a new process group,
-/// with `io` as its stdin and stdout and `stderr` as its stderr. Returns as soon as the
-/// process exists, before it has exec'd: a failure to start (the program vanished since
-/// deploy, say) shows when it is reaped, in [`Launched::start_error`].
+/// with `io` as its stdin and stdout and `stderr` as its stderr.
 ///
 /// Signals: the parent's thread blocks every signal around `clone`, so the child starts
 /// with all blocked; it resets the listed dispositions, then unblocks just before
@@ -272,47 +193,42 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
 /// the child: only one sent to the whole system or to nuage's process group can reach a
 /// child nobody knows the pid of yet, and nuage receives that signal too.
 pub fn launch(
-    program: &Arc<Prepared>,
+    program: &Prepared,
     extra_env: &[CString],
     io: BorrowedFd<'_>,
     stderr: BorrowedFd<'_>,
-    reset: &Arc<Dispositions>,
+    reset: &Dispositions,
 ) -> io::Result<Launched> {
-    // Descriptors 0..=2 of nuage itself would collide with the child's stdio. A
-    // duplicate made here is in the child's copy of the descriptor table: the parent may
-    // close it as soon as clone returns.
+    // Descriptors 0..=2 of nuage itself would collide with the child's stdio.
     let io = above_stdio(io)?;
     let stderr = above_stdio(stderr)?;
-    let extra_env = extra_env.to_vec();
     let mut argv: Vec<*const c_char> = program.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const c_char> = program
         .env
         .iter()
-        .chain(&extra_env)
+        .chain(extra_env)
         .map(|e| e.as_ptr())
         .collect();
     envp.push(std::ptr::null());
-    let mut memory = Box::new(ChildMemory {
-        stack: Box::new_uninit_slice(CHILD_STACK),
-        program: program.clone(),
-        argv,
-        envp,
-        extra_env,
-        reset: reset.clone(),
+    let args = ChildArgs {
+        path: program.path.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
         io: io.fd(),
         stderr: stderr.fd(),
+        reset: &reset.0,
         errno: AtomicI32::new(0),
-    });
+    };
+    let mut stack = Box::<[u8]>::new_uninit_slice(CHILD_STACK);
     // The stack grows down from its end, 16-byte aligned as the ABI wants.
-    let top = (memory.stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
-    let arg = &*memory as *const ChildMemory as *mut c_void;
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
     let mut pidfd: c_int = -1;
-    let flags = libc::CLONE_VM | libc::CLONE_PIDFD | libc::SIGCHLD;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
     // SAFETY: sigset_t values are initialized by sigfillset/pthread_sigmask before use.
-    // `clone` runs `child_main` on the stack in `memory` with `memory` as argument; the
-    // block is not touched by this side until the child is reaped; with CLONE_PIDFD the
-    // kernel writes the pidfd into `pidfd`.
+    // `clone` runs `child_main` on `stack` (unused by anyone else, and alive until clone
+    // returns, which with CLONE_VFORK is after the child exec'd or exited) with `args`;
+    // with CLONE_PIDFD the kernel writes the pidfd into `pidfd`.
     let (pid, clone_error) = unsafe {
         let mut all = MaybeUninit::<libc::sigset_t>::zeroed().assume_init();
         let mut old = MaybeUninit::<libc::sigset_t>::zeroed().assume_init();
@@ -322,43 +238,35 @@ pub fn launch(
             child_main,
             top as *mut c_void,
             flags,
-            arg,
+            &args as *const ChildArgs<'_> as *mut c_void,
             &mut pidfd as *mut c_int,
         );
         let clone_error = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         (pid, clone_error)
     };
+    drop(stack);
     if pid <= 0 {
         return Err(clone_error);
     }
     assert!(pidfd >= 0, "clone(CLONE_PIDFD) gave no pidfd");
     // SAFETY: the kernel just created this descriptor for us; nothing else owns it.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    let mut launched = Launched {
-        pid: pid as u32,
-        pidfd: None,
-        memory: Some(memory),
-        status: None,
-        start_errno: 0,
-    };
-    // The process group exists when this returns, whoever of the two runs first (the
-    // child's own setpgid and this one set the same group; this one fails, harmlessly,
-    // once the child has exec'd). So signalling the group never misses the child.
-    // SAFETY: a plain system call on our own child.
-    unsafe { libc::setpgid(pid, pid) };
+    let errno = args.errno.load(Ordering::Relaxed);
+    if errno != 0 {
+        // The child failed before exec and exited: reap it, report why.
+        let _ = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED);
+        return Err(io::Error::from_raw_os_error(errno));
+    }
     // SAFETY: an OwnedFd's descriptor is valid and stays the same until it is dropped
     // (with the AsyncFd, or after `into_inner`).
-    match unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) } {
-        Ok(pidfd) => launched.pidfd = Some(pidfd),
-        Err(e) => {
-            // Nobody could watch it: it is killed and reaped in the background.
-            let (pidfd, e) = e.into_parts();
-            kill_and_reap(launched.pid, pidfd, launched.memory.take());
-            return Err(e);
-        }
-    }
-    Ok(launched)
+    let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    Ok(Launched {
+        pid: pid as u32,
+        pidfd: Some(pidfd),
+        status: None,
+    })
 }
 
 /// A descriptor above 2: the one given, or a close-on-exec duplicate of it.
@@ -390,11 +298,7 @@ pub struct Launched {
     pid: u32,
     /// None once handed to the background reaper (drop).
     pidfd: Option<AsyncFd<OwnedFd>>,
-    /// The child's stack and arguments, freed once it has been reaped.
-    memory: Option<Box<ChildMemory>>,
     status: Option<ExitStatus>,
-    /// errno of the child's failed start (0: it exec'd or is not reaped yet).
-    start_errno: i32,
 }
 
 impl Launched {
@@ -403,8 +307,7 @@ impl Launched {
     }
 
     /// Waits for the process to end and reaps it (at most once; later calls return the
-    /// same status). A process that failed before its `execve` exits with status 127;
-    /// [`Launched::start_error`] then says why.
+    /// same status).
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         if let Some(status) = self.status {
             return Ok(status);
@@ -413,56 +316,36 @@ impl Launched {
         loop {
             let mut ready = pidfd.readable().await?;
             let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG;
-            let status =
-                match waitid(Id::PIDFd(pidfd.get_ref().as_fd()), flags).map_err(io::Error::from)? {
-                    WaitStatus::Exited(_, code) => ExitStatus::from_raw((code & 0xff) << 8),
-                    WaitStatus::Signaled(_, signal, core) => {
-                        ExitStatus::from_raw(signal as i32 | if core { 0x80 } else { 0 })
-                    }
-                    _ => {
-                        ready.clear_ready();
-                        continue;
-                    }
-                };
-            // Reaped: the child no longer runs on its memory.
-            let memory = self.memory.take().expect("memory kept until reaped");
-            let errno = memory.errno.load(Ordering::Relaxed);
-            if errno != 0 {
-                self.start_errno = errno;
+            match waitid(Id::PIDFd(pidfd.get_ref().as_fd()), flags).map_err(io::Error::from)? {
+                WaitStatus::Exited(_, code) => {
+                    return Ok(*self.status.insert(ExitStatus::from_raw((code & 0xff) << 8)));
+                }
+                WaitStatus::Signaled(_, signal, core) => {
+                    let raw = signal as i32 | if core { 0x80 } else { 0 };
+                    return Ok(*self.status.insert(ExitStatus::from_raw(raw)));
+                }
+                _ => ready.clear_ready(),
             }
-            return Ok(*self.status.insert(status));
         }
     }
-
-    /// Why the process never ran the program (set by [`Launched::wait`]): the error of
-    /// the step that failed in the child (`setpgid`, `dup3` or `execve`).
-    pub fn start_error(&self) -> Option<io::Error> {
-        (self.start_errno != 0).then(|| io::Error::from_raw_os_error(self.start_errno))
-    }
-}
-
-/// Kills a process that nobody will wait for, with its group, and reaps it on a thread
-/// of its own (rather than leaving a zombie); its memory is freed after the reap.
-fn kill_and_reap(pid: u32, pidfd: OwnedFd, memory: Option<Box<ChildMemory>>) {
-    // Not reaped, so the pid is still this process's (a zombie at worst); the group
-    // exists (see `launch`).
-    crate::process::signal_group(pid, Signal::SIGKILL);
-    std::thread::spawn(move || {
-        let _ = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED);
-        drop(memory);
-    });
 }
 
 impl Drop for Launched {
     /// A process dropped before it was reaped (its task was cancelled) is killed with its
-    /// group and reaped by a thread.
+    /// group and reaped by a thread, rather than left as a zombie.
     fn drop(&mut self) {
         if self.status.is_some() {
             return;
         }
-        if let Some(pidfd) = self.pidfd.take() {
-            kill_and_reap(self.pid, pidfd.into_inner(), self.memory.take());
-        }
+        let Some(pidfd) = self.pidfd.take() else {
+            return;
+        };
+        // Not reaped, so the pid is still this process's (a zombie at worst).
+        crate::process::signal_group(self.pid, Signal::SIGKILL);
+        let pidfd = pidfd.into_inner();
+        std::thread::spawn(move || {
+            let _ = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED);
+        });
     }
 }
 
@@ -473,15 +356,13 @@ mod tests {
     use std::os::unix::net::UnixStream;
     use std::time::Duration;
 
-    fn sh(script: &str) -> Arc<Prepared> {
-        Arc::new(
-            Prepared::new(
-                Path::new("/bin/sh"),
-                &["-c".into(), script.into()],
-                &BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
-            )
-            .unwrap(),
+    fn sh(script: &str) -> Prepared {
+        Prepared::new(
+            Path::new("/bin/sh"),
+            &["-c".into(), script.into()],
+            &BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
         )
+        .unwrap()
     }
 
     fn pipe() -> (OwnedFd, OwnedFd) {
@@ -499,7 +380,7 @@ mod tests {
             &extra,
             theirs.as_fd(),
             err_w.as_fd(),
-            &Arc::new(Dispositions::current()),
+            &Dispositions::current(),
         )
         .unwrap();
         drop((theirs, err_w));
@@ -525,7 +406,7 @@ mod tests {
         // Rust ignores SIGPIPE; a caught signal too, to see both reset.
         let _caught =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).unwrap();
-        let reset = Arc::new(Dispositions::current());
+        let reset = Dispositions::current();
         assert!(reset.contains(libc::SIGPIPE) && reset.contains(libc::SIGUSR1));
         let (mine, theirs) = UnixStream::pair().unwrap();
         let (_err_r, err_w) = pipe();
@@ -549,65 +430,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_missing_program_is_a_start_error_once_reaped() {
-        let program =
-            Arc::new(Prepared::new(Path::new("/nonexistent/prog"), &[], &BTreeMap::new()).unwrap());
+    async fn a_missing_program_is_an_error() {
+        let program = Prepared::new(Path::new("/nonexistent/prog"), &[], &BTreeMap::new()).unwrap();
         let (_mine, theirs) = UnixStream::pair().unwrap();
         let (_r, w) = pipe();
-        let reset = Arc::new(Dispositions::current());
-        let mut child = launch(&program, &[], theirs.as_fd(), w.as_fd(), &reset).unwrap();
-        assert!(child.start_error().is_none(), "not known before the reap");
-        let status = child.wait().await.unwrap();
-        assert_eq!(status.code(), Some(127));
-        assert_eq!(child.start_error().unwrap().kind(), io::ErrorKind::NotFound);
-        // A program that runs and exits 127 itself is not a start error.
-        let mut child = launch(&sh("exit 127"), &[], theirs.as_fd(), w.as_fd(), &reset).unwrap();
-        assert_eq!(child.wait().await.unwrap().code(), Some(127));
-        assert!(child.start_error().is_none());
-    }
-
-    #[test]
-    fn many_starts_from_several_threads_at_once() {
-        // The launching threads go on while their children exec; each child must still
-        // get its own socket, arguments and environment.
-        let reset = Arc::new(Dispositions::current());
-        let threads: Vec<_> = (0..4)
-            .map(|t| {
-                let reset = reset.clone();
-                std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    rt.block_on(async {
-                        let program = sh("echo \"$GREETING $EXTRA\"");
-                        for i in 0..25 {
-                            let (mut mine, theirs) = UnixStream::pair().unwrap();
-                            let (_r, w) = pipe();
-                            let extra = [CString::new(format!("EXTRA={t}-{i}")).unwrap()];
-                            let mut child =
-                                launch(&program, &extra, theirs.as_fd(), w.as_fd(), &reset)
-                                    .unwrap();
-                            drop(theirs);
-                            let mut out = String::new();
-                            mine.read_to_string(&mut out).unwrap();
-                            assert_eq!(out, format!("hello {t}-{i}\n"));
-                            assert!(child.wait().await.unwrap().success());
-                        }
-                    })
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        let err = launch(
+            &program,
+            &[],
+            theirs.as_fd(),
+            w.as_fd(),
+            &Dispositions::current(),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 
     #[tokio::test]
     async fn a_killed_process_reports_its_signal_and_a_dropped_one_is_killed() {
         let (_mine, theirs) = UnixStream::pair().unwrap();
         let (_r, w) = pipe();
-        let reset = Arc::new(Dispositions::current());
+        let reset = Dispositions::current();
         let mut child = launch(&sh("sleep 30"), &[], theirs.as_fd(), w.as_fd(), &reset).unwrap();
         crate::process::signal_group(child.id(), Signal::SIGKILL);
         let status = tokio::time::timeout(Duration::from_secs(10), child.wait())

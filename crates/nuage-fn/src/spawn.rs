@@ -29,11 +29,10 @@ pub const WATCH_PERIOD: Duration = Duration::from_millis(500);
 
 pub struct Spawner {
     program: Program,
-    /// The program as `execve` takes it, with the function's environment (shared with
-    /// the children that are starting: see [`launch::launch`]).
-    prepared: Arc<Prepared>,
+    /// The program as `execve` takes it, with the function's environment.
+    prepared: Prepared,
     /// The signals this process handles or ignores, reset in each child.
-    dispositions: Arc<Dispositions>,
+    dispositions: Dispositions,
     backoff: Mutex<Backoff>,
     stats: Arc<Stats>,
     logs: Arc<LogRing>,
@@ -106,8 +105,8 @@ impl Spawner {
         let prepared = Prepared::new(&program.path, &program.args, &program.environment())?;
         Ok(Spawner {
             program,
-            prepared: Arc::new(prepared),
-            dispositions: Arc::new(Dispositions::current()),
+            prepared,
+            dispositions: Dispositions::current(),
             backoff: Mutex::new(Backoff::default()),
             stats,
             logs,
@@ -183,7 +182,17 @@ impl Spawner {
         drop(stderr_child);
         let mut child = match launched {
             Ok(child) => child,
-            Err(e) => return self.start_failed(&socket, 0, started, e),
+            Err(e) => {
+                let why = format!("{}: {e}", self.program.path.display());
+                self.stats.error(ErrorKind::StartFailed);
+                self.backoff().failure(started, Instant::now(), why.clone());
+                self.logs.push(0, "nuage", &format!("cannot start: {why}"));
+                sockopt::send_now(
+                    socket.as_fd(),
+                    format!("ERR cannot start the function: {why}\n").as_bytes(),
+                );
+                return;
+            }
         };
         let pid = child.id();
         self.stats.starts.inc();
@@ -239,10 +248,6 @@ impl Spawner {
                 }
             }
         };
-        if let Some(e) = child.start_error() {
-            // It exited before its execve (the program vanished since deploy, say).
-            return self.start_failed(&socket, pid, started, e);
-        }
         drop(socket);
         if let Some(mut rest) = stderr {
             // Its end of file usually came with the exit; if not (a descendant still holds
@@ -288,26 +293,6 @@ impl Spawner {
             }
             Ended::Timeout | Ended::Stopped => {}
         }
-    }
-
-    /// A process that could not be started (`pid` 0: none was created; else it exited
-    /// before its `execve`): counted, backed off, logged, and told to the client.
-    fn start_failed(
-        &self,
-        socket: &std::net::TcpStream,
-        pid: u32,
-        started: Instant,
-        e: std::io::Error,
-    ) {
-        let why = format!("{}: {e}", self.program.path.display());
-        self.stats.error(ErrorKind::StartFailed);
-        self.backoff().failure(started, Instant::now(), why.clone());
-        self.logs
-            .push(pid, "nuage", &format!("cannot start: {why}"));
-        sockopt::send_now(
-            socket.as_fd(),
-            format!("ERR cannot start the function: {why}\n").as_bytes(),
-        );
     }
 
     /// Runs one process on `input` (HTTP gateway): its whole output, or why not.
