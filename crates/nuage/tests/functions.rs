@@ -812,8 +812,8 @@ fn spawn_mode_logs_stderr_by_pid_even_after_the_process_exits() {
 
 #[test]
 fn spawn_mode_tells_the_client_when_the_program_vanished_after_deploy() {
-    // The process is started without waiting for its execve; a failed exec is found when
-    // it is reaped, and must still reach the client, the metrics and the logs.
+    // A program removed after deploy cannot be started: the failure must reach the
+    // client, the metrics and the logs (and the node keeps serving).
     let node = Node::start();
     let tmp = tempfile::tempdir().unwrap();
     let f = script(tmp.path(), "gone", "cat");
