@@ -813,7 +813,7 @@ fn spawn_mode_logs_stderr_by_pid_even_after_the_process_exits() {
 #[test]
 fn spawn_mode_tells_the_client_when_the_program_vanished_after_deploy() {
     // A program removed after deploy cannot be started: the failure must reach the
-    // client, the metrics and the logs (and the node keeps serving).
+    // client, the metrics and the logs.
     let node = Node::start();
     let tmp = tempfile::tempdir().unwrap();
     let f = script(tmp.path(), "gone", "cat");
