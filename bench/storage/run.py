@@ -5,13 +5,16 @@ Both systems serve the same kinds of volume (a 2-brick distributed volume and a 
 volume over two bricks) from brick directories under the same base directory, and are
 mounted on the same machine; the same workloads run on each mount, RUNS times, and the
 medians are printed with the ratio nuage/gluster (higher is better for nuage on every
-row).
+row), and beside them the CPU seconds the system's own processes (brick servers and FUSE
+client) spent on the row, from /proc: on a shared machine wall figures follow the load,
+CPU time much less.
 
 Run as root from the repository root, after `cargo build --release -p nuage`:
 
     python3 bench/storage/run.py    # RUNS=3 BIG_MIB=200 SEQ_MIB=1024 SMALL=1000,10000
                                     # FLUSH_BEHIND=on (nuage's volumes, as gluster's default)
     RUNS=5 VOLUMES=replicate SMALL=1000 python3 bench/storage/run.py
+    SMALL= python3 bench/storage/run.py     # no small-file rows (cp, write, read only)
 
 glusterd runs inside the lab machine (its own network namespace, so its fixed ports never
 collide with anything on the host) with its state in a temporary directory.
@@ -29,7 +32,8 @@ NUAGE = os.path.abspath(os.environ.get("NUAGE", "target/release/nuage"))
 RUNS = int(os.environ.get("RUNS", "3"))
 BIG_MIB = int(os.environ.get("BIG_MIB", "200"))
 SEQ_MIB = int(os.environ.get("SEQ_MIB", "1024"))
-SMALL = [int(n) for n in os.environ.get("SMALL", "1000,10000").split(",")]
+# File counts of the small-file rows; empty: none of those rows.
+SMALL = [int(n) for n in os.environ.get("SMALL", "1000,10000").split(",") if n.strip()]
 VOLUMES = os.environ.get("VOLUMES", "distribute,replicate").split(",")
 # nuage's performance.flush-behind for the run: gluster's default is on.
 FLUSH_BEHIND = os.environ.get("FLUSH_BEHIND", "on")
@@ -55,6 +59,40 @@ def timed(f):
     t = time.monotonic()
     f()
     return time.monotonic() - t
+
+
+def cmdlines():
+    """{pid: argv} of every process."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    out[int(pid)] = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+            except OSError:
+                pass
+    return out
+
+
+def cpu_seconds(pids):
+    """User + system CPU time of `pids` (all their threads), in seconds."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def measured(fs, f):
+    """(wall seconds, CPU seconds of `fs`'s servers and client) of running f."""
+    pids = fs.pids()
+    c = cpu_seconds(pids)
+    t = timed(f)
+    return t, cpu_seconds(pids) - c
 
 
 def mounted(path):
@@ -85,6 +123,12 @@ class Nuage:
 
     def mount(self):
         in_lab(NUAGE, "mount", f"{self.ip}:/{self.vol}", self.mnt)
+
+    def pids(self):
+        """The node serving the bricks (all of this run's volumes) and this mount."""
+        node = f"/var/lib/nuage/labs/{LAB}/"
+        return [p for p, a in cmdlines().items()
+                if a[:1] == [NUAGE] and (any(node in x for x in a) or ("mount" in a and self.mnt in a))]
 
     def umount(self):
         in_lab(NUAGE, "umount", self.mnt)
@@ -150,6 +194,13 @@ class Gluster:
     def mount(self):
         in_lab("mount", "-t", "glusterfs", f"{self.ip}:/{self.vol}", self.mnt)
 
+    def pids(self):
+        """The volume's brick servers (glusterfsd) and this mount's client (glusterfs)."""
+        bricks = os.path.join(self.base, f"gluster-{self.vol[len('bench-'):]}-b")
+        return [p for p, a in cmdlines().items()
+                if a[:1] == ["/usr/sbin/glusterfsd"] and any(x.startswith(bricks) for x in a)
+                or a[:1] == ["/usr/sbin/glusterfs"] and self.mnt in a]
+
     def umount(self):
         in_lab("umount", self.mnt)
         for _ in range(100):
@@ -174,36 +225,42 @@ def clear(mnt):
 
 
 def workloads(fs, src, local):
-    """One run of every workload on `fs`; returns {row: value}."""
-    out = {}
+    """One run of every workload on `fs`; returns ({row: value}, {row: CPU seconds})."""
+    out, cpu = {}, {}
     fs.mount()
     m = fs.mnt
     clear(m)
+
+    def row(name, work, f):
+        t, c = measured(fs, f)
+        out[name] = work / t
+        cpu[name] = c
+
     # (a) cp of a BIG_MIB file, and the same cp to local disk for reference.
-    t = timed(lambda: sh("cp", src, os.path.join(m, "big")))
-    out[f"cp {BIG_MIB} MiB to mount (MB/s)"] = BIG_MIB * 1.048576 / t
+    row(f"cp {BIG_MIB} MiB to mount (MB/s)", BIG_MIB * 1.048576,
+        lambda: sh("cp", src, os.path.join(m, "big")))
     dst = os.path.join(local, "big")
     t = timed(lambda: sh("cp", src, dst))
     os.unlink(dst)
     out[f"(reference) cp {BIG_MIB} MiB local disk"] = BIG_MIB * 1.048576 / t
     # (b) sequential write with fsync at the end, then read after a remount (cold cache).
     seq = os.path.join(m, "seq")
-    t = timed(lambda: sh("dd", "if=/dev/zero", f"of={seq}", "bs=1M", f"count={SEQ_MIB}", "conv=fsync"))
-    out[f"write {SEQ_MIB} MiB + fsync (MB/s)"] = SEQ_MIB * 1.048576 / t
+    row(f"write {SEQ_MIB} MiB + fsync (MB/s)", SEQ_MIB * 1.048576,
+        lambda: sh("dd", "if=/dev/zero", f"of={seq}", "bs=1M", f"count={SEQ_MIB}", "conv=fsync"))
     fs.umount()
     fs.mount()
-    t = timed(lambda: sh("dd", f"if={seq}", "of=/dev/null", "bs=1M"))
-    out[f"read {SEQ_MIB} MiB (MB/s)"] = SEQ_MIB * 1.048576 / t
+    row(f"read {SEQ_MIB} MiB (MB/s)", SEQ_MIB * 1.048576,
+        lambda: sh("dd", f"if={seq}", "of=/dev/null", "bs=1M"))
     os.unlink(seq)
     os.unlink(os.path.join(m, "big"))
     # (c) small files: create, ls -l, read, remove; for each count in SMALL.
     for count in SMALL:
-        small_files(fs, count, out)
+        small_files(fs, count, row)
     fs.umount()
-    return out
+    return out, cpu
 
 
-def small_files(fs, count, out):
+def small_files(fs, count, row):
     m = fs.mnt
     d = os.path.join(m, "small")
     os.mkdir(d)
@@ -215,23 +272,23 @@ def small_files(fs, count, out):
             with open(n, "wb") as f:
                 f.write(block)
 
-    out[f"create {count} x 4 KiB (files/s)"] = count / timed(create)
+    row(f"create {count} x 4 KiB (files/s)", count, create)
     fs.umount()
     fs.mount()
-    out[f"ls -l {count} files (files/s)"] = count / timed(lambda: sh("ls", "-l", d))
+    row(f"ls -l {count} files (files/s)", count, lambda: sh("ls", "-l", d))
 
     def read_all():
         for n in names:
             with open(n, "rb") as f:
                 assert len(f.read()) == 4096
 
-    out[f"read {count} x 4 KiB (files/s)"] = count / timed(read_all)
+    row(f"read {count} x 4 KiB (files/s)", count, read_all)
 
     def remove():
         for n in names:
             os.unlink(n)
 
-    out[f"remove {count} files (files/s)"] = count / timed(remove)
+    row(f"remove {count} files (files/s)", count, remove)
     os.rmdir(d)
 
 
@@ -258,25 +315,35 @@ def main():
             pair = [Nuage(base, ip, kind), Gluster(base, ip, kind, glusterd)]
             systems[:0] = pair
             pairs[kind] = pair
-        # results[kind][system][row] = [values…]
+        # results[kind][system][row] = [values…]; cpus likewise, CPU seconds.
         results = {k: {"nuage": {}, "gluster": {}} for k in VOLUMES}
+        cpus = {k: {"nuage": {}, "gluster": {}} for k in VOLUMES}
         for run in range(RUNS):
             for kind, pair in pairs.items():
                 for s in pair:
-                    for row, v in workloads(s, src, local).items():
+                    out, cpu = workloads(s, src, local)
+                    for row, v in out.items():
                         results[kind][s.name].setdefault(row, []).append(v)
+                    for row, v in cpu.items():
+                        cpus[kind][s.name].setdefault(row, []).append(v)
             print(f"run {run + 1}/{RUNS} done", file=sys.stderr)
         print(f"# nuage storage vs GlusterFS {gluster_version()}: one machine,"
               f" medians of {RUNS} runs, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs")
         for kind in VOLUMES:
             title = "2-brick distribute" if kind == "distribute" else "replica 2 (2 bricks)"
             print(f"\n## {title}")
-            print(f"{'workload':<36} {'nuage':>10} {'gluster':>10} {'nuage/gluster':>14}")
-            r = results[kind]
+            print(f"{'workload':<36} {'nuage':>10} {'gluster':>10} {'nuage/gluster':>14}"
+                  f" {'CPU s: nuage':>13} {'gluster':>8}")
+            r, c = results[kind], cpus[kind]
             for row in r["nuage"]:
                 n = statistics.median(r["nuage"][row])
                 g = statistics.median(r["gluster"][row])
-                print(f"{row:<36} {n:>10.1f} {g:>10.1f} {n / g:>14.2f}")
+                line = f"{row:<36} {n:>10.1f} {g:>10.1f} {n / g:>14.2f}"
+                if row in c["nuage"]:
+                    cn = statistics.median(c["nuage"][row])
+                    cg = statistics.median(c["gluster"][row])
+                    line += f" {cn:>13.2f} {cg:>8.2f}"
+                print(line)
     finally:
         for s in systems:
             s.close()

@@ -51,6 +51,16 @@ const GETDENTS_BUF: usize = 64 << 10;
 const READDIR_BYTES: usize = 768 << 10;
 /// Deepest directory chain a handle resolution follows before calling it a loop.
 const MAX_DEPTH: usize = 8192;
+/// Most bytes of a client's write given to the kernel in one `pwrite`. The kernel (ext4
+/// with large folios, Linux 6.x) sizes the page-cache folios it allocates for a write by
+/// the write's length; 1 MiB writes get 1 MiB folios, and on a virtual machine whose free
+/// memory is handed back to the host (virtio-balloon free page reporting) the first touch
+/// of such a folio costs about 4× the CPU of the same bytes written 256 KiB at a time
+/// (measured on the benchmark machine: 1.0–1.2 s against 0.25 s of system time per GiB;
+/// rewriting folios already in the cache costs 0.15 s either way). GlusterFS's bricks
+/// write 128 KiB at a time (its write-behind's aggregate size). The pieces are written in
+/// order; a failure stops the write, as a short `pwrite` would.
+pub const PAGE_CACHE_WRITE: usize = 256 << 10;
 
 fn xname(name: &str) -> CString {
     CString::new(name).expect("attribute names have no NUL")
@@ -1108,7 +1118,12 @@ impl Store {
         if let Some(d) = op.as_ref().filter(|d| !d.is_empty()) {
             self.apply_delta(g, XTarget::Fd(fd), d)?;
         }
-        sys::pwrite_full(fd, offset, data)
+        let mut at = offset;
+        for piece in data.chunks(PAGE_CACHE_WRITE) {
+            sys::pwrite_full(fd, at, piece)?;
+            at += piece.len() as u64;
+        }
+        Ok(())
     }
 
     pub fn fsync(&self, g: &Gfid, fd: Option<RawFd>, datasync: bool) -> SysResult<()> {

@@ -507,3 +507,26 @@ fn open_unlinked_files_and_several_link_files_of_one_file() {
     s.unlink(&Gfid::ROOT, b"l1", Some(data), &None).unwrap();
     assert!(s.lookup(&Gfid::ROOT, b"l2").is_ok());
 }
+
+#[test]
+fn large_writes_land_whole_in_page_cache_sized_pieces() {
+    let (_tmp, s) = store();
+    let g = mkfile(&s, &Gfid::ROOT, b"big");
+    // Longer than several pieces and not a multiple of one, at an unaligned offset.
+    let len = 3 * PAGE_CACHE_WRITE + 4097;
+    let data: Vec<u8> = (0..len as u32).map(|i| (i % 253) as u8).collect();
+    s.write(&g, None, 7, &data, &None).unwrap();
+    let back = s.read(&g, None, 0, (len + 100) as u32).unwrap();
+    assert_eq!(back.len(), len + 7);
+    assert_eq!(&back[..7], &[0u8; 7]);
+    assert!(
+        back[7..] == data[..],
+        "the pieces must land at their offsets"
+    );
+    // Through an open descriptor too, over the first write.
+    let f = s.open_file(&g, libc::O_RDWR).unwrap();
+    let over: Vec<u8> = data.iter().rev().copied().collect();
+    s.write(&g, Some(f.as_raw_fd()), 7, &over, &None).unwrap();
+    let back = s.read(&g, Some(f.as_raw_fd()), 7, len as u32).unwrap();
+    assert!(back == over);
+}
