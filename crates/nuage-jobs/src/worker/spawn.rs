@@ -387,12 +387,12 @@ mod tests {
 
     #[tokio::test]
     async fn runs_in_its_own_group_with_defaults_pipes_and_environment() {
-        // Signal lines of /proc/self/status: a pending SIGPIPE ignored by the worker
-        // (every Rust program ignores it) must be back to the default in the task.
+        // The task's blocked and ignored signals (/proc/PID/status): none, although the
+        // worker ignores SIGPIPE (every Rust program does). The pgid from /proc/PID/stat.
         let cmd = command(&[
             "sh",
             "-c",
-            "echo pgid $(ps -o pgid= -p $$) pid $$; echo env ${SPAWN_SET:-unset} ${HOME:-nohome}; \
+            "echo pgid $(cut -d' ' -f5 /proc/$$/stat) pid $$; echo env ${SPAWN_SET:-unset} ${HOME:-nohome}; \
              grep -E '^Sig(Blk|Ign)' /proc/$$/status; read x; echo stdin $?; echo err >&2; exit 4",
         ])
         .unwrap();
