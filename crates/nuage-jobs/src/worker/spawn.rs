@@ -165,7 +165,8 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             return fail();
         }
         // If the worker dies, so does the task: no orphan keeps running a task the
-        // manager will give to someone else.
+        // manager will give to someone else. (Linux ties the signal to the thread that
+        // called clone: a runtime worker thread, which lives as long as the worker.)
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
             return fail();
         }
