@@ -41,7 +41,7 @@ SLURM_RUNS=${SLURM_RUNS:-1}
 # Pairs of traced/untraced runs, and jobs per run. One pair of 1000-job runs (~1.5 s
 # each) moves by ±10-15 % on this shared 2-core machine (other load, timer phases), so
 # 6 such pairs could not tell 5 % from 15 %. Runs of 2000 jobs and 20 pairs bring the
-# spread of the median of the pairs' ratios to about ±2 % (docs/tracing.md).
+# uncertainty of the median of the pairs' ratios to about ±2-3 % (docs/tracing.md).
 TRACE_PAIRS=${TRACE_PAIRS:-20}
 TRACE_N=${TRACE_N:-2000}
 # ONLY_NUAGE=1: skip Slurm and print only nuage's figures (e.g. for the tracing cost).
@@ -107,7 +107,7 @@ nuage_cpu() {
     done
     echo "$t"
 }
-# jobs/s of the last array by the manager's own records: N over the time from the first
+# jobs/s of the last array by the manager's own records: $1 jobs over the time from the first
 # job's submission to the last one's end (µs). Unlike run_array's clock, no 50 ms polling
 # step and no client process start: on runs of ~1 s those alone move a figure by ~5 %.
 records_tps() { # $1: jobs in the array
