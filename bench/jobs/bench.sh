@@ -11,12 +11,15 @@
 #          latency of one submit command (p50, p99);
 #   array  the same N jobs from one command (submit --array N / sbatch --array);
 #   start  L jobs one at a time on an idle cluster. queue-to-start: from the moment
-#          the scheduler recorded the job as queued (nuage: its jobs table, in µs;
-#          Slurm: slurmctld's log line for the submit RPC, in ms) to the job's first
-#          instruction (a bash script writing $EPOCHREALTIME). Also each scheduler's
-#          own idea of it: nuage queued → started (the worker spawns the task); Slurm
-#          submit → "sched: Allocate" (resources given, before slurmd launches it);
-#   trace  the cost of tracing: TRACE_PAIRS pairs of array runs (N jobs on a fresh
+#          the scheduler recorded the job as queued (nuage: the manager's submitted_at,
+#          in µs, taken as the Submit RPC adds the job; Slurm: the time stamp of
+#          slurmctld's "_slurm_rpc_submit_batch_job" log line, written as that RPC ends,
+#          in ms, truncated: up to 1 ms against Slurm) to the job's first instruction
+#          (the same bash script on both sides writing $EPOCHREALTIME: process start,
+#          bash's own start, then the stamp). Also each scheduler's own idea of it:
+#          nuage queued → started (started_at: the worker about to start the process);
+#          Slurm submit → "sched: Allocate" (resources given, before slurmd launches it);
+#   trace  the cost of tracing: TRACE_PAIRS pairs of array runs (TRACE_N jobs on a fresh
 #          manager and workers), one untraced and one with --trace on the manager and
 #          the workers, in alternating order. Per pair: the ratio of jobs/s and of the
 #          CPU time the manager and workers used per job (from /proc, the daemons only:
@@ -35,7 +38,12 @@ RUNS=${RUNS:-3}
 # Slurm starts about 2 jobs a second here (its scheduler wakes once a second), so one
 # run of 1000 jobs takes minutes: fewer runs by default.
 SLURM_RUNS=${SLURM_RUNS:-1}
-TRACE_PAIRS=${TRACE_PAIRS:-6}
+# Pairs of traced/untraced runs, and jobs per run. One pair of 1000-job runs (~1.5 s
+# each) moves by ±10-15 % on this shared 2-core machine (other load, timer phases), so
+# 6 such pairs could not tell 5 % from 15 %. Runs of 2000 jobs and 20 pairs bring the
+# uncertainty of the median of the pairs' ratios to about ±2-3 % (docs/tracing.md).
+TRACE_PAIRS=${TRACE_PAIRS:-20}
+TRACE_N=${TRACE_N:-2000}
 # ONLY_NUAGE=1: skip Slurm and print only nuage's figures (e.g. for the tracing cost).
 ONLY_NUAGE=${ONLY_NUAGE:-0}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -99,6 +107,13 @@ nuage_cpu() {
     done
     echo "$t"
 }
+# jobs/s of the last array by the manager's own records: $1 jobs over the time from the first
+# job's submission to the last one's end (µs). Unlike run_array's clock, no 50 ms polling
+# step and no client process start: on runs of ~1 s those alone move a figure by ~5 %.
+records_tps() { # $1: jobs in the array
+    "$NUAGE" jobs ls --tsv --limit "$1" |
+        awk -F'\t' -v n="$1" 'NR == 1 || $6 < a {a = $6} NR == 1 || $9 > b {b = $9} END {printf "%.3f", n / ((b - a) / 1e6)}'
+}
 nuage_busy() { [ -n "$("$NUAGE" jobs ls --tsv --state queued,running --limit 1)" ]; }
 slurm_busy() { [ -n "$(squeue -h -t PD,CF,R,CG | head -1)" ]; }
 wait_idle() { while "$1"; do sleep 0.05; done; }
@@ -119,14 +134,15 @@ run_cli() { # $1 nuage|slurm
     echo "$(echo "$N / ($t1 - $t0)" | bc -l) $(pct 0.5 < "$lat" | ms) $(pct 0.99 < "$lat" | ms)"
 }
 
-run_array() { # prints jobs/s
+run_array() { # $1 nuage|slurm, $2 jobs (default N); prints jobs/s
+    local n=${2:-$N}
     local t0 t1
     t0=$(now)
-    if [ "$1" = nuage ]; then "$NUAGE" jobs submit b --array "$N" -- true > /dev/null
-    else sbatch -Q -o /dev/null --array="0-$((N - 1))" --wrap true; fi
+    if [ "$1" = nuage ]; then "$NUAGE" jobs submit b --array "$n" -- true > /dev/null
+    else sbatch -Q -o /dev/null --array="0-$((n - 1))" --wrap true; fi
     wait_idle "${1}_busy"
     t1=$(now)
-    echo "$N / ($t1 - $t0)" | bc -l
+    echo "$n / ($t1 - $t0)" | bc -l
 }
 
 run_start() { # prints "p50_ms p99_ms p50_ms(records) p99_ms(records)"
@@ -186,24 +202,27 @@ for pair in $(seq "$TRACE_PAIRS"); do
         tdir=$work/trace.$pair
         if [ "$mode" = on ]; then nuage_up "--trace $tdir"; else nuage_up ""; fi
         c0=$(nuage_cpu)
-        tps=$(run_array nuage)
+        tps=$(run_array nuage "$TRACE_N")
         c1=$(nuage_cpu)
+        rec=$(records_tps "$TRACE_N")
         nuage_down
-        eval "tps_$mode=\$tps cpu_$mode=\$((c1 - c0))"
+        eval "tps_$mode=\$tps rec_$mode=\$rec cpu_$mode=\$((c1 - c0))"
         if [ "$mode" = on ]; then
             # Spans recorded per job (one line per span in the Trace Event JSON).
             [ -n "$spans_per_job" ] ||
-                spans_per_job=$(echo "$(cat "$tdir"/json/*.json | grep -c '"ph":"X"') / $N" | bc -l)
+                spans_per_job=$(echo "$(cat "$tdir"/json/*.json | grep -c '"ph":"X"') / $TRACE_N" | bc -l)
             rm -rf "$tdir"
         fi
     done
     # Each pair on stderr: single pairs disagree by tens of per cent on a shared machine.
-    printf '  pair %d: jobs/s off %.1f on %.1f; CPU ticks off %d on %d\n' \
-        "$pair" "$tps_off" "$tps_on" "$cpu_off" "$cpu_on" >&2
+    printf '  pair %d: jobs/s off %.1f on %.1f; by the records off %.1f on %.1f; CPU ticks off %d on %d\n' \
+        "$pair" "$tps_off" "$tps_on" "$rec_off" "$rec_on" "$cpu_off" "$cpu_on" >&2
     record t_tps_off "$tps_off"; record t_tps_on "$tps_on"
     record t_tps_ratio "$(echo "$tps_on / $tps_off" | bc -l)"
-    record t_cpu_off "$(echo "$cpu_off * 10000 / $N" | bc -l)"   # µs per job (100 Hz ticks)
-    record t_cpu_on "$(echo "$cpu_on * 10000 / $N" | bc -l)"
+    record t_rec_off "$rec_off"; record t_rec_on "$rec_on"
+    record t_rec_ratio "$(echo "$rec_on / $rec_off" | bc -l)"
+    record t_cpu_off "$(echo "$cpu_off * 10000 / $TRACE_N" | bc -l)"   # µs per job (100 Hz ticks)
+    record t_cpu_on "$(echo "$cpu_on * 10000 / $TRACE_N" | bc -l)"
     record t_cpu_ratio "$(echo "$cpu_on / $cpu_off" | bc -l)"
 done
 [ "$TRACE_PAIRS" = 0 ] || read -r span_off_ns span_on_ns < <("$SPAN_COST")
@@ -212,9 +231,11 @@ tracing_report() {
     local job_us
     [ "$TRACE_PAIRS" -gt 0 ] || return 0
     job_us=$(echo "1000000 / $(med t_tps_off)" | bc -l)
-    echo "tracing cost: $TRACE_PAIRS pairs of array runs of $N jobs (median of the pairs' ratios); $(printf '%.1f' "$spans_per_job") spans per job"
+    echo "tracing cost: $TRACE_PAIRS pairs of array runs of $TRACE_N jobs (median of the pairs' ratios); $(printf '%.1f' "$spans_per_job") spans per job"
     printf '  throughput       %8.1f jobs/s traced vs %8.1f untraced: ratio %.3f (%+.1f%%)\n' \
         "$(med t_tps_on)" "$(med t_tps_off)" "$(med t_tps_ratio)" "$(echo "($(med t_tps_ratio) - 1) * 100" | bc -l)"
+    printf '  by the records   %8.1f jobs/s traced vs %8.1f untraced: ratio %.3f (%+.1f%%)\n' \
+        "$(med t_rec_on)" "$(med t_rec_off)" "$(med t_rec_ratio)" "$(echo "($(med t_rec_ratio) - 1) * 100" | bc -l)"
     printf '  daemons CPU/job  %8.1f µs traced vs %8.1f µs untraced: ratio %.3f (%+.1f%%)\n' \
         "$(med t_cpu_on)" "$(med t_cpu_off)" "$(med t_cpu_ratio)" "$(echo "($(med t_cpu_ratio) - 1) * 100" | bc -l)"
     printf '  one span         %8.2f ns off, %8.2f ns on; off, per job: %.3f µs = %.5f%% of a job (%.0f µs at the untraced rate)\n' \

@@ -464,8 +464,25 @@ fn a_job_fails_after_its_last_attempt_is_lost() {
     wait_for("it to run", Duration::from_secs(30), || {
         state_of(&addr, id) == "running"
     });
+    let task_pid: i32 = ok(&jobs(&addr, &["show", &id.to_string()]))
+        .lines()
+        .find_map(|l| l.strip_prefix("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     w1.0.kill().unwrap();
     w1.0.wait().unwrap();
+    // A worker that dies takes its task with it (death signal): no orphan keeps running
+    // a task the manager will give to someone else.
+    wait_for(
+        "the task to die with its worker",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(format!("/proc/{task_pid}/stat"))
+                .map_or(true, |s| s.contains(") Z "))
+        },
+    );
     wait_for("it to fail", Duration::from_secs(30), || {
         state_of(&addr, id) == "failed"
     });

@@ -12,6 +12,7 @@
 //!   the slot once the manager has answered the Finished report.
 
 pub mod runner;
+mod spawn;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

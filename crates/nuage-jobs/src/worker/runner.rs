@@ -2,9 +2,9 @@
 //! captured up to a bound (the rest counted and dropped, so the task never blocks on a
 //! full pipe), output sent to the manager as it comes, and its end reported.
 
+use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -13,6 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::spawn;
 use crate::proto;
 use crate::trace::{Span, TraceContext};
 
@@ -90,54 +91,48 @@ fn take_output(out: &mut Capture, err: &mut Capture) -> proto::Output {
     }
 }
 
-fn build_command(spec: &TaskSpec, trace: Option<TraceContext>) -> tokio::process::Command {
-    let mut cmd = if spec.argv.is_empty() {
-        let mut c = tokio::process::Command::new(&spec.program);
-        c.args([
-            "jobs",
-            "default-task",
-            &spec.name,
-            "--worker",
-            &spec.worker,
-            "--duration",
-        ])
-        .arg(format!("{}ms", spec.default_task_duration.as_millis()));
-        c
+/// The task's command line and environment: the worker's environment with the job's
+/// variables (`NUAGE_JOB_ID`, `NUAGE_JOB_NAME`, `NUAGE_ATTEMPT`, `NUAGE_WORKER`,
+/// `NUAGE_MANAGER`, `NUAGE_ARRAY_TASK_ID` for an array task, `NUAGE_TRACEPARENT` when
+/// traced).
+fn build_command(
+    spec: &TaskSpec,
+    trace: Option<TraceContext>,
+) -> std::io::Result<spawn::TaskCommand> {
+    let duration = format!("{}ms", spec.default_task_duration.as_millis());
+    let argv: Vec<&OsStr> = if spec.argv.is_empty() {
+        [
+            spec.program.as_os_str(),
+            OsStr::new("jobs"),
+            OsStr::new("default-task"),
+            OsStr::new(&spec.name),
+            OsStr::new("--worker"),
+            OsStr::new(&spec.worker),
+            OsStr::new("--duration"),
+            OsStr::new(&duration),
+        ]
+        .into()
     } else {
-        let mut c = tokio::process::Command::new(&spec.argv[0]);
-        c.args(&spec.argv[1..]);
-        c
+        spec.argv.iter().map(OsStr::new).collect()
     };
-    cmd.env("NUAGE_JOB_ID", spec.job_id.to_string())
-        .env("NUAGE_JOB_NAME", &spec.name)
-        .env("NUAGE_ATTEMPT", spec.attempt.to_string())
-        .env("NUAGE_WORKER", &spec.worker)
-        .env("NUAGE_MANAGER", &spec.manager)
-        .env_remove("NUAGE_TRACEPARENT")
-        .env_remove("NUAGE_ARRAY_TASK_ID");
-    if let Some(i) = spec.array_index {
-        cmd.env("NUAGE_ARRAY_TASK_ID", i.to_string());
-    }
-    if let Some(t) = trace {
-        cmd.env("NUAGE_TRACEPARENT", t.traceparent());
-    }
-    if let Some(dir) = &spec.workdir {
-        cmd.current_dir(dir);
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    // SAFETY: the closure only makes a system call (prctl), which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            // If the worker dies, so does the task: no orphan keeps running a task the
-            // manager will give to someone else.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-        });
-    }
-    cmd
+    let (job_id, attempt) = (spec.job_id.to_string(), spec.attempt.to_string());
+    let index = spec.array_index.map(|i| i.to_string());
+    let traceparent = trace.map(|t| t.traceparent());
+    let mut set = vec![
+        ("NUAGE_JOB_ID", job_id.as_str()),
+        ("NUAGE_JOB_NAME", spec.name.as_str()),
+        ("NUAGE_ATTEMPT", attempt.as_str()),
+        ("NUAGE_WORKER", spec.worker.as_str()),
+        ("NUAGE_MANAGER", spec.manager.as_str()),
+    ];
+    set.extend(index.as_deref().map(|i| ("NUAGE_ARRAY_TASK_ID", i)));
+    set.extend(traceparent.as_deref().map(|t| ("NUAGE_TRACEPARENT", t)));
+    spawn::TaskCommand::new(
+        &argv,
+        &set,
+        &["NUAGE_TRACEPARENT", "NUAGE_ARRAY_TASK_ID"],
+        spec.workdir.as_deref(),
+    )
 }
 
 /// Runs the task to its end. `report` receives Started and Output reports as they
@@ -152,8 +147,7 @@ pub async fn run(
         format!("job {} {}", spec.job_id, spec.name)
     });
     let started_at_us = crate::now_us();
-    let mut cmd = build_command(&spec, task_span.context());
-    let mut child = match cmd.spawn() {
+    let mut child = match build_command(&spec, task_span.context()).and_then(|c| spawn::spawn(&c)) {
         Ok(c) => c,
         Err(e) => {
             let program = spec
@@ -168,7 +162,7 @@ pub async fn run(
             };
         }
     };
-    let pid = child.id().unwrap_or(0);
+    let pid = child.id();
     let pgid = Pid::from_raw(pid as i32);
     report(Report::Started(proto::Started {
         at_us: started_at_us,
