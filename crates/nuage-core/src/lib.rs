@@ -1,6 +1,6 @@
 //! nuage-core: what every nuage service shares and nothing more: configuration, the
 //! data directory and its SQLite stores, metrics, the service contract, the API error
-//! shape and client, socket binding with clear errors, time formatting.
+//! shape and client, socket binding with clear errors, time formatting, starting child processes cheaply.
 //!
 //! No service logic lives here.
 
@@ -8,6 +8,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod datadir;
+pub mod launch;
 pub mod metrics;
 pub mod net;
 pub mod peers;

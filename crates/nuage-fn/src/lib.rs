@@ -19,7 +19,6 @@ pub mod config;
 pub mod function;
 pub mod gateway;
 pub mod instance;
-pub mod launch;
 pub mod limiter;
 pub mod line;
 pub mod logs;

@@ -5,7 +5,7 @@
 //! gateway start it with tokio's `Command`: with an absolute program path and no
 //! `pre_exec` hook, std uses `posix_spawn` (vfork-like), whose cost does not grow with the
 //! size of the nuage process. Spawn mode, where a start is on the path of every
-//! connection, uses [`crate::launch`] instead.
+//! connection, uses [`nuage_core::launch`] instead.
 //!
 //! Like inetd's servers, functions get a small, fixed environment rather than the node's:
 //! `PATH` (the node's), `NUAGE_FUNCTION`, in spawn mode `NUAGE_CLIENT`, and the function's
@@ -84,7 +84,7 @@ pub fn signal_group(pid: u32, signal: Signal) {
 }
 
 /// A process nuage started and reaps: a tokio child (pool mode, gateway) or a launched
-/// one (spawn mode, [`crate::launch`]).
+/// one (spawn mode, [`nuage_core::launch`]).
 pub trait Reap {
     /// Its pid, while it has not been reaped.
     fn pid(&self) -> Option<u32>;
@@ -101,7 +101,7 @@ impl Reap for tokio::process::Child {
     }
 }
 
-impl Reap for crate::launch::Launched {
+impl Reap for nuage_core::launch::Launched {
     fn pid(&self) -> Option<u32> {
         Some(self.id())
     }

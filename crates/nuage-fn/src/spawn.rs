@@ -2,12 +2,13 @@
 //! stdout *are* the connection's socket. nuage relays nothing; it keeps its own descriptor
 //! of the socket only to watch it (TCP_INFO says when data last went each way), so it can
 //! close an idle connection and answer a request left unanswered past `--timeout`.
-//! Processes start through [`crate::launch`] (a vfork-like clone without glibc's
+//! Processes start through [`nuage_core::launch`] (a vfork-like clone without glibc's
 //! per-signal resets) and are reaped by pidfd.
 
 use std::ffi::CString;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -16,8 +17,9 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use nuage_core::launch::{self, Dispositions, Options, Prepared};
+
 use crate::backoff::Backoff;
-use crate::launch::{self, Dispositions, Prepared};
 use crate::logs::{LogRing, collect_stderr};
 use crate::process::{self, CLIENT_ENV, Program, describe};
 use crate::sockopt;
@@ -102,7 +104,14 @@ impl Spawner {
         stats: Arc<Stats>,
         logs: Arc<LogRing>,
     ) -> std::io::Result<Spawner> {
-        let prepared = Prepared::new(&program.path, &program.args, &program.environment())?;
+        let path = program.path.as_os_str().as_bytes();
+        let argv = std::iter::once(path).chain(program.args.iter().map(|a| a.as_bytes()));
+        let env = program
+            .environment()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>();
+        let prepared = Prepared::new(path, argv, env)?;
         Ok(Spawner {
             program,
             prepared,
@@ -172,13 +181,16 @@ impl Spawner {
         let client_env =
             CString::new(format!("{CLIENT_ENV}={client}")).expect("an address has no NUL");
         let started = Instant::now();
-        let launched = launch::launch(
-            &self.prepared,
-            &[client_env],
-            socket.as_fd(),
-            stderr_child.as_fd(),
-            &self.dispositions,
-        );
+        let stdio = launch::Stdio {
+            stdin: socket.as_fd(),
+            stdout: socket.as_fd(),
+            stderr: stderr_child.as_fd(),
+        };
+        let options = Options {
+            extra_env: &[client_env],
+            ..Options::default()
+        };
+        let launched = launch::launch(&self.prepared, stdio, &self.dispositions, &options);
         drop(stderr_child);
         let mut child = match launched {
             Ok(child) => child,

@@ -127,6 +127,17 @@ fn ls(manager: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The pid (and process group) of job `id`'s task, as `jobs show` gives it.
+fn task_pid(addr: &str, id: u64) -> i32 {
+    ok(&jobs(addr, &["show", &id.to_string()]))
+        .lines()
+        .find_map(|l| l.strip_prefix("pid"))
+        .expect("a pid line")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
 fn state_of(manager: &str, id: u64) -> String {
     ls(manager)
         .into_iter()
@@ -422,13 +433,7 @@ fn a_silent_worker_loses_its_task_to_another_which_runs_it_once() {
         std::fs::read_to_string(&marks).is_ok_and(|t| t == "w1\n")
     });
     // A hang: the worker and its task stop (as the lab's pause does to a machine).
-    let task_pid: i32 = ok(&jobs(&addr, &["show", &id.to_string()]))
-        .lines()
-        .find_map(|l| l.strip_prefix("pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let task_pid = task_pid(&addr, id);
     signal(&w1.0, Signal::SIGSTOP);
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(task_pid), Signal::SIGSTOP);
     let _w2 = worker(&addr, "w2", &[]);
@@ -464,13 +469,7 @@ fn a_job_fails_after_its_last_attempt_is_lost() {
     wait_for("it to run", Duration::from_secs(30), || {
         state_of(&addr, id) == "running"
     });
-    let task_pid: i32 = ok(&jobs(&addr, &["show", &id.to_string()]))
-        .lines()
-        .find_map(|l| l.strip_prefix("pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let task_pid = task_pid(&addr, id);
     w1.0.kill().unwrap();
     w1.0.wait().unwrap();
     // A worker that dies takes its task with it (death signal): no orphan keeps running
