@@ -851,7 +851,11 @@ mod tests {
         // Each sender's frames in its own order.
         for s in 0..4u64 {
             let mine: Vec<u64> = seen.iter().copied().filter(|i| i % 4 == s).collect();
-            let sorted = { let mut m = mine.clone(); m.sort_unstable(); m };
+            let sorted = {
+                let mut m = mine.clone();
+                m.sort_unstable();
+                m
+            };
             assert_eq!(mine, sorted);
         }
         sink.drained().await;

@@ -24,8 +24,8 @@ use crate::brick::fence::{Fences, OpenMark};
 use crate::brick::locks::{Acquire, ConnId, Contention, LockTable, MAX_LOCK_WAIT};
 use crate::brick::store::{BrickIdentity, Store};
 use crate::proto::{
-    self, Errno, FrameSink, FromBrick, MAGIC, MAX_INDEX_BATCH, MAX_IO, MAX_READDIR_BATCH, Notify, Op,
-    PROTOCOL_VERSION, Reply, Target,
+    self, Errno, FrameSink, FromBrick, MAGIC, MAX_INDEX_BATCH, MAX_IO, MAX_READDIR_BATCH, Notify,
+    Op, PROTOCOL_VERSION, Reply, Target,
 };
 
 /// Most client connections a brick serves at once; more are closed at accept.
@@ -353,8 +353,9 @@ impl Brick {
             }
             Op::Close { fd } => match files.get_opt(Some(*fd)) {
                 // Another name or descriptor keeps the blocks, or there are few of them.
-                Ok(Some(f)) => crate::sys::fstat(f.as_raw_fd())
-                    .map_or(true, |st| st.st_nlink > 0 || small(st)),
+                Ok(Some(f)) => {
+                    crate::sys::fstat(f.as_raw_fd()).map_or(true, |st| st.st_nlink > 0 || small(st))
+                }
                 _ => true,
             },
             _ => false,

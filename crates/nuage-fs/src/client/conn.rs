@@ -23,9 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::proto::{
-    self, Errno, FrameSink, FromBrick, MAGIC, Notify, Op, PROTOCOL_VERSION, Reply,
-};
+use crate::proto::{self, Errno, FrameSink, FromBrick, MAGIC, Notify, Op, PROTOCOL_VERSION, Reply};
 
 /// Default time after which a silent brick is declared gone (gluster's ping-timeout).
 pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(42);

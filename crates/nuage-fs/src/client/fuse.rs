@@ -11,9 +11,9 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::pin::Pin;
-use std::task::{Context, Wake, Waker};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -1095,7 +1095,11 @@ where
     let waker = Waker::from(parked.clone());
     {
         let _rt = rt.enter();
-        if fut.as_mut().poll(&mut Context::from_waker(&waker)).is_ready() {
+        if fut
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready()
+        {
             return;
         }
     }
