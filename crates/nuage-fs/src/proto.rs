@@ -25,7 +25,7 @@ use crate::layout::DirLayout;
 use crate::markers::{AfrDelta, AfrState};
 
 /// Version of this protocol; a brick refuses a client of another version.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Sent in `Hello`, so a stray connection from another program is refused at once.
 pub const MAGIC: [u8; 4] = *b"NUFS";
 /// Bytes of a frame header.
@@ -357,6 +357,14 @@ pub enum Op {
     Unfence {
         gfid: Gfid,
     },
+    /// The post-op of a name made or removed in a directory (replica.rs): applies a delta
+    /// to the directory's markers like `Xattrop` and answers with the directory's
+    /// [`Reply::Entry`] after it, so that the client knows its attributes without
+    /// another round trip (the marker update moved its ctime).
+    EntryPostOp {
+        dir: Gfid,
+        delta: AfrDelta,
+    },
 }
 
 impl Op {
@@ -396,6 +404,7 @@ impl Op {
             Op::Checksum { .. } => "checksum",
             Op::Fence { .. } => "fence",
             Op::Unfence { .. } => "unfence",
+            Op::EntryPostOp { .. } => "entrypostop",
         }
     }
 }
@@ -1021,6 +1030,10 @@ mod tests {
                 gfid: g,
                 delta: AfrDelta::default(),
                 unlock: Some(Domain::Entry),
+            },
+            Op::EntryPostOp {
+                dir: g,
+                delta: AfrDelta::default(),
             },
             Op::SetMeta {
                 gfid: g,

@@ -76,6 +76,7 @@ fn how_to_run(op: &Op) -> Run {
         | Op::Open { .. }
         | Op::Readlink { .. }
         | Op::Xattrop { .. }
+        | Op::EntryPostOp { .. }
         | Op::SetMeta { .. }
         | Op::SetGfid { .. }
         | Op::Getxattr { .. }
@@ -447,6 +448,7 @@ impl Brick {
             Op::Setxattr { gfid, .. }
             | Op::Removexattr { gfid, .. }
             | Op::Xattrop { gfid, .. }
+            | Op::EntryPostOp { dir: gfid, .. }
             | Op::SetMeta { gfid, .. }
             | Op::Link { gfid, .. } => vec![*gfid],
             Op::Unlink { gfid: Some(g), .. } => vec![*g],
@@ -706,6 +708,10 @@ impl Brick {
                         self.tell(note);
                     }
                     Reply::Markers(st)
+                }
+                Op::EntryPostOp { dir, delta } => {
+                    s.xattrop(&dir, &delta)?;
+                    Reply::Entry(s.stat(&dir, None)?)
                 }
                 Op::SetMeta { gfid, set } => {
                     s.set_meta(&gfid, &set)?;
