@@ -840,6 +840,71 @@ mod tests {
     use crate::proto::SetAttr;
 
     #[test]
+    fn quick_requests_are_answered_on_the_reader_and_slow_ones_are_not() {
+        use crate::brick::store::BrickIdentity;
+        let dir = tempfile::tempdir().unwrap();
+        let identity = BrickIdentity {
+            volume: "vol".into(),
+            volume_id: "vid".into(),
+            brick_id: 1,
+        };
+        let brick = Brick::new(Store::open(dir.path(), &identity).unwrap(), identity);
+        std::fs::write(dir.path().join("small"), vec![1u8; 4096]).unwrap();
+        let big = File::create(dir.path().join("big")).unwrap();
+        // Real blocks (a sparse file would free none).
+        let len = 2 * QUICK_FREE_MAX as libc::off_t;
+        // SAFETY: a descriptor of an open file.
+        assert_eq!(unsafe { libc::fallocate(big.as_raw_fd(), 0, 0, len) }, 0);
+        let files = OpenFiles::default();
+        let unlink = |name: &str| Op::Unlink {
+            parent: Gfid::ROOT,
+            name: name.as_bytes().to_vec(),
+            gfid: None,
+            parent_op: None,
+        };
+        assert!(brick.answer_inline(&files, &unlink("small"), 0));
+        assert!(!brick.answer_inline(&files, &unlink("big"), 0));
+        // Fails at once.
+        assert!(brick.answer_inline(&files, &unlink("missing"), 0));
+        let t = Target {
+            gfid: Gfid::random(),
+            fd: None,
+        };
+        let write = Op::Write {
+            target: t,
+            offset: 0,
+            op: None,
+        };
+        assert!(brick.answer_inline(&files, &write, 4096));
+        assert!(!brick.answer_inline(&files, &write, QUICK_IO_MAX + 1));
+        let read = |size| Op::Read {
+            target: t,
+            offset: 0,
+            size,
+        };
+        assert!(brick.answer_inline(&files, &read(4096), 0));
+        assert!(!brick.answer_inline(&files, &read(1 << 20), 0));
+        let fsync = Op::Fsync {
+            target: t,
+            datasync: false,
+        };
+        assert!(!brick.answer_inline(&files, &fsync, 0));
+        let open = Op::Open {
+            gfid: t.gfid,
+            flags: 0,
+        };
+        assert!(!brick.answer_inline(&files, &open, 0));
+        let lookup = Op::Lookup {
+            parent: Gfid::ROOT,
+            name: b"small".to_vec(),
+        };
+        assert!(brick.answer_inline(&files, &lookup, 0));
+        // While a file is fenced (a rebalance moving it), nothing is: it may have to wait.
+        brick.fences.fence(Gfid::random(), 99).unwrap();
+        assert!(!brick.answer_inline(&files, &lookup, 0));
+    }
+
+    #[test]
     fn data_and_listings_run_on_the_blocking_pool() {
         let t = Target {
             gfid: Gfid::random(),
