@@ -25,7 +25,7 @@ use crate::layout::DirLayout;
 use crate::markers::{AfrDelta, AfrState};
 
 /// Version of this protocol; a brick refuses a client of another version.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Sent in `Hello`, so a stray connection from another program is refused at once.
 pub const MAGIC: [u8; 4] = *b"NUFS";
 /// Bytes of a frame header.
@@ -357,6 +357,14 @@ pub enum Op {
     Unfence {
         gfid: Gfid,
     },
+    /// The post-op of a name made or removed in a directory (replica.rs): applies a delta
+    /// to the directory's markers like `Xattrop` and answers with the directory's
+    /// [`Reply::Entry`] after it, so that the client knows its attributes without
+    /// another round trip (the marker update moved its ctime).
+    EntryPostOp {
+        dir: Gfid,
+        delta: AfrDelta,
+    },
 }
 
 impl Op {
@@ -396,6 +404,7 @@ impl Op {
             Op::Checksum { .. } => "checksum",
             Op::Fence { .. } => "fence",
             Op::Unfence { .. } => "unfence",
+            Op::EntryPostOp { .. } => "entrypostop",
         }
     }
 }
@@ -572,6 +581,208 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
     Ok(Some(Frame { id, body, data }))
 }
 
+/// Bytes a connection's sender may have queued beyond what its socket took at once;
+/// senders wait beyond that (back-pressure on a peer that does not read).
+pub const MAX_SEND_BACKLOG: usize = 8 << 20;
+
+/// The sending side of a connection, shared by every task that sends on it.
+///
+/// A frame is written by the task that made it, straight into the socket (a
+/// non-blocking `send`), under a lock that is never held across an await: the common
+/// case — a small frame, a socket with room — costs no handoff to a writer task and
+/// back (a thread wakeup each way, on every request and every answer). What the socket
+/// does not take at once is queued, in order, and written by [`FrameSink::flush_queued`]
+/// (one task per connection, woken only then). Frames are never interleaved: a frame is
+/// either written whole or its rest queued before the lock is released, and nothing is
+/// written directly while anything is queued.
+pub struct FrameSink {
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    state: std::sync::Mutex<SinkState>,
+    /// Wakes the flusher: something was queued.
+    queued: tokio::sync::Notify,
+    /// Wakes senders waiting for room, and `drained`.
+    room: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct SinkState {
+    /// Frames (and how much of the first was written) waiting for the socket.
+    queue: std::collections::VecDeque<(Vec<u8>, usize)>,
+    /// Bytes in `queue` not yet written.
+    bytes: usize,
+    /// The socket failed (or was closed): every send fails from then on.
+    broken: bool,
+}
+
+fn broken_pipe() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection closed")
+}
+
+impl FrameSink {
+    pub fn new(wr: tokio::net::tcp::OwnedWriteHalf) -> FrameSink {
+        FrameSink {
+            wr,
+            state: std::sync::Mutex::default(),
+            queued: tokio::sync::Notify::new(),
+            room: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Sends a frame, waiting only while [`MAX_SEND_BACKLOG`] bytes are queued already.
+    /// Cancel-safe: a frame is either taken whole or not at all.
+    pub async fn send(&self, frame: Vec<u8>) -> std::io::Result<()> {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            {
+                let mut st = self.state.lock().expect("sink");
+                if st.broken {
+                    return Err(broken_pipe());
+                }
+                if st.bytes < MAX_SEND_BACKLOG {
+                    return self.push(&mut st, frame);
+                }
+                // Registered before the lock goes, so a drain in between is not missed.
+                room.as_mut().enable();
+            }
+            room.await;
+        }
+    }
+
+    /// Sends a frame unless the backlog is full (pings, notices: dropped then, as the
+    /// peer will hear from the frames ahead of them). Never waits.
+    pub fn try_send(&self, frame: Vec<u8>) -> std::io::Result<bool> {
+        let mut st = self.state.lock().expect("sink");
+        if st.broken {
+            return Err(broken_pipe());
+        }
+        if st.bytes >= MAX_SEND_BACKLOG {
+            return Ok(false);
+        }
+        self.push(&mut st, frame).map(|()| true)
+    }
+
+    fn push(&self, st: &mut SinkState, frame: Vec<u8>) -> std::io::Result<()> {
+        let mut done = 0;
+        if st.queue.is_empty() {
+            while done < frame.len() {
+                match self.wr.try_write(&frame[done..]) {
+                    Ok(0) => return Err(self.fail(st)),
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return Err(self.fail(st)),
+                }
+            }
+            if done == frame.len() {
+                return Ok(());
+            }
+            self.queued.notify_one();
+        }
+        st.bytes += frame.len() - done;
+        st.queue.push_back((frame, done));
+        Ok(())
+    }
+
+    fn fail(&self, st: &mut SinkState) -> std::io::Error {
+        st.broken = true;
+        st.queue.clear();
+        st.bytes = 0;
+        self.room.notify_waiters();
+        self.queued.notify_one();
+        broken_pipe()
+    }
+
+    /// Marks the sink closed: queued frames are dropped, sends fail.
+    pub fn close(&self) {
+        let mut st = self.state.lock().expect("sink");
+        let _ = self.fail(&mut st);
+    }
+
+    /// Writes what senders queued, as the socket takes it, until the sink breaks or
+    /// `stop` is cancelled (one such task per connection). Cancels `stop` when the
+    /// socket fails, so the connection ends; closes the sink when it returns, so that
+    /// no sender waits for room that will never come.
+    pub async fn flush_queued(&self, stop: tokio_util::sync::CancellationToken) {
+        self.flush_until(&stop).await;
+        self.close();
+    }
+
+    async fn flush_until(&self, stop: &tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.queued.notified() => {}
+            }
+            loop {
+                {
+                    let st = self.state.lock().expect("sink");
+                    if st.broken {
+                        stop.cancel();
+                        return;
+                    }
+                    if st.queue.is_empty() {
+                        break;
+                    }
+                }
+                let ready = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = self.wr.writable() => r,
+                };
+                let mut st = self.state.lock().expect("sink");
+                if ready.is_err() {
+                    let _ = self.fail(&mut st);
+                    stop.cancel();
+                    return;
+                }
+                while let Some((f, off)) = st.queue.front_mut() {
+                    match self.wr.try_write(&f[*off..]) {
+                        Ok(0) => {
+                            let _ = self.fail(&mut st);
+                            stop.cancel();
+                            return;
+                        }
+                        Ok(n) => {
+                            *off += n;
+                            let whole = *off == f.len();
+                            st.bytes -= n;
+                            if whole {
+                                st.queue.pop_front();
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            let _ = self.fail(&mut st);
+                            stop.cancel();
+                            return;
+                        }
+                    }
+                }
+                if st.bytes < MAX_SEND_BACKLOG {
+                    self.room.notify_waiters();
+                }
+            }
+        }
+    }
+
+    /// Waits until everything queued was written (or the sink broke).
+    pub async fn drained(&self) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            {
+                let st = self.state.lock().expect("sink");
+                if st.broken || st.queue.is_empty() {
+                    return;
+                }
+                room.as_mut().enable();
+            }
+            room.await;
+        }
+    }
+}
+
 pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> std::io::Result<T> {
     postcard::from_bytes(body).map_err(|e| {
         std::io::Error::new(
@@ -597,6 +808,104 @@ pub fn check_name(name: &[u8]) -> Result<(), Errno> {
 mod tests {
     use super::*;
     use crate::markers::Kind;
+    use std::sync::Arc;
+
+    /// A connected pair: the sink's side, and the peer's read half.
+    async fn sink_pair() -> (Arc<FrameSink>, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = tokio::net::TcpStream::connect(l.local_addr().unwrap());
+        let (a, b) = tokio::join!(a, l.accept());
+        let (_rd, wr) = a.unwrap().into_split();
+        (Arc::new(FrameSink::new(wr)), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn a_sink_keeps_frames_whole_and_in_order_when_the_peer_reads_late() {
+        let (sink, mut peer) = sink_pair().await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let flusher = tokio::spawn({
+            let (sink, stop) = (sink.clone(), stop.clone());
+            async move { sink.flush_queued(stop).await }
+        });
+        // Several senders at once, more than the socket buffers hold while nobody reads:
+        // the rest is queued, then senders wait for room (the backlog is bounded).
+        let frames = 64u64;
+        let data = vec![7u8; 512 << 10];
+        let mut senders = Vec::new();
+        for s in 0..4u64 {
+            let (sink, data) = (sink.clone(), data.clone());
+            senders.push(tokio::spawn(async move {
+                for i in (s..frames).step_by(4) {
+                    let mut f = encode_frame(i, &Op::Ping, data.len()).unwrap();
+                    f.extend_from_slice(&data);
+                    sink.send(f).await.unwrap();
+                }
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        {
+            let st = sink.state.lock().unwrap();
+            assert!(st.bytes <= MAX_SEND_BACKLOG + data.len() + HEADER_LEN + 16);
+        }
+        let mut seen = Vec::new();
+        for _ in 0..frames {
+            let f = read_frame(&mut peer).await.unwrap().expect("a frame");
+            assert_eq!(decode::<Op>(&f.body).unwrap(), Op::Ping);
+            assert_eq!(f.data, data, "frame {} arrived whole", f.id);
+            seen.push(f.id);
+        }
+        for s in senders {
+            s.await.unwrap();
+        }
+        // Each sender's frames in its own order.
+        for s in 0..4u64 {
+            let mine: Vec<u64> = seen.iter().copied().filter(|i| i % 4 == s).collect();
+            let sorted = {
+                let mut m = mine.clone();
+                m.sort_unstable();
+                m
+            };
+            assert_eq!(mine, sorted);
+        }
+        sink.drained().await;
+        stop.cancel();
+        flusher.await.unwrap();
+        // Closed with its flusher: sends fail rather than wait.
+        assert!(sink.send(vec![0; 16]).await.is_err());
+        assert!(sink.try_send(vec![0; 16]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_sink_fails_its_waiting_senders_when_the_peer_goes() {
+        let (sink, peer) = sink_pair().await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let flusher = tokio::spawn({
+            let (sink, stop) = (sink.clone(), stop.clone());
+            async move { sink.flush_queued(stop).await }
+        });
+        let big = vec![1u8; 1 << 20];
+        let sender = tokio::spawn({
+            let sink = sink.clone();
+            async move {
+                loop {
+                    if sink.send(big.clone()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        drop(peer);
+        tokio::time::timeout(std::time::Duration::from_secs(20), sender)
+            .await
+            .expect("the sender gives up once the peer is gone")
+            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(20), flusher)
+            .await
+            .expect("the flusher ends")
+            .unwrap();
+        assert!(stop.is_cancelled(), "the connection is told to end");
+    }
 
     fn round_trip_op(op: Op) {
         let frame = encode_frame(42, &op, 0).unwrap();
@@ -721,6 +1030,10 @@ mod tests {
                 gfid: g,
                 delta: AfrDelta::default(),
                 unlock: Some(Domain::Entry),
+            },
+            Op::EntryPostOp {
+                dir: g,
+                delta: AfrDelta::default(),
             },
             Op::SetMeta {
                 gfid: g,

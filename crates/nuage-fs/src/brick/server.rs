@@ -1,8 +1,10 @@
 //! A brick server: serves one [`Store`] over the brick protocol (proto.rs).
 //!
-//! Each connection has a reader (decodes frames, answers pings at once, runs every other
-//! request as its own task, at most [`MAX_INFLIGHT`] at a time), a writer (frames from a
-//! channel to the socket), its table of open files, and the locks it holds. When the
+//! Each connection has a reader (decodes frames, answers pings and the quick metadata
+//! requests itself — see [`Run::Inline`] —, runs every other request as its own task, at
+//! most [`MAX_INFLIGHT`] at a time), a sink that every task writes its answers into
+//! directly (proto::FrameSink; a flusher task writes what the socket did not take at
+//! once), its table of open files, and the locks it holds. When the
 //! connection ends, for any reason, its files are closed and its locks released.
 //! A request that cannot be decoded ends its connection, never the server.
 
@@ -13,17 +15,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::brick::fence::{Fences, OpenMark};
 use crate::brick::locks::{Acquire, ConnId, Contention, LockTable, MAX_LOCK_WAIT};
 use crate::brick::store::{BrickIdentity, Store};
 use crate::proto::{
-    self, Errno, FromBrick, MAGIC, MAX_INDEX_BATCH, MAX_IO, MAX_READDIR_BATCH, Notify, Op,
-    PROTOCOL_VERSION, Reply, Target,
+    self, Errno, FrameSink, FromBrick, MAGIC, MAX_INDEX_BATCH, MAX_IO, MAX_READDIR_BATCH, Notify,
+    Op, PROTOCOL_VERSION, Reply, Target,
 };
 
 /// Most client connections a brick serves at once; more are closed at accept.
@@ -34,18 +36,26 @@ pub const MAX_INFLIGHT: usize = 64;
 pub const MAX_OPEN_FILES: usize = 65536;
 /// A connection must say `Hello` within this time.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest file whose removal — unlink of its last name, close of its last descriptor
+/// once it has no name — is done on the connection's reader: freeing a few extents takes
+/// microseconds; a large file's blocks may take milliseconds, and are freed off it.
+pub const QUICK_FREE_MAX: u64 = 8 << 20;
+/// Largest read or write answered on the connection's reader: a copy of a small file's
+/// data to or from the page cache takes microseconds, less than a handoff to the
+/// blocking pool and back; larger ones (and `fsync`) run there.
+pub const QUICK_IO_MAX: usize = 64 << 10;
 /// Bounds on the ping interval a client may ask for.
 pub const MIN_PING_INTERVAL_MS: u32 = 100;
 pub const MAX_PING_INTERVAL_MS: u32 = 600_000;
-/// Frames queued for the writer of one connection.
-const WRITE_QUEUE: usize = 2 * MAX_INFLIGHT;
 
 /// Where a request's system calls run.
 #[derive(Debug, PartialEq, Eq)]
 enum Run {
-    /// On the connection's task: a few metadata calls on one object (lookups, stats,
-    /// creations, attributes), which take microseconds; a handoff to another thread and
-    /// back would cost more than the work, on every small-file operation.
+    /// On the connection's reader itself, without a task (unless a rebalance fence
+    /// is up: see [`Brick::answer_inline`]): a few metadata calls on one object
+    /// (lookups, stats, creations, attributes), which take microseconds; a task, a
+    /// handoff to another thread and back would cost more than the work, on every
+    /// small-file operation. The connection's next requests wait meanwhile.
     Inline,
     /// On the same thread, with the runtime's other work handed to another thread
     /// (`block_in_place`): usually fast, but may free a large file's blocks (the last
@@ -66,6 +76,7 @@ fn how_to_run(op: &Op) -> Run {
         | Op::Open { .. }
         | Op::Readlink { .. }
         | Op::Xattrop { .. }
+        | Op::EntryPostOp { .. }
         | Op::SetMeta { .. }
         | Op::SetGfid { .. }
         | Op::Getxattr { .. }
@@ -85,7 +96,7 @@ pub struct Brick {
     identity: BrickIdentity,
     locks: LockTable,
     fences: Arc<Fences>,
-    conns: Mutex<HashMap<ConnId, mpsc::Sender<Vec<u8>>>>,
+    conns: Mutex<HashMap<ConnId, Arc<FrameSink>>>,
     next_conn: AtomicU64,
     limit: Arc<Semaphore>,
 }
@@ -165,14 +176,14 @@ impl Brick {
     /// Sends contention notices to the lock holders concerned.
     fn tell(&self, notes: impl IntoIterator<Item = Contention>) {
         for c in notes {
-            let tx = self.conns.lock().expect("conns").get(&c.holder).cloned();
-            if let Some(tx) = tx {
+            let sink = self.conns.lock().expect("conns").get(&c.holder).cloned();
+            if let Some(sink) = sink {
                 let note = FromBrick::Notify(Notify::Contended {
                     gfid: c.gfid,
                     domain: c.domain,
                 });
                 if let Ok(frame) = proto::encode_frame(0, &note, 0) {
-                    let _ = tx.try_send(frame);
+                    let _ = sink.try_send(frame);
                 }
             }
         }
@@ -184,17 +195,17 @@ impl Brick {
         stream: TcpStream,
         stop: CancellationToken,
     ) -> std::io::Result<()> {
-        let (rd, mut wr) = stream.into_split();
+        let (rd, wr) = stream.into_split();
         let mut rd = BufReader::with_capacity(256 << 10, rd);
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
-        let writer = tokio::spawn(async move {
-            while let Some(frame) = rx.recv().await {
-                if wr.write_all(&frame).await.is_err() {
-                    break;
-                }
-            }
-            let _ = wr.shutdown().await;
-        });
+        let sink = Arc::new(FrameSink::new(wr));
+        // Ends the connection when the socket fails under a write; stopped when it ends.
+        let broken = stop.child_token();
+        // However this ends (an early `?` too), the flusher ends, and the socket closes.
+        let _end = broken.clone().drop_guard();
+        let flusher = {
+            let (sink, broken) = (sink.clone(), broken.clone());
+            tokio::spawn(async move { sink.flush_queued(broken).await })
+        };
 
         // Hello first, within a bound.
         let first = tokio::time::timeout(HELLO_TIMEOUT, proto::read_frame(&mut rd))
@@ -229,12 +240,13 @@ impl Brick {
                     }),
                 };
                 let refused = reply.is_err();
-                let _ = tx
+                let _ = sink
                     .send(proto::encode_frame(first.id, &FromBrick::Reply(reply), 0)?)
                     .await;
                 if refused {
-                    drop(tx);
-                    let _ = writer.await;
+                    sink.drained().await;
+                    broken.cancel();
+                    let _ = flusher.await;
                     return Err(io_err("hello refused"));
                 }
                 tracing::debug!(
@@ -245,14 +257,14 @@ impl Brick {
             }
             _ => return Err(io_err("first request is not hello")),
         };
-        self.conns.lock().expect("conns").insert(id, tx.clone());
+        self.conns.lock().expect("conns").insert(id, sink.clone());
 
         let files = Arc::new(OpenFiles::default());
         let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));
         let silence = ping_interval * 3;
         let result = loop {
             let frame = tokio::select! {
-                _ = stop.cancelled() => break Ok(()),
+                _ = broken.cancelled() => break Ok(()),
                 f = tokio::time::timeout(silence, proto::read_frame(&mut rd)) => match f {
                     Err(_) => break Err(io_err("client silent for three ping intervals")),
                     Ok(Err(e)) => break Err(e),
@@ -265,7 +277,7 @@ impl Brick {
                 Err(e) => break Err(e),
             };
             if op == Op::Ping {
-                let _ = tx
+                let _ = sink
                     .send(proto::encode_frame(
                         frame.id,
                         &FromBrick::Reply(Ok(Reply::Pong)),
@@ -274,40 +286,81 @@ impl Brick {
                     .await;
                 continue;
             }
+            if self.answer_inline(&files, &op, frame.data.len()) {
+                let (reply, data) = self.execute_blocking(id, &files, op, frame.data);
+                let _ = sink.send(reply_frame(frame.id, reply, &data)).await;
+                continue;
+            }
             let Ok(permit) = inflight.clone().acquire_owned().await else {
                 break Ok(());
             };
             let brick = self.clone();
             let files = files.clone();
-            let tx = tx.clone();
+            let sink = sink.clone();
             tokio::spawn(async move {
                 let (reply, data) = brick.execute(id, &files, op, frame.data).await;
-                let frame =
-                    match proto::encode_frame(frame.id, &FromBrick::Reply(reply), data.len()) {
-                        Ok(mut f) => {
-                            f.extend_from_slice(&data);
-                            f
-                        }
-                        Err(e) => {
-                            tracing::warn!("brick: reply too large: {e}");
-                            proto::encode_frame(
-                                frame.id,
-                                &FromBrick::Reply(Err(Errno(libc::EIO))),
-                                0,
-                            )
-                            .expect("small frame")
-                        }
-                    };
-                let _ = tx.send(frame).await;
+                let _ = sink.send(reply_frame(frame.id, reply, &data)).await;
                 drop(permit);
             });
         };
         // Wait for requests still running, so their replies and fds are accounted for.
         let _ = inflight.acquire_many(MAX_INFLIGHT as u32).await;
         self.conns.lock().expect("conns").remove(&id);
-        drop(tx);
-        let _ = writer.await;
+        // The answers still queued go out, unless the server is stopping or the socket
+        // failed.
+        tokio::select! {
+            _ = sink.drained() => {}
+            _ = broken.cancelled() => {}
+        }
+        broken.cancel();
+        let _ = flusher.await;
         result
+    }
+
+    /// Whether a request is answered on the connection's reader (see [`Run::Inline`]):
+    /// not while any file is fenced (the request may have to wait for the fence), and
+    /// never an `Open` (it counts the file open against fences, which may wait). The
+    /// removal of a small file (unlink, close) is too (see [`QUICK_FREE_MAX`]), and
+    /// small reads and writes (see [`QUICK_IO_MAX`]).
+    fn answer_inline(&self, files: &OpenFiles, op: &Op, data_len: usize) -> bool {
+        if self.fences.any() {
+            return false;
+        }
+        match how_to_run(op) {
+            Run::Inline => !matches!(op, Op::Open { .. }),
+            Run::InPlace => self.quick_removal(files, op),
+            Run::Pool => match op {
+                // A small file's read or write: a copy to or from the page cache.
+                Op::Write { .. } => data_len <= QUICK_IO_MAX,
+                Op::Read { size, .. } => *size as usize <= QUICK_IO_MAX,
+                _ => false,
+            },
+        }
+    }
+
+    /// An unlink or close that frees at most [`QUICK_FREE_MAX`] bytes of blocks (or
+    /// fails at once). Costs one `fstatat` or `fstat`.
+    fn quick_removal(&self, files: &OpenFiles, op: &Op) -> bool {
+        let small = |st: libc::stat| (st.st_blocks.max(0) as u64) * 512 <= QUICK_FREE_MAX;
+        match op {
+            Op::Unlink { parent, name, .. } => {
+                let (Ok(dir), Ok(name)) = (
+                    self.store.dir_fd(parent),
+                    std::ffi::CString::new(name.as_slice()),
+                ) else {
+                    return true;
+                };
+                crate::sys::fstatat(dir.as_raw_fd(), &name).map_or(true, small)
+            }
+            Op::Close { fd } => match files.get_opt(Some(*fd)) {
+                // Another name or descriptor keeps the blocks, or there are few of them.
+                Ok(Some(f)) => {
+                    crate::sys::fstat(f.as_raw_fd()).map_or(true, |st| st.st_nlink > 0 || small(st))
+                }
+                _ => true,
+            },
+            _ => false,
+        }
     }
 
     /// Runs one request; returns the reply and its data part.
@@ -395,6 +448,7 @@ impl Brick {
             Op::Setxattr { gfid, .. }
             | Op::Removexattr { gfid, .. }
             | Op::Xattrop { gfid, .. }
+            | Op::EntryPostOp { dir: gfid, .. }
             | Op::SetMeta { gfid, .. }
             | Op::Link { gfid, .. } => vec![*gfid],
             Op::Unlink { gfid: Some(g), .. } => vec![*g],
@@ -655,6 +709,10 @@ impl Brick {
                     }
                     Reply::Markers(st)
                 }
+                Op::EntryPostOp { dir, delta } => {
+                    s.xattrop(&dir, &delta)?;
+                    Reply::Entry(s.stat(&dir, None)?)
+                }
                 Op::SetMeta { gfid, set } => {
                     s.set_meta(&gfid, &set)?;
                     Reply::Done
@@ -744,6 +802,21 @@ impl OpenFiles {
     }
 }
 
+/// The frame answering request `id` (EIO if the answer is over the frame limits).
+fn reply_frame(id: u64, reply: Result<Reply, Errno>, data: &[u8]) -> Vec<u8> {
+    match proto::encode_frame(id, &FromBrick::Reply(reply), data.len()) {
+        Ok(mut f) => {
+            f.extend_from_slice(data);
+            f
+        }
+        Err(e) => {
+            tracing::warn!("brick: reply too large: {e}");
+            proto::encode_frame(id, &FromBrick::Reply(Err(Errno(libc::EIO))), 0)
+                .expect("small frame")
+        }
+    }
+}
+
 fn io_err(msg: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_owned())
 }
@@ -765,6 +838,71 @@ mod tests {
     use super::*;
     use crate::gfid::Gfid;
     use crate::proto::SetAttr;
+
+    #[test]
+    fn quick_requests_are_answered_on_the_reader_and_slow_ones_are_not() {
+        use crate::brick::store::BrickIdentity;
+        let dir = tempfile::tempdir().unwrap();
+        let identity = BrickIdentity {
+            volume: "vol".into(),
+            volume_id: "vid".into(),
+            brick_id: 1,
+        };
+        let brick = Brick::new(Store::open(dir.path(), &identity).unwrap(), identity);
+        std::fs::write(dir.path().join("small"), vec![1u8; 4096]).unwrap();
+        let big = File::create(dir.path().join("big")).unwrap();
+        // Real blocks (a sparse file would free none).
+        let len = 2 * QUICK_FREE_MAX as libc::off_t;
+        // SAFETY: a descriptor of an open file.
+        assert_eq!(unsafe { libc::fallocate(big.as_raw_fd(), 0, 0, len) }, 0);
+        let files = OpenFiles::default();
+        let unlink = |name: &str| Op::Unlink {
+            parent: Gfid::ROOT,
+            name: name.as_bytes().to_vec(),
+            gfid: None,
+            parent_op: None,
+        };
+        assert!(brick.answer_inline(&files, &unlink("small"), 0));
+        assert!(!brick.answer_inline(&files, &unlink("big"), 0));
+        // Fails at once.
+        assert!(brick.answer_inline(&files, &unlink("missing"), 0));
+        let t = Target {
+            gfid: Gfid::random(),
+            fd: None,
+        };
+        let write = Op::Write {
+            target: t,
+            offset: 0,
+            op: None,
+        };
+        assert!(brick.answer_inline(&files, &write, 4096));
+        assert!(!brick.answer_inline(&files, &write, QUICK_IO_MAX + 1));
+        let read = |size| Op::Read {
+            target: t,
+            offset: 0,
+            size,
+        };
+        assert!(brick.answer_inline(&files, &read(4096), 0));
+        assert!(!brick.answer_inline(&files, &read(1 << 20), 0));
+        let fsync = Op::Fsync {
+            target: t,
+            datasync: false,
+        };
+        assert!(!brick.answer_inline(&files, &fsync, 0));
+        let open = Op::Open {
+            gfid: t.gfid,
+            flags: 0,
+        };
+        assert!(!brick.answer_inline(&files, &open, 0));
+        let lookup = Op::Lookup {
+            parent: Gfid::ROOT,
+            name: b"small".to_vec(),
+        };
+        assert!(brick.answer_inline(&files, &lookup, 0));
+        // While a file is fenced (a rebalance moving it), nothing is: it may have to wait.
+        brick.fences.fence(Gfid::random(), 99).unwrap();
+        assert!(!brick.answer_inline(&files, &lookup, 0));
+    }
 
     #[test]
     fn data_and_listings_run_on_the_blocking_pool() {

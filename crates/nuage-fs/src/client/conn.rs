@@ -23,14 +23,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::proto::{self, Errno, FromBrick, MAGIC, Notify, Op, PROTOCOL_VERSION, Reply};
+use crate::proto::{self, Errno, FrameSink, FromBrick, MAGIC, Notify, Op, PROTOCOL_VERSION, Reply};
 
 /// Default time after which a silent brick is declared gone (gluster's ping-timeout).
 pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(42);
 /// Longest wait for a TCP connection to a brick (capped by the ping timeout).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Frames queued for the writer.
-const WRITE_QUEUE: usize = 256;
 /// How often a silent brick is tried again in the background (gluster: 3 s).
 pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(3);
 
@@ -46,7 +44,8 @@ pub struct BrickAddr {
 type Answer = (Result<Reply, Errno>, Vec<u8>);
 
 struct Live {
-    tx: mpsc::Sender<Vec<u8>>,
+    /// Requests are written by the task that makes them (proto::FrameSink).
+    sink: Arc<FrameSink>,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Answer>>>>,
     dead: CancellationToken,
     /// Set by the pinger when it ended the connection because the brick went silent
@@ -127,8 +126,9 @@ impl BrickConn {
         frame.extend_from_slice(data);
         let (tx, rx) = oneshot::channel();
         live.pending.lock().expect("pending").insert(id, tx);
-        if live.tx.send(frame).await.is_err() {
+        if live.sink.send(frame).await.is_err() {
             live.pending.lock().expect("pending").remove(&id);
+            live.dead.cancel();
             return Err(Errno(libc::ENOTCONN));
         }
         match rx.await {
@@ -137,6 +137,42 @@ impl BrickConn {
             // The connection died with the request unanswered.
             Err(_) => Err(Errno(libc::ENOTCONN)),
         }
+    }
+
+    /// Writes a request at once, without waiting, when a connection is up and has room
+    /// (`None` otherwise: nothing sent); the returned future waits for the answer. A
+    /// request sent so is on the wire before any request made after this returns, and
+    /// the brick answers its quick requests in order (server.rs, `Run::Inline`).
+    pub fn send_now(
+        &self,
+        op: Op,
+    ) -> Option<impl std::future::Future<Output = Result<Reply, Errno>> + Send + 'static> {
+        if self.silent.load(Ordering::Acquire) {
+            return None;
+        }
+        let live = {
+            let guard = self.live.try_lock().ok()?;
+            let live = guard.as_ref()?;
+            if live.dead.is_cancelled() {
+                return None;
+            }
+            live.clone()
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let frame = proto::encode_frame(id, &op, 0).ok()?;
+        let (tx, rx) = oneshot::channel();
+        live.pending.lock().expect("pending").insert(id, tx);
+        if !matches!(live.sink.try_send(frame), Ok(true)) {
+            live.pending.lock().expect("pending").remove(&id);
+            return None;
+        }
+        Some(async move {
+            match rx.await {
+                Ok((Ok(reply), _)) => Ok(reply),
+                Ok((Err(e), _)) => Err(e),
+                Err(_) => Err(Errno(libc::ENOTCONN)),
+            }
+        })
     }
 
     /// Like `call`, for requests without a data part whose reply has none.
@@ -259,26 +295,18 @@ impl BrickConn {
             _ => return Err(refused(libc::EPROTO)),
         }
 
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        let sink = Arc::new(FrameSink::new(wr));
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Answer>>>> = Arc::default();
         let dead = CancellationToken::new();
         let last_heard = Arc::new(Mutex::new(Instant::now()));
         let went_silent = Arc::new(AtomicBool::new(false));
 
-        // Writer.
-        let d = dead.clone();
+        // What the socket did not take at once; the write half closes when the last
+        // holder of the sink (this task, the pinger, `Live`) is gone.
+        let (d, s) = (dead.clone(), sink.clone());
         tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = d.cancelled() => break,
-                    f = rx.recv() => match f {
-                        Some(f) => if wr.write_all(&f).await.is_err() { break },
-                        None => break,
-                    },
-                }
-            }
+            s.flush_queued(d.clone()).await;
             d.cancel();
-            let _ = wr.shutdown().await;
         });
         // Reader.
         let (d, p, heard, notes) = (
@@ -326,7 +354,7 @@ impl BrickConn {
         let (d, heard, ping_tx, timeout, silent) = (
             dead.clone(),
             last_heard,
-            tx.clone(),
+            sink.clone(),
             self.ping_timeout,
             went_silent.clone(),
         );
@@ -346,13 +374,18 @@ impl BrickConn {
                     d.cancel();
                     break;
                 }
-                if ping_tx.try_send(ping.clone()).is_err() {
-                    // The queue is full of real requests: they will be heard from.
+                match ping_tx.try_send(ping.clone()) {
+                    // Not sent: the queue is full of real requests, which will be heard from.
+                    Ok(_) => {}
+                    Err(_) => {
+                        d.cancel();
+                        break;
+                    }
                 }
             }
         });
         Ok(Live {
-            tx,
+            sink,
             pending,
             dead,
             went_silent,

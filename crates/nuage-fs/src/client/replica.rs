@@ -37,6 +37,12 @@ use crate::proto::{Entry, Errno, Op, Reply};
 
 type Res<T> = Result<T, Errno>;
 
+/// How long a directory's entries from its last entry post-op answer a `Stat` of it
+/// (once); later, the copies are asked. The kernel asks for a directory's attributes
+/// right after a name made or removed in it (its permission check needs them fresh).
+const DIR_AFTER_TTL: Duration = Duration::from_secs(1);
+/// Most directories remembered so.
+const MAX_DIR_AFTER: usize = 1024;
 /// After a failed attempt to reach a copy, changes do not try it again for this long
 /// (each attempt to a dead brick costs a connect).
 const RETRY_DOWN_AFTER: Duration = Duration::from_secs(1);
@@ -104,6 +110,15 @@ pub struct Replica {
     healing: Arc<Mutex<HashSet<Gfid>>>,
     /// Open data transactions, by file.
     data_txs: DataTxs,
+    /// Directories' entries as the copies answered their last entry post-op, by
+    /// directory (see `entry_post_ops`).
+    dir_after: Mutex<HashMap<Gfid, DirAfter>>,
+}
+
+/// A directory's entry post-op sent to every copy, and the answers once they are in.
+struct DirAfter {
+    sent_at: Instant,
+    answers: tokio::sync::watch::Receiver<Option<Arc<Answers>>>,
 }
 
 /// What a change touches: the objects whose markers record it.
@@ -127,6 +142,7 @@ impl Replica {
             down_at: Mutex::new(vec![None; n]),
             healing: Arc::new(Mutex::new(HashSet::new())),
             data_txs: Arc::default(),
+            dir_after: Mutex::default(),
         }
     }
 
@@ -152,7 +168,11 @@ impl Replica {
             return self.bricks[0].call(op, data).await;
         }
         match &op {
-            Op::Lookup { .. } | Op::Stat { fd: None, .. } => self.lookup_like(op).await,
+            Op::Stat { gfid, fd: None } => match self.dir_after_post_op(*gfid).await {
+                Some(answers) => self.pick_entry(answers),
+                None => self.lookup_like(op).await,
+            },
+            Op::Lookup { .. } => self.lookup_like(op).await,
             Op::Read { target, .. } => {
                 let v = target.fd.ok_or(Errno(libc::EBADF))?;
                 let i = self.read_copy(v)?;
@@ -246,6 +266,7 @@ impl Replica {
             Op::SetMeta { .. }
             | Op::SetGfid { .. }
             | Op::Xattrop { .. }
+            | Op::EntryPostOp { .. }
             | Op::Lock { .. }
             | Op::Unlock { .. } => self.change(op, data, Vec::new()).await,
             Op::Fence { gfid } => {
@@ -366,29 +387,21 @@ impl Replica {
 
     /// Sends to every copy at once; the answers of copies that were reached, by index.
     async fn fan(&self, to: &[usize], op: impl Fn(usize) -> Option<Op>, data: &[u8]) -> Answers {
-        let data: Arc<[u8]> = data.into();
         let futs: Vec<_> = to
             .iter()
             .map(|i| {
-                let b = self.bricks[*i].clone();
+                let b = &self.bricks[*i];
                 let op = op(*i);
-                let data = data.clone();
                 let i = *i;
-                tokio::spawn(async move {
+                async move {
                     match op {
-                        Some(op) => (i, b.call(op, &data).await),
+                        Some(op) => (i, b.call(op, data).await),
                         None => (i, Err(Errno(libc::EBADF))),
                     }
-                })
+                }
             })
             .collect();
-        let mut out = Vec::with_capacity(futs.len());
-        for f in futs {
-            if let Ok(a) = f.await {
-                out.push(a);
-            }
-        }
-        out
+        join_all(futs).await
     }
 
     /// Lookup and stat by id: every copy that is up is asked; the answer comes from a copy
@@ -396,6 +409,12 @@ impl Replica {
     async fn lookup_like(&self, op: Op) -> Res<(Reply, Vec<u8>)> {
         let all: Vec<usize> = (0..self.n()).collect();
         let answers = self.fan(&all, |_| Some(op.clone()), &[]).await;
+        self.pick_entry(answers)
+    }
+
+    /// The entry to answer from the copies' answers to a lookup or stat (see
+    /// `lookup_like`).
+    fn pick_entry(&self, answers: Answers) -> Res<(Reply, Vec<u8>)> {
         let mut entries: Vec<(usize, Entry)> = Vec::new();
         let mut first_err = None;
         for (i, r) in answers {
@@ -728,9 +747,95 @@ impl Replica {
         }
     }
 
+    /// The post-op of an entry change (names made or removed in directories `post`, on
+    /// the copies `done`). Each copy's marker update is written to its brick now, on the
+    /// connection every later request of this client to that brick follows, and the
+    /// brick answers it in order with the quick requests (`Stat`, `Lookup`, the next
+    /// change: server.rs), so anything that reads the directory afterwards sees it after
+    /// the post-op (whose extended-attribute write moves the directory's ctime) without
+    /// the change's answer waiting for it: one round trip less per file created or
+    /// removed. The answers carry the directory's entry after the post-op: the `Stat`
+    /// that follows (the kernel's, for its permission check) is answered from them, one
+    /// more round trip saved. A failure is logged (the copy keeps `dirty` raised, which
+    /// heal looks at). Copies whose connection cannot take the update now get it as
+    /// any other post-op, waited for.
+    async fn entry_post_ops(&self, done: &[usize], post: &[(Gfid, AfrDelta)]) {
+        let mut waited = Vec::new();
+        for (dir, delta) in post {
+            let mut sent = Vec::new();
+            for i in done {
+                let op = Op::EntryPostOp {
+                    dir: *dir,
+                    delta: delta.clone(),
+                };
+                match self.bricks[*i].send_now(op) {
+                    Some(answer) => sent.push((*i, answer)),
+                    None => waited.push((self.bricks[*i].clone(), *dir, delta.clone())),
+                }
+            }
+            if sent.is_empty() {
+                continue;
+            }
+            let every_copy = sent.len() == self.n();
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            if every_copy {
+                let mut after = self.dir_after.lock().expect("dir_after");
+                if after.len() >= MAX_DIR_AFTER {
+                    after.retain(|_, d| d.sent_at.elapsed() < DIR_AFTER_TTL);
+                    if after.len() >= MAX_DIR_AFTER {
+                        after.clear();
+                    }
+                }
+                after.insert(
+                    *dir,
+                    DirAfter {
+                        sent_at: Instant::now(),
+                        answers: rx,
+                    },
+                );
+            }
+            tokio::spawn(async move {
+                let mut answers: Answers = Vec::with_capacity(sent.len());
+                for (i, answer) in sent {
+                    let r = answer.await;
+                    if let Err(e) = &r {
+                        tracing::warn!("post-op failed: {}", e.describe());
+                    }
+                    answers.push((i, r.map(|reply| (reply, Vec::new()))));
+                }
+                let _ = tx.send(Some(Arc::new(answers)));
+            });
+        }
+        for e in xattrops(waited).await {
+            tracing::warn!("post-op failed: {}", e.describe());
+        }
+    }
+
+    /// The answers of every copy to the last entry post-op of `dir`, if it was sent
+    /// less than [`DIR_AFTER_TTL`] ago (each is used once), all answered with entries.
+    async fn dir_after_post_op(&self, dir: Gfid) -> Option<Answers> {
+        let mut rx = {
+            let mut after = self.dir_after.lock().expect("dir_after");
+            let d = after.remove(&dir)?;
+            if d.sent_at.elapsed() >= DIR_AFTER_TTL {
+                return None;
+            }
+            d.answers
+        };
+        let answers = rx.wait_for(|a| a.is_some()).await.ok()?.clone()?;
+        let whole = answers.len() == self.n()
+            && answers
+                .iter()
+                .all(|(_, r)| matches!(r, Ok((Reply::Entry(_), _))));
+        whole.then(|| answers.iter().map(|(i, r)| (*i, r.clone())).collect())
+    }
+
     /// A change: quorum, pre-op carried by the request, the request on every copy that is
     /// up, post-op (see the module comment).
     async fn change(&self, op: Op, data: &[u8], marked: Vec<Marked>) -> Res<(Reply, Vec<u8>)> {
+        // Any change may make a directory's remembered entry stale (a chmod of it, a
+        // name made in it meanwhile): a `Stat` asks the copies again.
+        self.dir_after.lock().expect("dir_after").clear();
         let up = self.up().await;
         if !self.quorum.met(self.n(), &up) {
             tracing::warn!(
@@ -812,16 +917,23 @@ impl Replica {
                     (m.gfid, d)
                 })
                 .collect();
-            let post_ops = done
-                .iter()
-                .flat_map(|i| {
-                    post.iter()
-                        .map(move |(g, d)| (self.bricks[*i].clone(), *g, d.clone()))
-                })
-                .collect();
-            for e in xattrops(post_ops).await {
-                // The copy keeps `dirty` raised: heal looks at it.
-                tracing::warn!("post-op failed: {}", e.describe());
+            let post_ops = || {
+                done.iter()
+                    .flat_map(|i| {
+                        post.iter()
+                            .map(move |(g, d)| (self.bricks[*i].clone(), *g, d.clone()))
+                    })
+                    .collect()
+            };
+            if marked.iter().all(|m| m.kinds == [Kind::Entry]) {
+                // Only directories' entry markers: the post-op is written before the
+                // change is answered, not waited for (see `entry_post_ops`).
+                self.entry_post_ops(&done, &post).await;
+            } else {
+                for e in xattrops(post_ops()).await {
+                    // The copy keeps `dirty` raised: heal looks at it.
+                    tracing::warn!("post-op failed: {}", e.describe());
+                }
             }
             // The post-op wrote an extended attribute of the changed object, which moved
             // its ctime past the one in the reply: attributes answered now must be the
@@ -902,24 +1014,49 @@ async fn post_op(bricks: &[Arc<BrickConn>], g: Gfid, raised: Vec<i32>) {
 async fn xattrops(ops: Vec<(Arc<BrickConn>, Gfid, AfrDelta)>) -> Vec<Errno> {
     let sent: Vec<_> = ops
         .into_iter()
-        .map(|(b, gfid, delta)| {
-            tokio::spawn(async move {
-                b.req(Op::Xattrop {
-                    gfid,
-                    delta,
-                    unlock: None,
-                })
-                .await
+        .map(|(b, gfid, delta)| async move {
+            b.req(Op::Xattrop {
+                gfid,
+                delta,
+                unlock: None,
             })
+            .await
         })
         .collect();
-    let mut failed = Vec::new();
-    for s in sent {
-        if let Ok(Err(e)) = s.await {
-            failed.push(e);
+    join_all(sent)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect()
+}
+
+/// Runs futures at once within the calling task (each request is written to its
+/// brick's socket when first polled; no task, and no thread wakeup, per copy); their
+/// outputs, in order. Nothing in the client cancels a change midway, so a change reaches
+/// every copy it was sent to as a spawned task would.
+pub(crate) async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in futs.iter_mut().zip(outs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
         }
-    }
-    failed
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outs.into_iter()
+        .map(|o| o.expect("every future is ready"))
+        .collect()
 }
 
 /// Whether the copies that made a change fall short of quorum (the change then fails).

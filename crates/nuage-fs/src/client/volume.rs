@@ -324,14 +324,10 @@ impl Volume {
                 let conn = self.sv(*k);
                 let op = op(*k);
                 let k = *k;
-                tokio::spawn(async move { (k, conn.req(op).await) })
+                async move { (k, conn.req(op).await) }
             })
             .collect();
-        let mut out = Vec::with_capacity(futs.len());
-        for f in futs {
-            out.push(f.await.unwrap_or((u32::MAX, Err(Errno(libc::EIO)))));
-        }
-        out
+        crate::client::replica::join_all(futs).await
     }
 
     /// The answers of the subvolumes that could be reached. Unreachable ones (ENOTCONN)
