@@ -24,6 +24,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
+use crate::client::bounded::make_room;
 use crate::client::volume::{Listing, OpenFile, Volume, new_object};
 use crate::gfid::Gfid;
 use crate::proto::{Attr, Creds, DirEntry, Errno, MAX_IO, SetAttr, SetTime, Timespec};
@@ -86,12 +87,7 @@ impl NoCaps {
 
     fn remember(&self, ino: u64) {
         let mut m = self.0.lock().expect("no caps");
-        if m.len() >= MAX_NO_CAPS {
-            m.retain(|_, t| t.elapsed() < ATTR_TTL);
-            if m.len() >= MAX_NO_CAPS {
-                m.clear();
-            }
-        }
+        make_room(&mut m, MAX_NO_CAPS, |t| t.elapsed() < ATTR_TTL);
         m.insert(ino, Instant::now());
     }
 

@@ -1,6 +1,7 @@
 //! The client side of a volume: connections to bricks, the distribution of files over
 //! them, and the FUSE mount.
 
+pub mod bounded;
 pub mod conn;
 pub mod copy;
 pub mod fuse;

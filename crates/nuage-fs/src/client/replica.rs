@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::client::bounded::make_room;
 use crate::client::conn::BrickConn;
 use crate::client::heal::{self, Seen};
 use crate::gfid::Gfid;
@@ -780,12 +781,9 @@ impl Replica {
             let (tx, rx) = tokio::sync::watch::channel(None);
             if every_copy {
                 let mut after = self.dir_after.lock().expect("dir_after");
-                if after.len() >= MAX_DIR_AFTER {
-                    after.retain(|_, d| d.sent_at.elapsed() < DIR_AFTER_TTL);
-                    if after.len() >= MAX_DIR_AFTER {
-                        after.clear();
-                    }
-                }
+                make_room(&mut after, MAX_DIR_AFTER, |d| {
+                    d.sent_at.elapsed() < DIR_AFTER_TTL
+                });
                 after.insert(
                     *dir,
                     DirAfter {

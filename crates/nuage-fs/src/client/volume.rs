@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::client::bounded::make_room;
 use crate::client::replica::{QuorumType, Replica};
 use crate::client::spec::VolumeSpec;
 use crate::client::write_behind::WriteBehind;
@@ -526,12 +527,9 @@ impl Volume {
         let mut cache = self.dir_attrs.lock().expect("dir attrs");
         // Only a read of every copy that no change overlapped is kept.
         if complete && attr.is_dir() && self.dir_gen.load(Ordering::SeqCst) == generation {
-            if cache.len() >= MAX_DIR_ATTRS {
-                cache.retain(|_, d| d.read_at.elapsed() < DIR_ATTR_TTL);
-                if cache.len() >= MAX_DIR_ATTRS {
-                    cache.clear();
-                }
-            }
+            make_room(&mut cache, MAX_DIR_ATTRS, |d| {
+                d.read_at.elapsed() < DIR_ATTR_TTL
+            });
             cache.insert(
                 g,
                 DirAttr {
