@@ -297,6 +297,9 @@ impl Function {
     pub async fn drain(&self, grace: Duration) {
         self.draining.cancel();
         self.tracker.close();
+        if let Engine::Spawn(spawner) = &self.engine {
+            spawner.close();
+        }
         if tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_err()

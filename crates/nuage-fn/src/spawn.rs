@@ -17,6 +17,7 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use nuage_core::launch::standby::Standby;
 use nuage_core::launch::{self, Dispositions, Options, Prepared};
 
 use crate::backoff::Backoff;
@@ -32,7 +33,10 @@ pub const WATCH_PERIOD: Duration = Duration::from_millis(500);
 pub struct Spawner {
     program: Program,
     /// The program as `execve` takes it, with the function's environment.
-    prepared: Prepared,
+    prepared: Arc<Prepared>,
+    /// A process of the program started ahead, waiting for the next connection; when it
+    /// is taken (or while the next one is being made) a connection starts its own.
+    standby: Standby,
     /// The signals this process handles or ignores, reset in each child.
     dispositions: Dispositions,
     backoff: Mutex<Backoff>,
@@ -111,15 +115,23 @@ impl Spawner {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>();
-        let prepared = Prepared::new(path, argv, env)?;
+        let prepared = Arc::new(Prepared::new(path, argv, env)?);
+        let dispositions = Dispositions::current();
+        let standby = Standby::start(prepared.clone(), dispositions.clone())?;
         Ok(Spawner {
             program,
             prepared,
-            dispositions: Dispositions::current(),
+            standby,
+            dispositions,
             backoff: Mutex::new(Backoff::default()),
             stats,
             logs,
         })
+    }
+
+    /// No more processes started ahead (the function stops).
+    pub fn close(&self) {
+        self.standby.close();
     }
 
     fn backoff(&self) -> MutexGuard<'_, Backoff> {
@@ -186,25 +198,20 @@ impl Spawner {
             stdout: socket.as_fd(),
             stderr: stderr_child.as_fd(),
         };
-        let options = Options {
-            extra_env: &[client_env],
-            ..Options::default()
+        let launched = match self.standby.take(stdio, client_env.as_bytes()) {
+            Some(ready) => Ok(ready),
+            None => {
+                let options = Options {
+                    extra_env: std::slice::from_ref(&client_env),
+                    ..Options::default()
+                };
+                launch::launch(&self.prepared, stdio, &self.dispositions, &options)
+            }
         };
-        let launched = launch::launch(&self.prepared, stdio, &self.dispositions, &options);
         drop(stderr_child);
         let mut child = match launched {
             Ok(child) => child,
-            Err(e) => {
-                let why = format!("{}: {e}", self.program.path.display());
-                self.stats.error(ErrorKind::StartFailed);
-                self.backoff().failure(started, Instant::now(), why.clone());
-                self.logs.push(0, "nuage", &format!("cannot start: {why}"));
-                sockopt::send_now(
-                    socket.as_fd(),
-                    format!("ERR cannot start the function: {why}\n").as_bytes(),
-                );
-                return;
-            }
+            Err(e) => return self.start_failed(&socket, started, &e),
         };
         let pid = child.id();
         self.stats.starts.inc();
@@ -260,6 +267,10 @@ impl Spawner {
                 }
             }
         };
+        if let Some(e) = child.start_error() {
+            // A process started ahead could not exec the program.
+            return self.start_failed(&socket, started, &e);
+        }
         drop(socket);
         if let Some(mut rest) = stderr {
             // Its end of file usually came with the exit; if not (a descendant still holds
@@ -305,6 +316,18 @@ impl Spawner {
             }
             Ended::Timeout | Ended::Stopped => {}
         }
+    }
+
+    /// A process that could not start: counted, backed off, logged, and told to the client.
+    fn start_failed(&self, socket: &std::net::TcpStream, started: Instant, e: &std::io::Error) {
+        let why = format!("{}: {e}", self.program.path.display());
+        self.stats.error(ErrorKind::StartFailed);
+        self.backoff().failure(started, Instant::now(), why.clone());
+        self.logs.push(0, "nuage", &format!("cannot start: {why}"));
+        sockopt::send_now(
+            socket.as_fd(),
+            format!("ERR cannot start the function: {why}\n").as_bytes(),
+        );
     }
 
     /// Runs one process on `input` (HTTP gateway): its whole output, or why not.

@@ -557,6 +557,11 @@ fn the_registry_survives_a_restart_and_rm_closes_the_port() {
         "--",
         "toupper",
     ]);
+    // Spawn mode keeps one process started ahead ("standby"), a child of the node.
+    let node_pid = node.up.as_ref().unwrap().child.id();
+    wait_for("one process waiting", Duration::from_secs(10), || {
+        standby_processes(node_pid) == 1
+    });
     let mut c = Conn::open(port2);
     c.send(b"drain\n");
     std::thread::sleep(Duration::from_millis(300));
@@ -565,6 +570,11 @@ fn the_registry_survives_a_restart_and_rm_closes_the_port() {
     assert!(
         removing.elapsed() < Duration::from_secs(10),
         "drain waited for the idle client"
+    );
+    wait_for(
+        "no process waiting after rm",
+        Duration::from_secs(10),
+        || standby_processes(node_pid) == 0,
     );
     assert!(c.finish().ends_with(" DRAIN\n"));
     assert!(
@@ -575,6 +585,22 @@ fn the_registry_survives_a_restart_and_rm_closes_the_port() {
     assert!(err.contains("no function named `slow`"), "{err}");
     node.restart();
     assert!(!node.ok(&["ls"]).contains("slow"), "removed for good");
+}
+
+/// Children of `parent` that are processes started ahead and still waiting (not yet
+/// exec'd: they carry the name of the thread that made them).
+fn standby_processes(parent: u32) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            let Some((name, rest)) = stat.split_once(") ") else {
+                return false;
+            };
+            let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
+            name.ends_with("(standby") && ppid == Some(parent) && !rest.starts_with('Z')
+        })
+        .count()
 }
 
 #[test]

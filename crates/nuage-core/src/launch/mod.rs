@@ -22,12 +22,15 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
+
+pub mod standby;
 
 /// Stack of the child between `clone` and `execve`, where it makes a few dozen system
 /// calls through libc (glibc's own `posix_spawn` gives its child 36 KiB).
@@ -333,22 +336,7 @@ pub fn launch(
         let _ = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED);
         return Err(io::Error::from_raw_os_error(errno));
     }
-    // SAFETY: an OwnedFd's descriptor is valid and stays the same until it is dropped
-    // (with the AsyncFd, or after `into_inner`).
-    match unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) } {
-        Ok(pidfd) => Ok(Launched {
-            pid: pid as u32,
-            pidfd: Some(pidfd),
-            status: None,
-        }),
-        Err(e) => {
-            // No way to wait for it asynchronously: do not leave it running unwatched.
-            let (pidfd, e) = e.into_parts();
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            let _ = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED);
-            Err(e)
-        }
-    }
+    Launched::adopt(pid, pidfd, None)
 }
 
 /// A descriptor above 2: the one given, or a close-on-exec duplicate of it.
@@ -381,9 +369,46 @@ pub struct Launched {
     /// None once handed to the background reaper (drop).
     pidfd: Option<AsyncFd<OwnedFd>>,
     status: Option<ExitStatus>,
+    /// For a process started ahead ([`standby`]): the errno its child leaves when it
+    /// cannot exec (0 if it did), known once it has been reaped.
+    start_errno: Option<Arc<AtomicI32>>,
 }
 
 impl Launched {
+    /// Watches a child of this process by its pidfd (a tokio reactor must be running).
+    fn adopt(
+        pid: c_int,
+        pidfd: OwnedFd,
+        start_errno: Option<Arc<AtomicI32>>,
+    ) -> io::Result<Launched> {
+        // SAFETY: an OwnedFd's descriptor is valid and stays the same until it is dropped
+        // (with the AsyncFd, or after `into_inner`).
+        match unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) } {
+            Ok(pidfd) => Ok(Launched {
+                pid: pid as u32,
+                pidfd: Some(pidfd),
+                status: None,
+                start_errno,
+            }),
+            Err(e) => {
+                // No way to wait for it asynchronously: do not leave it running unwatched.
+                let (pidfd, e) = e.into_parts();
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED);
+                Err(e)
+            }
+        }
+    }
+
+    /// Why a process started ahead never ran its program (the `execve` error), once
+    /// [`Launched::wait`] has returned; None if it ran it, or was started by [`launch`]
+    /// (which reports that error itself).
+    pub fn start_error(&self) -> Option<io::Error> {
+        self.status?;
+        let errno = self.start_errno.as_ref()?.load(Ordering::Acquire);
+        (errno != 0).then(|| io::Error::from_raw_os_error(errno))
+    }
+
     /// The pid, which is also the process group id.
     pub fn id(&self) -> u32 {
         self.pid
