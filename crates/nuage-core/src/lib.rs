@@ -1,6 +1,7 @@
 //! nuage-core: what every nuage service shares and nothing more: configuration, the
 //! data directory and its SQLite stores, metrics, the service contract, the API error
-//! shape and client, socket binding with clear errors, time formatting, starting child processes cheaply.
+//! shape and client, socket binding with clear errors, time formatting, starting child
+//! processes cheaply.
 //!
 //! No service logic lives here.
 
