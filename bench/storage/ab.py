@@ -6,6 +6,9 @@ than wall time on a shared machine).
 
     python3 bench/storage/ab.py target/release/nuage      # VOLUMES= SEQ_MIB=256 SMALL=1000 REPS=1 FLUSH_BEHIND=on
 
+DETAIL=1 also prints the context switches per operation of each thread (by process and
+thread name) that switched at least once per 20 operations.
+
 Copy each build to its own path first: the processes of a run are found by their binary.
 """
 import os, sys, time, subprocess, tempfile, shutil, glob, resource
@@ -25,22 +28,49 @@ def procs():
             if os.readlink(p + "/exe") == NUAGE: out.append(p)
         except OSError: pass
     return out
+def threads():
+    """Context switches (voluntary, involuntary) and name of every thread, by thread id
+    (threads that end between two samples, as idle blocking-pool threads do, would make a
+    sum over processes go down)."""
+    out = {}
+    for p in procs():
+        try:
+            role = "mount" if b"mount" in open(p + "/cmdline", "rb").read() else "node"
+            for t in glob.glob(p + "/task/*"):
+                name = open(t + "/comm").read().strip()
+                v = n = 0
+                for l in open(t + "/status"):
+                    if l.startswith("voluntary_ctxt_switches"): v = int(l.split()[1])
+                    if l.startswith("nonvoluntary_ctxt_switches"): n = int(l.split()[1])
+                out[t] = (role, name, v, n)
+        except OSError: pass
+    return out
+def switches(a, b):
+    """Per (role, thread name): (voluntary, involuntary) switches between samples a and b,
+    of the threads alive at b (a thread born in between counts from zero)."""
+    out = {}
+    for t, (role, name, v, n) in b.items():
+        _, _, va, na = a.get(t, (role, name, 0, 0))
+        x = out.get((role, name), (0, 0)); out[(role, name)] = (x[0] + v - va, x[1] + n - na)
+    return out
+def detail(a, b, n):
+    if not os.environ.get("DETAIL"): return
+    for k, (v, i) in sorted(switches(a, b).items()):
+        if v + i > n // 20:
+            print(f"      {k[0]:<6} {k[1]:<16} voluntary {v/n:6.2f}/op  involuntary {i/n:6.2f}/op")
 def sample():
-    cpu = 0; cs = 0
+    cpu = 0
     tck = os.sysconf("SC_CLK_TCK")
     for p in procs():
         try:
             st = open(p + "/stat").read().rsplit(")", 1)[1].split()
             cpu += (int(st[11]) + int(st[12])) / tck
-            for t in glob.glob(p + "/task/*/status"):
-                for l in open(t):
-                    if "ctxt_switches" in l: cs += int(l.split()[1])
         except OSError: pass
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return cpu, cs, ru.ru_utime + ru.ru_stime, time.monotonic()
+    return cpu, threads(), ru.ru_utime + ru.ru_stime, time.monotonic()
 def delta(a, b, n, label, unit_n):
     wall = b[3] - a[3]
-    print(f"  {label:<14} {unit_n / wall:9.1f}/s  nuage-cpu {1e6*(b[0]-a[0])/n:8.1f} us/op  cs {(b[1]-a[1])/n:6.2f}/op  caller-cpu {1e6*(b[2]-a[2])/n:7.1f} us/op", flush=True)
+    print(f"  {label:<14} {unit_n / wall:9.1f}/s  nuage-cpu {1e6*(b[0]-a[0])/n:8.1f} us/op  cs {sum(v + i for v, i in switches(a[1], b[1]).values())/n:6.2f}/op  caller-cpu {1e6*(b[2]-a[2])/n:7.1f} us/op", flush=True)
 base = tempfile.mkdtemp(prefix="stab-", dir="/var/tmp")
 sh(NUAGE, "lab", "--name", LAB, "up", "1", "--start")
 try:
@@ -66,10 +96,10 @@ try:
             a = sample()
             for n in names:
                 with open(n, "wb") as fh: fh.write(blk)
-            b = sample(); delta(a, b, N, "create", N)
+            b = sample(); delta(a, b, N, "create", N); detail(a[1], b[1], N)
             a = sample()
             for n in names: os.unlink(n)
-            b = sample(); delta(a, b, N, "remove", N)
+            b = sample(); delta(a, b, N, "remove", N); detail(a[1], b[1], N)
             os.rmdir(d)
         lab(NUAGE, "umount", mnt)
 finally:

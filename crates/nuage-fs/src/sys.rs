@@ -266,6 +266,11 @@ pub fn lseek(fd: RawFd, offset: u64) -> SysResult<()> {
 pub struct RawDirent {
     pub name: Vec<u8>,
     pub cookie: u64,
+    /// The inode number (`d_ino`).
+    pub ino: u64,
+    /// The file type (`d_type`: `DT_DIR`, `DT_REG`…, `DT_UNKNOWN` when the file system
+    /// does not say).
+    pub kind: u8,
 }
 
 /// Reads the next batch of entries of an open directory (empty at the end).
@@ -280,6 +285,8 @@ pub fn getdents(fd: RawFd, buf: &mut [u8]) -> SysResult<Vec<RawDirent>> {
     let mut at = 0;
     while at + 19 <= n {
         // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+        let ino = u64::from_ne_bytes(buf[at..at + 8].try_into().expect("8 bytes"));
+        let kind = buf[at + 18];
         let off = u64::from_ne_bytes(buf[at + 8..at + 16].try_into().expect("8 bytes"));
         let reclen =
             u16::from_ne_bytes(buf[at + 16..at + 18].try_into().expect("2 bytes")) as usize;
@@ -295,6 +302,8 @@ pub fn getdents(fd: RawFd, buf: &mut [u8]) -> SysResult<Vec<RawDirent>> {
         out.push(RawDirent {
             name: name_bytes[..len].to_vec(),
             cookie: off,
+            ino,
+            kind,
         });
         at += reclen;
     }

@@ -493,3 +493,45 @@ fn heal_info_lists_pending_files_and_split_brain_and_heal_fixes_the_pending_ones
     assert!(down[0].connected && !down[1].connected);
     drop(session);
 }
+
+#[test]
+fn a_file_left_open_after_writes_gets_its_post_op_after_the_delay() {
+    let c = Cluster::start(2, 2);
+    let (mnt, session) = c.mount();
+    let m = mnt.path();
+    // Written and kept open, no fsync: `dirty` stays raised until the delayed post-op.
+    let mut f = fs::File::create(m.join("open")).unwrap();
+    f.write_all(b"first").unwrap();
+    // Others written and closed at once meanwhile: their post-ops go with the close.
+    for i in 0..20 {
+        write_file(&m.join(format!("small{i}")), b"x").unwrap();
+    }
+    let clean = |c: &Cluster| (0..2).all(|i| c.markers(i, "open").is_clean());
+    // Raised by the write (for about POST_OP_DELAY), then lowered with the file open.
+    let raised_then_lowered = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while clean(&c) {
+            assert!(Instant::now() < deadline, "{what}: dirty never raised");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        while !clean(&c) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: no post-op for a file left open"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    raised_then_lowered("first write");
+    // A later write opens a new transaction, ended again after the delay.
+    f.write_all(b" second").unwrap();
+    raised_then_lowered("second write");
+    for i in 0..2 {
+        assert_eq!(c.on_brick(i, "open").as_deref(), Some(&b"first second"[..]));
+        for j in 0..20 {
+            assert!(c.markers(i, &format!("small{j}")).is_clean());
+        }
+    }
+    drop(f);
+    drop(session);
+}

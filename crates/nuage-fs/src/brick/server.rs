@@ -61,8 +61,8 @@ enum Run {
     /// (`block_in_place`): usually fast, but may free a large file's blocks (the last
     /// name or descriptor of a file going), which can take milliseconds.
     InPlace,
-    /// On the blocking pool: data (reads, writes, syncs, checksums) and listings, whose
-    /// time grows with their size.
+    /// On the blocking pool: data (reads, writes, syncs, checksums), listings, whose
+    /// time grows with their size, and a file's path (which may search the brick).
     Pool,
 }
 
@@ -82,8 +82,7 @@ fn how_to_run(op: &Op) -> Run {
         | Op::Getxattr { .. }
         | Op::Listxattr { .. }
         | Op::Setxattr { .. }
-        | Op::Removexattr { .. }
-        | Op::Path { .. } => Run::Inline,
+        | Op::Removexattr { .. } => Run::Inline,
         Op::Setattr { set, .. } if set.size.is_none() => Run::Inline,
         Op::Unlink { .. } | Op::Rmdir { .. } | Op::Rename { .. } | Op::Close { .. } => Run::InPlace,
         _ => Run::Pool,
@@ -905,7 +904,7 @@ mod tests {
     }
 
     #[test]
-    fn data_and_listings_run_on_the_blocking_pool() {
+    fn data_listings_and_paths_run_on_the_blocking_pool() {
         let t = Target {
             gfid: Gfid::random(),
             fd: Some(1),
@@ -938,6 +937,7 @@ mod tests {
                 },
                 op: None,
             },
+            Op::Path { gfid: t.gfid },
         ] {
             assert_eq!(how_to_run(&op), Run::Pool, "{op:?}");
         }

@@ -10,10 +10,8 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -25,6 +23,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::client::bounded::make_room;
+use crate::client::here::start_here;
 use crate::client::volume::{Listing, OpenFile, Volume, new_object};
 use crate::gfid::Gfid;
 use crate::proto::{Attr, Creds, DirEntry, Errno, MAX_IO, SetAttr, SetTime, Timespec};
@@ -1071,72 +1070,6 @@ impl Filesystem for NuageFs {
                 Err(e) => reply.error(errno(e)),
             }
         });
-    }
-}
-
-/// Runs a request's future on the FUSE thread until it first waits (usually for a brick's
-/// answer, its request written to the brick's socket by then), and hands it to the
-/// runtime only when it is woken: the runtime's thread that reads the answer then runs
-/// it on. Spawning it at once would cost a wakeup of a runtime thread per request, and
-/// the request would reach the brick only once that thread ran.
-fn start_here<F>(rt: &Handle, f: F)
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    let mut fut: Pin<Box<dyn std::future::Future<Output = ()> + Send>> = Box::pin(f);
-    let parked = Arc::new(Parked {
-        rt: rt.clone(),
-        state: Mutex::new(ParkState::Polling { woken: false }),
-    });
-    let waker = Waker::from(parked.clone());
-    {
-        let _rt = rt.enter();
-        if fut
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_ready()
-        {
-            return;
-        }
-    }
-    let mut state = parked.state.lock().expect("parked");
-    match *state {
-        // Woken while it was being polled (a quick answer): the runtime runs it now.
-        ParkState::Polling { woken: true } => {
-            *state = ParkState::Spawned;
-            drop(state);
-            rt.spawn(fut);
-        }
-        _ => *state = ParkState::Parked(fut),
-    }
-}
-
-/// A request's future between its first poll on the FUSE thread and its first wakeup.
-struct Parked {
-    rt: Handle,
-    state: Mutex<ParkState>,
-}
-
-enum ParkState {
-    /// Being polled on the FUSE thread.
-    Polling { woken: bool },
-    /// Waiting for its first wakeup.
-    Parked(Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
-    /// Handed to the runtime, which polls it with its own waker from then on.
-    Spawned,
-}
-
-impl Wake for Parked {
-    fn wake(self: Arc<Self>) {
-        let mut state = self.state.lock().expect("parked");
-        match std::mem::replace(&mut *state, ParkState::Spawned) {
-            ParkState::Polling { .. } => *state = ParkState::Polling { woken: true },
-            ParkState::Parked(fut) => {
-                drop(state);
-                self.rt.spawn(fut);
-            }
-            ParkState::Spawned => {}
-        }
     }
 }
 

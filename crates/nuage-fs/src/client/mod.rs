@@ -7,6 +7,7 @@ pub mod copy;
 pub mod fuse;
 pub mod heal;
 pub mod heal_index;
+pub mod here;
 pub mod mount;
 pub mod rebalance;
 pub mod replica;

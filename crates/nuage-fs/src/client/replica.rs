@@ -96,6 +96,87 @@ struct DataTx {
 
 type DataTxs = Arc<Mutex<HashMap<Gfid, DataTx>>>;
 
+/// Data transactions whose post-op is due [`POST_OP_DELAY`] after their last write, in
+/// the order they went idle (so by deadline). One task per replica set sends the post-ops
+/// that come due, sleeping until the next deadline of a transaction still open: the
+/// transactions ended sooner by a close or an fsync (every small file written and closed)
+/// cost no timer and no wakeup each, as a sleeping task per transaction did.
+#[derive(Default)]
+struct DelayedPostOps {
+    /// (deadline, file, generation of its transaction when it went idle).
+    queue: Mutex<std::collections::VecDeque<(Instant, Gfid, u64)>>,
+    /// Something was queued into an empty queue.
+    queued: tokio::sync::Notify,
+    /// The task runs (started on first use, inside the runtime).
+    started: std::sync::atomic::AtomicBool,
+    /// Ends the task with the replica set.
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl DelayedPostOps {
+    /// Queues the post-op of `g`'s transaction (at `generation`) for [`POST_OP_DELAY`]
+    /// from now.
+    fn push(self: &Arc<Self>, g: Gfid, generation: u64, txs: &DataTxs, bricks: &[Arc<BrickConn>]) {
+        let was_empty = {
+            let mut q = self.queue.lock().expect("delayed post-ops");
+            q.push_back((Instant::now() + POST_OP_DELAY, g, generation));
+            q.len() == 1
+        };
+        if !self.started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.clone().run(Arc::downgrade(txs), bricks.to_vec()));
+        }
+        if was_empty {
+            self.queued.notify_one();
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        txs: std::sync::Weak<Mutex<HashMap<Gfid, DataTx>>>,
+        bricks: Vec<Arc<BrickConn>>,
+    ) {
+        loop {
+            let Some(txs) = txs.upgrade() else { return };
+            let now = Instant::now();
+            let (due, next) = {
+                let mut q = self.queue.lock().expect("delayed post-ops");
+                let open = txs.lock().expect("data_txs");
+                let mut due = Vec::new();
+                // Transactions ended since (closed, synced) or written to again (queued
+                // anew then) are dropped; the due ones taken.
+                while let Some((at, g, generation)) = q.front().copied() {
+                    if open.get(&g).is_none_or(|tx| tx.generation != generation) {
+                        q.pop_front();
+                    } else if at <= now {
+                        q.pop_front();
+                        due.push((g, generation));
+                    } else {
+                        break;
+                    }
+                }
+                (due, q.front().map(|(at, ..)| *at))
+            };
+            for (g, generation) in due {
+                if let Some(raised) = end_tx(&txs, g, Some(generation)) {
+                    let bricks = bricks.clone();
+                    tokio::spawn(async move { post_op(&bricks, g, raised).await });
+                }
+            }
+            drop(txs);
+            match next {
+                Some(at) => tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                },
+                None => tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = self.queued.notified() => {}
+                },
+            }
+        }
+    }
+}
+
 pub struct Replica {
     bricks: Vec<Arc<BrickConn>>,
     /// Brick ids, in set order (markers name copies by id).
@@ -111,9 +192,17 @@ pub struct Replica {
     healing: Arc<Mutex<HashSet<Gfid>>>,
     /// Open data transactions, by file.
     data_txs: DataTxs,
+    /// Their post-ops waiting for [`POST_OP_DELAY`] to pass.
+    delayed: Arc<DelayedPostOps>,
     /// Directories' entries as the copies answered their last entry post-op, by
     /// directory (see `entry_post_ops`).
     dir_after: Mutex<HashMap<Gfid, DirAfter>>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.delayed.stop.cancel();
+    }
 }
 
 /// A directory's entry post-op sent to every copy, and the answers once they are in.
@@ -143,6 +232,7 @@ impl Replica {
             down_at: Mutex::new(vec![None; n]),
             healing: Arc::new(Mutex::new(HashSet::new())),
             data_txs: Arc::default(),
+            delayed: Arc::default(),
             dir_after: Mutex::default(),
         }
     }
@@ -722,14 +812,8 @@ impl Replica {
             }
             tx.generation
         };
-        let (txs, bricks) = (self.data_txs.clone(), self.bricks.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(POST_OP_DELAY).await;
-            let Some(raised) = end_tx(&txs, g, Some(generation)) else {
-                return;
-            };
-            post_op(&bricks, g, raised).await;
-        });
+        self.delayed
+            .push(g, generation, &self.data_txs, &self.bricks);
     }
 
     /// Whether a data transaction of `g` is open (its post-op not yet sent).

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
+use crate::client::here::start_here;
 use crate::gfid::Gfid;
 use crate::proto::Errno;
 
@@ -176,7 +177,9 @@ impl WriteBehind {
     ) where
         F: Future<Output = Result<u32, Errno>> + Send + 'static,
     {
-        tokio::spawn(async move {
+        // The write goes to its brick from this thread, now (the FUSE thread for a write
+        // queued at once): a spawned task would first wake a runtime thread to send it.
+        start_here(&tokio::runtime::Handle::current(), async move {
             let r = write.await;
             let mut st = f.state.lock().expect("write-behind state");
             st.ranges.retain(|(i, _, _)| *i != id);
@@ -220,9 +223,10 @@ mod tests {
         })
         .await
         .unwrap();
-        // A disjoint write may go at once.
+        // A disjoint write may go at once; it is in flight until its answer.
         let l = log.clone();
         wb.submit(g, 100, 10, async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
             l.lock().unwrap().push(3);
             Ok(10)
         })

@@ -530,3 +530,52 @@ fn large_writes_land_whole_in_page_cache_sized_pieces() {
     let back = s.read(&g, Some(f.as_raw_fd()), 7, len as u32).unwrap();
     assert!(back == over);
 }
+
+#[test]
+fn paths_of_files_are_found_without_a_recorded_location() {
+    let (tmp, s) = store();
+    let a = mkdir(&s, &Gfid::ROOT, b"a");
+    let b = mkdir(&s, &a, b"b");
+    let f = mkfile(&s, &b, b"f");
+    let top = mkfile(&s, &Gfid::ROOT, b"top");
+    // Only the id: a file's attributes stay small enough for the inode (no `loc`).
+    let names = sys::listxattr(XTarget::Path(
+        &cstr(tmp.path().join("a/b/f").as_os_str().as_encoded_bytes()).unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(names, vec![XATTR_GFID.as_bytes().to_vec()]);
+    assert_eq!(s.path(&f).unwrap(), b"/a/b/f");
+    assert_eq!(s.path(&top).unwrap(), b"/top");
+    s.rename(&b, b"f", &Gfid::ROOT, b"moved", 0, &None, &None)
+        .unwrap();
+    assert_eq!(s.path(&f).unwrap(), b"/moved");
+
+    // A location written by an earlier release is used while true, ignored once stale.
+    let loc = |parent: &Gfid, name: &[u8]| {
+        let mut v = parent.0.to_vec();
+        v.extend_from_slice(name);
+        v
+    };
+    let set_loc = |path: &str, value: &[u8]| {
+        let p = cstr(tmp.path().join(path).as_os_str().as_encoded_bytes()).unwrap();
+        sys::setxattr(
+            XTarget::Path(&p),
+            &cstr(XATTR_LOC.as_bytes()).unwrap(),
+            value,
+            0,
+        )
+        .unwrap();
+    };
+    set_loc("moved", &loc(&Gfid::ROOT, b"moved"));
+    assert_eq!(s.path(&f).unwrap(), b"/moved");
+    set_loc("moved", &loc(&b, b"f"));
+    assert_eq!(s.path(&f).unwrap(), b"/moved");
+    set_loc("moved", b"short");
+    assert_eq!(s.path(&f).unwrap(), b"/moved");
+
+    // A file whose only name was removed behind the brick's back (its handle left) is
+    // reported by id.
+    let h = mkfile(&s, &a, b"kept");
+    std::fs::remove_file(tmp.path().join("a/kept")).unwrap();
+    assert_eq!(s.path(&h).unwrap(), format!("<gfid:{h}>").into_bytes());
+}
