@@ -465,7 +465,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
     use std::time::{Duration, Instant};
 
-    fn sh(script: &str) -> Prepared {
+    pub(super) fn sh(script: &str) -> Prepared {
         Prepared::new(b"/bin/sh", ["sh", "-c", script], ["GREETING=hello"]).unwrap()
     }
 
@@ -481,7 +481,8 @@ mod tests {
         }
     }
 
-    fn gone(pid: u32) -> bool {
+    /// Whether `pid` has ended (gone, or a zombie). Shared with standby's tests.
+    pub(super) fn gone(pid: u32) -> bool {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
     }
 

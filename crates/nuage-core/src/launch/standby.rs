@@ -551,8 +551,10 @@ mod tests {
     use std::os::unix::net::UnixStream;
     use std::time::Instant;
 
+    use super::super::tests::gone;
+
     fn sh(script: &str) -> Arc<Prepared> {
-        Arc::new(Prepared::new(b"/bin/sh", ["sh", "-c", script], ["GREETING=hello"]).unwrap())
+        Arc::new(super::super::tests::sh(script))
     }
 
     fn waiting(standby: &Standby) -> u32 {
@@ -564,10 +566,6 @@ mod tests {
             assert!(Instant::now() < deadline, "no process waiting");
             std::thread::sleep(Duration::from_millis(5));
         }
-    }
-
-    fn gone(pid: u32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
     }
 
     fn stdio<'a>(both: &'a UnixStream, err: &'a OwnedFd) -> Stdio<'a> {
