@@ -630,7 +630,26 @@ fn fence_free(fence: &Path) -> bool {
 fn last_line(shared: &Path) -> Option<(String, usize)> {
     let text = std::fs::read_to_string(shared).ok()?;
     let w: Vec<&str> = text.lines().last()?.split(' ').collect();
-    Some((w[2].to_owned(), w[4].parse().ok()?))
+    // A line caught half written reads as none.
+    Some((w.get(2)?.to_string(), w.get(4)?.parse().ok()?))
+}
+
+/// The process whose records come just before `p`'s in the shared file: its
+/// predecessor on the ring, which hands it the token.
+fn ring_predecessor_in_file(shared: &Path, p: &str) -> String {
+    let text = std::fs::read_to_string(shared).unwrap();
+    let lines: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .filter(|w| w.len() == 5)
+        .collect();
+    let before: BTreeSet<&str> = lines
+        .windows(2)
+        .filter(|w| w[1][2] == p && w[1][4] == "1" && w[0][2] != p)
+        .map(|w| w[0][2])
+        .collect();
+    assert_eq!(before.len(), 1, "one predecessor of {p} in {text}");
+    before.into_iter().next().unwrap().to_owned()
 }
 
 /// The token holder is paused (SIGSTOP), never killed, in a five-machine lab: no
@@ -639,7 +658,7 @@ fn last_line(shared: &Path) -> Option<(String, usize)> {
 /// the old holder meets its token of generation 1 at the fence, which has seen
 /// generation 2: refused, dropped; asking to be adopted back, it is told it was
 /// excluded and leaves. `inside`: paused in the middle of a record (between two lines,
-/// not holding the fence's lock), else outside the critical section.
+/// not holding the fence's lock), else holding the token before its critical section.
 fn paused_holder(inside: bool) {
     use std::time::Duration;
     let name = format!("tp{}-{}", u8::from(inside), std::process::id());
@@ -676,21 +695,32 @@ fn paused_holder(inside: bool) {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     let victim = Pid::from_raw(run.pids[2]);
+    // Where the token stands, read from the file's last line: inside, process 2 is in
+    // the middle of a record; outside, its predecessor has finished one and process 2
+    // has not begun its own, so the token is on its way to process 2 or in its hands
+    // before the critical section. (Paused after its record but before passing the
+    // token on, process 2 would never meet the fence: its successor drops the stale
+    // token, which is another test's case.)
+    let before_2 = ring_predecessor_in_file(&shared, "2");
+    let wanted = |last: Option<(String, usize)>| match last {
+        Some((p, l)) if inside => p == "2" && l < lines_per_record,
+        Some((p, l)) => p == before_2 && l == lines_per_record,
+        None => false,
+    };
     // Pause process 2 where wanted; a pause that landed elsewhere is undone at once
     // (milliseconds, far below the token timeout).
     let mut attempts = 0;
     loop {
         attempts += 1;
         assert!(attempts < 20_000, "never caught process 2 where wanted");
-        let writing = last_line(&shared).is_some_and(|(p, l)| p == "2" && l < lines_per_record);
-        if inside && !writing {
+        if !wanted(last_line(&shared)) {
             std::thread::sleep(Duration::from_micros(200));
             continue;
         }
         kill(victim, Signal::SIGSTOP).unwrap();
         std::thread::sleep(Duration::from_millis(20));
-        let writing = last_line(&shared).is_some_and(|(p, l)| p == "2" && l < lines_per_record);
-        if writing == inside && fence_free(&fence) {
+        // Still there 20 ms later: the ring is stuck at process 2, holding no lock.
+        if wanted(last_line(&shared)) && fence_free(&fence) {
             break;
         }
         kill(victim, Signal::SIGCONT).unwrap();
