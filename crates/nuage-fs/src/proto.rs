@@ -49,7 +49,7 @@ pub const MAX_READDIR_BATCH: u32 = 1024;
 pub const MAX_INDEX_BATCH: u32 = 4096;
 /// Most supplementary groups sent with a request (Linux's NGROUPS_MAX).
 pub const MAX_GROUPS: usize = 65536;
-/// Most 128 KiB blocks one `Checksum` request may cover (64 MiB).
+/// Most blocks one `Checksum` request may cover; a block is at most [`MAX_IO`] bytes.
 pub const MAX_CHECKSUM_BLOCKS: u64 = 512;
 
 /// A point in time (seconds and nanoseconds since the epoch).

@@ -164,6 +164,39 @@ fn volumes_and_their_bricks_survive_a_node_restart() {
     node.stop();
 }
 
+/// Creates, starts and mounts replica-2 volume `name` over bricks `b1` and `b2` under
+/// `dir` (mounted on `dir/mnt`), the self-heal daemon's interval set to a day: after its
+/// first pass at start, heals run only when asked. Returns the bricks and the mount.
+fn replica_two_mounted(
+    dir: &std::path::Path,
+    api: &str,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let b1 = dir.join("b1");
+    let b2 = dir.join("b2");
+    let brick1 = format!("localhost:{}", b1.display());
+    let brick2 = format!("localhost:{}", b2.display());
+    let out = node_ok(
+        api,
+        &[
+            "volume", "create", name, "replica", "2", &brick1, &brick2, "force",
+        ],
+    );
+    assert!(out.contains("success"), "{out}");
+    node_ok(
+        api,
+        &["volume", "set", name, "cluster.heal-timeout", "86400"],
+    );
+    node_ok(api, &["volume", "start", name]);
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    node_ok(
+        api,
+        &["mount", &format!("{api}:/{name}"), mnt.to_str().unwrap()],
+    );
+    (b1, b2, mnt)
+}
+
 /// `trusted.nuage.*` attribute of a file on a brick (None if absent).
 fn brick_xattr(p: &std::path::Path, name: &str) -> Option<Vec<u8>> {
     let cp = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
@@ -186,32 +219,12 @@ fn a_replicated_volume_reports_and_heals_a_stale_copy() {
     let tmp = tempfile::tempdir().unwrap();
     let node = StorageNode::start(tmp.path(), "s1");
     let api = node.api();
-    let b1 = tmp.path().join("b1");
-    let b2 = tmp.path().join("b2");
+    let (b1, b2, mnt) = replica_two_mounted(tmp.path(), &api, "rv");
     let brick1 = format!("localhost:{}", b1.display());
     let brick2 = format!("localhost:{}", b2.display());
-    let out = node_ok(
-        &api,
-        &[
-            "volume", "create", "rv", "replica", "2", &brick1, &brick2, "force",
-        ],
-    );
-    assert!(out.contains("success"), "{out}");
     assert!(node_ok(&api, &["volume", "info", "rv"]).contains("Type: Replicate"));
     let e = node_refused(&api, &["volume", "heal", "rv", "info", "nonsense"]);
     assert!(e.contains("usage"), "{e}");
-    // The self-heal daemon's first pass comes at start; the next one only when asked.
-    node_ok(
-        &api,
-        &["volume", "set", "rv", "cluster.heal-timeout", "86400"],
-    );
-    node_ok(&api, &["volume", "start", "rv"]);
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    node_ok(
-        &api,
-        &["mount", &format!("{api}:/rv"), mnt.to_str().unwrap()],
-    );
     std::fs::write(mnt.join("f"), "good data").unwrap();
     assert_eq!(std::fs::read_to_string(b1.join("f")).unwrap(), "good data");
     assert_eq!(std::fs::read_to_string(b2.join("f")).unwrap(), "good data");
@@ -231,24 +244,7 @@ fn a_replicated_volume_reports_and_heals_a_stale_copy() {
         dirty: [0; 3],
         pending: vec![(id2, [1, 0, 0])],
     };
-    let cp = std::ffi::CString::new(b1.join("f").as_os_str().as_encoded_bytes()).unwrap();
-    let v = st.encode();
-    // SAFETY: valid C strings and buffer.
-    let r = unsafe {
-        nix::libc::lsetxattr(
-            cp.as_ptr(),
-            c"trusted.nuage.afr".as_ptr(),
-            v.as_ptr().cast(),
-            v.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0);
-    let g = nuage_fs::gfid::Gfid::from_slice(
-        &brick_xattr(&b1.join("f"), "trusted.nuage.gfid").unwrap(),
-    )
-    .unwrap();
-    std::fs::write(b1.join(".nuage/index").join(g.to_uuid()), "").unwrap();
+    mark_on_brick(&b1, "f", &st);
 
     let info = node_ok(&api, &["volume", "heal", "rv", "info"]);
     assert!(
@@ -295,5 +291,114 @@ fn a_replicated_volume_reports_and_heals_a_stale_copy() {
     assert!(out.contains("has been successful"), "{out}");
 
     node_ok(&api, &["volume", "stop", "rv"]);
+    node.stop();
+}
+
+/// Sets `trusted.nuage.afr` of a file on a brick to `st` and lists the file in that
+/// brick's heal index, as the brick does when markers are not clean.
+fn mark_on_brick(brick: &std::path::Path, name: &str, st: &nuage_fs::markers::AfrState) {
+    let path = brick.join(name);
+    let cp = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let v = st.encode();
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe {
+        nix::libc::lsetxattr(
+            cp.as_ptr(),
+            c"trusted.nuage.afr".as_ptr(),
+            v.as_ptr().cast(),
+            v.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr {}", path.display());
+    let g = nuage_fs::gfid::Gfid::from_slice(&brick_xattr(&path, "trusted.nuage.gfid").unwrap())
+        .unwrap();
+    std::fs::write(brick.join(".nuage/index").join(g.to_uuid()), "").unwrap();
+}
+
+/// A client that dies in the middle of a write leaves `dirty` raised on every copy and
+/// no accusation, and the copies may differ. Heal leaves such a file alone while a client
+/// could still be in the change, then settles it: the largest copy wins, equal copies
+/// only get their markers lowered.
+#[test]
+fn a_change_its_client_abandoned_is_settled_by_heal() {
+    use nuage_fs::markers::AfrState;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = StorageNode::start(tmp.path(), "s1");
+    let api = node.api();
+    let (b1, b2, mnt) = replica_two_mounted(tmp.path(), &api, "sv");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(mnt.join("f"), &data).unwrap();
+    std::fs::write(mnt.join("same"), "identical").unwrap();
+    node_ok(&api, &["umount", mnt.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The writer's last change reached brick 1 only (brick 2's copy is shorter), then it
+    // died before its post-op: `dirty` raised on every copy, nobody accused.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(b2.join("f"))
+        .unwrap()
+        .set_len(70_000)
+        .unwrap();
+    let dirty = AfrState {
+        dirty: [1, 0, 0],
+        pending: Vec::new(),
+    };
+    for b in [&b1, &b2] {
+        mark_on_brick(b, "f", &dirty);
+        mark_on_brick(b, "same", &dirty);
+    }
+
+    // Just changed: a client may still be in the change; heal leaves it alone.
+    let info = node_ok(&api, &["volume", "heal", "sv", "info"]);
+    assert_eq!(info.matches("Number of entries: 0").count(), 2, "{info}");
+    node_ok(&api, &["volume", "heal", "sv"]);
+    assert_eq!(std::fs::metadata(b2.join("f")).unwrap().len(), 70_000);
+    assert!(brick_xattr(&b1.join("f"), "trusted.nuage.afr").is_some());
+
+    // Left alone long enough (settle::SETTLE_AFTER), it is listed, then settled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let info = loop {
+        let info = node_ok(&api, &["volume", "heal", "sv", "info"]);
+        if info.matches("Number of entries: 2").count() == 2 {
+            break info;
+        }
+        assert!(std::time::Instant::now() < deadline, "never listed: {info}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(info.contains("/f\n") && info.contains("/same\n"), "{info}");
+    let out = node_ok(&api, &["volume", "heal", "sv"]);
+    assert!(out.contains("has been successful"), "{out}");
+    assert_eq!(std::fs::read(b2.join("f")).unwrap(), data);
+    assert_eq!(std::fs::read(b1.join("f")).unwrap(), data);
+    for b in [&b1, &b2] {
+        assert_eq!(
+            std::fs::read_to_string(b.join("same")).unwrap(),
+            "identical"
+        );
+        for name in ["f", "same"] {
+            assert!(
+                brick_xattr(&b.join(name), "trusted.nuage.afr").is_none(),
+                "{name} on {} still marked",
+                b.display()
+            );
+        }
+        assert_eq!(
+            std::fs::read_dir(b.join(".nuage/index")).unwrap().count(),
+            0
+        );
+    }
+    let info = node_ok(&api, &["volume", "heal", "sv", "info"]);
+    assert_eq!(info.matches("Number of entries: 0").count(), 2, "{info}");
+
+    // Through a mount, the file reads whole.
+    node_ok(
+        &api,
+        &["mount", &format!("{api}:/sv"), mnt.to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(mnt.join("f")).unwrap(), data);
+    node_ok(&api, &["umount", mnt.to_str().unwrap()]);
+    node_ok(&api, &["volume", "stop", "sv"]);
     node.stop();
 }

@@ -1514,7 +1514,10 @@ impl Store {
     }
 
     pub fn checksum(&self, g: &Gfid, offset: u64, length: u64, block: u32) -> SysResult<Vec<u64>> {
-        if block == 0 || length / u64::from(block) > crate::proto::MAX_CHECKSUM_BLOCKS {
+        if block == 0
+            || block > crate::proto::MAX_IO
+            || length / u64::from(block) > crate::proto::MAX_CHECKSUM_BLOCKS
+        {
             return Err(Errno(libc::EINVAL));
         }
         let f = self.open_file(g, libc::O_RDONLY)?;

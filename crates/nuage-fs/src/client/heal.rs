@@ -107,7 +107,7 @@ pub async fn heal(
 
 /// Copies the contents of `g` from one copy to another, `MAX_IO` bytes at a time, up to
 /// the source's end (the sink is then cut there).
-async fn copy_data(from: &BrickConn, to: &BrickConn, g: Gfid) -> Res<()> {
+pub(crate) async fn copy_data(from: &BrickConn, to: &BrickConn, g: Gfid) -> Res<()> {
     let rfd = opened(from.req(Op::Open {
         gfid: g,
         flags: libc::O_RDONLY,

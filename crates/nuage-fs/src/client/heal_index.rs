@@ -4,11 +4,12 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::client::conn::BrickConn;
 use crate::client::heal::{self, Seen};
 use crate::client::replica::{QuorumType, Replica};
+use crate::client::settle;
 use crate::client::spec::VolumeSpec;
 use crate::gfid::Gfid;
 use crate::markers::Kind;
@@ -151,8 +152,20 @@ async fn examine(r: &Replica, g: Gfid, heal_it: bool) -> Option<State> {
                         .any(|k| s.entry.meta.afr.accuses(r.ids()[j], *k))
             })
         });
+        let bricks: Vec<Arc<BrickConn>> = (0..r.n()).map(|i| r.brick(i).clone()).collect();
         if !accused {
-            return None;
+            // A change begun and never confirmed, abandoned by its client: settled.
+            if !settle::abandoned(&seen, r.n(), SystemTime::now()) {
+                return None;
+            }
+            state = Some(State::Pending);
+            if !heal_it || attempt == 1 {
+                break;
+            }
+            if let Err(e) = settle::settle(&bricks, g, &seen).await {
+                tracing::warn!("settling {g}: {}", e.describe());
+            }
+            continue;
         }
         let Ok(sources) = r.sources(&markers, kinds) else {
             return Some(State::SplitBrain);
@@ -162,7 +175,6 @@ async fn examine(r: &Replica, g: Gfid, heal_it: bool) -> Option<State> {
             break;
         }
         let sinks = heal::sinks(r.ids(), &seen, &sources);
-        let bricks: Vec<Arc<BrickConn>> = (0..r.n()).map(|i| r.brick(i).clone()).collect();
         if !sinks.is_empty() {
             if let Err(e) = heal::heal(&bricks, r.ids(), g, &seen, sources[0], &sinks).await {
                 tracing::warn!("heal of {g}: {}", e.describe());

@@ -11,6 +11,7 @@ pub mod here;
 pub mod mount;
 pub mod rebalance;
 pub mod replica;
+pub mod settle;
 pub mod spec;
 pub mod volume;
 pub mod write_behind;

@@ -429,6 +429,18 @@ fn checksums_compare_copies_block_by_block() {
         s.checksum(&a, 0, 1 << 40, 1).map(|_| ()),
         Err(Errno(libc::EINVAL))
     );
+    // A block is read whole into memory: at most MAX_IO bytes.
+    assert_eq!(
+        s.checksum(&a, 0, 300_000, crate::proto::MAX_IO + 1)
+            .map(|_| ()),
+        Err(Errno(libc::EINVAL))
+    );
+    assert_eq!(
+        s.checksum(&a, 0, 300_000, crate::proto::MAX_IO)
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
