@@ -515,33 +515,58 @@ async fn names_in_a_directory_the_new_subvolume_lacks_are_found() {
 /// the only thing that can keep a write from landing on a copy about to be removed.
 /// Meanwhile another client looks every name up, again and again: each lookup finds the
 /// file, wherever it is in its move.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn writers_racing_a_rebalance_lose_no_acknowledged_write() {
-    const WRITERS: usize = 4;
-    let stop = CancellationToken::new();
-    let b = bricks(3, &stop).await;
+/// Three bricks, a volume of the first two holding `count` files named `prefix…` whose
+/// names hash to the third once the volume has grown to it: each of them moves. The
+/// grown volume's layout is fixed; nothing has moved yet.
+struct Moving {
+    b: Bricks,
+    grown: VolumeSpec,
+    names: Vec<String>,
+    crawler: Crawler,
+}
+
+async fn moving_files(prefix: &str, count: usize, stop: &CancellationToken) -> Moving {
+    let b = bricks(3, stop).await;
     let small = spec(&b.specs[..2], 1, 1);
     let vol: Arc<Volume> = Volume::connect(small.clone(), "t", Duration::from_secs(10))
         .await
         .unwrap();
-    // Only files whose names hash to the new subvolume: each one of them moves.
     let hashed = nuage_fs::layout::Layout::even(&[0, 1, 2], Gfid::ROOT, 2, false);
-    let names: Vec<String> = (0..400)
-        .map(|i| format!("w{i}"))
+    let names: Vec<String> = (0..count * 10)
+        .map(|i| format!("{prefix}{i}"))
         .filter(|n| hashed.hashed(n.as_bytes()) == Some(2))
-        .take(48)
+        .take(count)
         .collect();
-    let mut expected = std::collections::HashMap::new();
+    assert_eq!(names.len(), count);
     for name in &names {
         make_file(&vol, name, &content(name)).await;
-        expected.insert(name.clone(), content(name));
     }
     let grown = spec(&b.specs, 2, 2);
     let crawler = Crawler::new(grown.clone(), "rebalancer").unwrap();
     crawler
-        .fix_layout(&stop, &Counters::default())
+        .fix_layout(stop, &Counters::default())
         .await
         .unwrap();
+    Moving {
+        b,
+        grown,
+        names,
+        crawler,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writers_racing_a_rebalance_lose_no_acknowledged_write() {
+    const WRITERS: usize = 4;
+    let stop = CancellationToken::new();
+    let Moving {
+        b,
+        grown,
+        names,
+        crawler,
+    } = moving_files("w", 48, &stop).await;
+    let mut expected: std::collections::HashMap<String, Vec<u8>> =
+        names.iter().map(|n| (n.clone(), content(n))).collect();
 
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
@@ -651,5 +676,83 @@ async fn writers_racing_a_rebalance_lose_no_acknowledged_write() {
     }
     let after = placement(&b.dirs);
     assert_eq!(after.len(), names.len(), "each file on exactly one brick");
+    stop.cancel();
+}
+
+/// A client removes and renames files while passes of a rebalance move them: every
+/// removal and rename succeeds once, whatever instant of a move it meets (before the
+/// copy, during it, held by the move's fences, after the switch), and a removed file
+/// never comes back with the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removers_and_renamers_racing_a_rebalance_change_each_name_once() {
+    let stop = CancellationToken::new();
+    let Moving {
+        b,
+        grown,
+        names,
+        crawler,
+    } = moving_files("u", 96, &stop).await;
+
+    // Even names are removed, odd ones renamed, one every few hundred microseconds while
+    // the passes run.
+    let changer = {
+        let client = Volume::connect(grown.clone(), "changer", Duration::from_secs(10))
+            .await
+            .unwrap();
+        let names = names.clone();
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for (i, name) in names.iter().enumerate() {
+                let r = if i % 2 == 0 {
+                    client.unlink(Gfid::ROOT, name.as_bytes()).await
+                } else {
+                    let new = format!("r{name}");
+                    client
+                        .rename(Gfid::ROOT, name.as_bytes(), Gfid::ROOT, new.as_bytes(), 0)
+                        .await
+                };
+                if let Err(e) = r {
+                    failures.push(format!("{name}: {e:?}"));
+                }
+                tokio::time::sleep(Duration::from_micros(300)).await;
+            }
+            failures
+        })
+    };
+    let c = Counters::default();
+    let none: Vec<Option<std::path::PathBuf>> = vec![None; 3];
+    while !changer.is_finished() {
+        crawler.migrate(&[0, 1, 2], &none, &stop, &c).await.unwrap();
+    }
+    let failures = changer.await.unwrap();
+    assert!(failures.is_empty(), "{failures:?} ({:?})", c.snapshot());
+    // Two more passes over the names left (the renamed files may hash elsewhere).
+    for _ in 0..2 {
+        crawler.migrate(&[0, 1, 2], &none, &stop, &c).await.unwrap();
+    }
+    assert_eq!(c.snapshot().failed, 0, "{:?}", c.snapshot());
+
+    // A client that knows nothing: removed names are gone, renamed files are under their
+    // new names only, with their contents; nothing else is on the bricks.
+    let reader: Arc<Volume> = Volume::connect(grown, "reader", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut left = std::collections::BTreeSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let old = reader.lookup(Gfid::ROOT, name.as_bytes()).await;
+        assert!(old.is_err(), "{name} is still there ({:?})", c.snapshot());
+        if i % 2 == 1 {
+            let new = format!("r{name}");
+            let g = reader
+                .lookup(Gfid::ROOT, new.as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("{new}: {e:?}"))
+                .gfid;
+            assert_eq!(read_all(&reader, g).await, content(name), "{new}");
+            left.insert(new);
+        }
+    }
+    let on_bricks: std::collections::BTreeSet<String> = placement(&b.dirs).into_keys().collect();
+    assert_eq!(on_bricks, left, "{:?}", c.snapshot());
     stop.cancel();
 }

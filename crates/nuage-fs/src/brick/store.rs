@@ -933,8 +933,10 @@ impl Store {
                 .and_then(|v| Gfid::from_slice(&v)),
             None => None,
         };
-        if src.is_some() && src == dst {
-            // Two names of one file: rename(2) does nothing.
+        if dst_st.is_some_and(|d| (d.st_dev, d.st_ino) == (src_st.st_dev, src_st.st_ino)) {
+            // Two names of one file: rename(2) does nothing. (The same file id is not
+            // enough: a link file carries the id of the file it points at, and a
+            // rebalance renames the moved file over it.)
             return Ok(None);
         }
         self.parent_op(parent, &pfd, parent_op)?;

@@ -96,6 +96,22 @@ enum Moved {
     Skipped(&'static str),
 }
 
+/// The entry `name` of directory `dir` on one subvolume (None if there is none).
+async fn name_on(sv: &Replica, dir: Gfid, name: &[u8]) -> Res<Option<Entry>> {
+    match sv
+        .req(Op::Lookup {
+            parent: dir,
+            name: name.to_vec(),
+        })
+        .await
+    {
+        Ok(Reply::Entry(e)) => Ok(Some(e)),
+        Ok(_) => Err(Errno(libc::EIO)),
+        Err(Errno(libc::ENOENT)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The volume's subvolumes as the rebalance reaches them.
 pub struct Crawler {
     spec: VolumeSpec,
@@ -341,6 +357,15 @@ impl Crawler {
                             Counters::add(&c.moved, 1);
                             Counters::add(&c.bytes, bytes);
                         }
+                        // Gone since it was listed: removed or renamed by a client (it
+                        // is not lost; a renamed file is met again under its new name).
+                        Err(Errno(libc::ENOENT)) | Err(Errno(libc::ESTALE)) => {
+                            Counters::add(&c.skipped, 1);
+                            tracing::info!(
+                                "rebalance: {:?} in {dir} was removed or renamed meanwhile",
+                                String::from_utf8_lossy(&name)
+                            );
+                        }
                         Ok(Moved::Skipped(why)) => {
                             Counters::add(&c.skipped, 1);
                             tracing::info!(
@@ -405,6 +430,18 @@ impl Crawler {
         }
         let tmp = format!("{TEMP_PREFIX}{g}").into_bytes();
         let (src, dst) = (self.sv(from), self.sv(to));
+        // The name on the hashed subvolume: nothing, or a link file to this file. The
+        // switch goes ahead only if it is still so once fenced (a mount that removed the
+        // link file meanwhile is removing the file: the move must not bring it back).
+        let before = name_on(dst, dir, name).await?;
+        if before
+            .as_ref()
+            .is_some_and(|b| !is_linkto(b) || b.meta.gfid != Some(g))
+        {
+            return Ok(Moved::Skipped(
+                "another file has the name on its hashed subvolume",
+            ));
+        }
         // 1. The new copy, hidden as a link file to the data's subvolume.
         let obj = NewObject {
             mode: crate::brick::store::LINKTO_MODE,
@@ -494,16 +531,56 @@ impl Crawler {
         }
         .await;
         let _ = dst.req(Op::Close { fd: wfd }).await;
+        // 3b. The name on the hashed subvolume fenced too (the link file and the new copy
+        // carry the file's id), and as it was.
+        let result = match result {
+            Ok(Moved::Done(n)) => match self.fence_name(dst, dir, name, g, &before).await {
+                Ok(None) => Ok(Moved::Done(n)),
+                Ok(Some(why)) => Ok(Moved::Skipped(why)),
+                Err(e) => Err(e),
+            },
+            other => other,
+        };
         if !matches!(result, Ok(Moved::Done(_))) {
             let _ = src.req(Op::Unfence { gfid: g }).await;
             let _ = self.drop_temp(dir, &tmp, g, to).await;
             return result;
         }
         let switched = self.switch(dir, name, e, g, &tmp, from, to).await;
-        // Requests held by the fence now go on: they find the old copy gone and the
+        // Requests held by the fences now go on: they find the old copy gone and the
         // client looks the file up again, at its new place.
+        let _ = dst.req(Op::Unfence { gfid: g }).await;
         let _ = src.req(Op::Unfence { gfid: g }).await;
         switched.map(|()| Moved::Done(e.attr.size))
+    }
+
+    /// Fences file `g` on the subvolume it moves to and checks that `name` there is still
+    /// `before` (nothing, or the same link file). None: fenced and unchanged; else why the
+    /// move is skipped (the fence then lifted again).
+    async fn fence_name(
+        &self,
+        dst: &Replica,
+        dir: Gfid,
+        name: &[u8],
+        g: Gfid,
+        before: &Option<Entry>,
+    ) -> Res<Option<&'static str>> {
+        match dst.req(Op::Fence { gfid: g }).await {
+            Ok(_) => {}
+            Err(Errno(libc::EBUSY)) => return Ok(Some("opened while being copied")),
+            Err(e) => return Err(e),
+        }
+        let now = name_on(dst, dir, name).await;
+        let same = match (&now, before) {
+            (Ok(None), None) => true,
+            (Ok(Some(n)), Some(b)) => is_linkto(n) && n.meta.gfid == b.meta.gfid,
+            _ => false,
+        };
+        if same {
+            return Ok(None);
+        }
+        let _ = dst.req(Op::Unfence { gfid: g }).await;
+        now.map(|_| Some("its name changed on the hashed subvolume while being copied"))
     }
 
     /// Steps 4 to 6 of a move: the new copy takes the name, and the old one goes.

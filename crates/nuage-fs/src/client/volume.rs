@@ -451,6 +451,11 @@ impl Volume {
     /// data is no longer there (moved by a rebalance since this client learned where it
     /// was), finds it again and retries once.
     async fn on_data(&self, g: Gfid, op: Op) -> Res<Reply> {
+        self.on_data_where(g, op).await.map(|(_, r)| r)
+    }
+
+    /// [`Self::on_data`], with the subvolume that answered.
+    async fn on_data_where(&self, g: Gfid, op: Op) -> Res<(u32, Reply)> {
         let k = self.locate(g).await?;
         match self.sv(k).req(op.clone()).await {
             Err(e @ Errno(libc::ENOENT)) | Err(e @ Errno(libc::ESTALE)) => {
@@ -460,9 +465,9 @@ impl Volume {
                     // Still there: the error was about something else.
                     return Err(e);
                 }
-                self.sv(k2).req(op).await
+                self.sv(k2).req(op).await.map(|r| (k2, r))
             }
-            r => r,
+            r => r.map(|r| (k, r)),
         }
     }
 
@@ -1026,8 +1031,11 @@ impl Volume {
                 if found.attr.is_dir() {
                     return Err(Errno(libc::EISDIR));
                 }
-                let data = self.locate(found.gfid).await?;
-                self.sv(data).req(op(Some(found.gfid))).await.map(drop)
+                // Where the data is, looked for again if a rebalance moved it meanwhile
+                // (a request its fence held finds the old copy gone).
+                self.on_data(found.gfid, op(Some(found.gfid)))
+                    .await
+                    .map(drop)
             }
             Err(e) => Err(e),
         }
@@ -1218,9 +1226,9 @@ impl Volume {
             }
             return Ok(());
         }
-        let data = self.locate(src.gfid).await?;
-        // The data keeps its place; the name moves with it.
-        self.sv(data).req(op(data)).await?;
+        // The data keeps its place (found again if a rebalance moved it meanwhile); the
+        // name moves with it.
+        let (data, _) = self.on_data_where(src.gfid, op(0)).await?;
         if let Some(d) = &dst {
             let d_data = self.locate(d.gfid).await.ok();
             if let Some(dk) = d_data.filter(|dk| *dk != data) {
