@@ -114,6 +114,13 @@ pub struct Entry {
     pub meta: Meta,
 }
 
+impl Entry {
+    /// A link file: a name that points at the subvolume holding the file's data.
+    pub fn is_link_file(&self) -> bool {
+        self.attr.mode == crate::brick::store::LINKTO_MODE && self.meta.linkto.is_some()
+    }
+}
+
 /// The caller of an operation that creates a file, so the brick creates it as the caller
 /// would (owner, group of a set-group-id directory, umask already applied by the kernel).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

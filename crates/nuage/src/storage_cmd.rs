@@ -80,11 +80,13 @@ pub enum VolumeCmd {
     },
     /// Show a volume option, or `all` of them with their values
     Get { name: String, option: String },
-    /// Heal replicated copies now, or show what needs heal: NAME [full|info [summary|split-brain]]
+    /// Heal replicated copies now, or show what needs heal: NAME [full|info
+    /// [summary|split-brain]]; resolve split-brain: NAME split-brain {bigger-file FILE |
+    /// latest-mtime FILE | source-brick HOST:/PATH [FILE]} (FILE: /path or gfid:UUID)
     Heal {
         name: String,
-        /// `full`, or `info` optionally followed by `summary` or `split-brain`
-        #[arg(num_args = 0..=2)]
+        /// `full`, `info [summary|split-brain]`, or `split-brain POLICY …`
+        #[arg(num_args = 0..=4)]
         args: Vec<String>,
     },
     /// Add bricks: NAME [replica N] HOST:/PATH… [force] (new subvolumes, or a higher
@@ -598,9 +600,74 @@ mod tests {
         let e = remove_brick_args("gv0", v(&["a:/b1", "now"])).unwrap_err();
         assert!(e.to_string().contains("usage"), "{e}");
         assert!(remove_brick_args("gv0", v(&["commit"])).is_err());
+        use nuage_fs::client::split_brain::{FileName, Policy};
+        let (p, f) = split_brain_args(&["bigger-file", "/a"]).unwrap();
+        assert_eq!(
+            (p, f),
+            (Policy::BiggerFile, Some(FileName::Path("/a".into())))
+        );
+        let (p, f) = split_brain_args(&["source-brick", "h:/b"]).unwrap();
+        assert_eq!((p, f), (Policy::SourceBrick("h:/b".into()), None));
+        assert!(split_brain_args(&["latest-mtime"]).is_err());
+        assert!(split_brain_args(&["bigger-file", "/a", "/b"]).is_err());
+        assert!(split_brain_args(&["source-brick", "h:/b", "rel"]).is_err());
         assert_eq!(human_size(0), "0Bytes");
         assert_eq!(human_size(3 << 20), "3.0MB");
     }
+}
+
+/// `volume heal NAME split-brain …`: which copy to keep, of which files (None: every
+/// file in split-brain that the source brick has).
+fn split_brain_args(
+    args: &[&str],
+) -> anyhow::Result<(
+    nuage_fs::client::split_brain::Policy,
+    Option<nuage_fs::client::split_brain::FileName>,
+)> {
+    use nuage_fs::client::split_brain::{FileName, Policy};
+    Ok(match args {
+        ["bigger-file", file] => (Policy::BiggerFile, Some(FileName::parse(file)?)),
+        ["latest-mtime", file] => (Policy::LatestMtime, Some(FileName::parse(file)?)),
+        ["source-brick", brick] => (Policy::SourceBrick((*brick).to_owned()), None),
+        ["source-brick", brick, file] => (
+            Policy::SourceBrick((*brick).to_owned()),
+            Some(FileName::parse(file)?),
+        ),
+        _ => bail!(
+            "usage: volume heal NAME split-brain {{bigger-file FILE | latest-mtime FILE | source-brick HOST:/PATH [FILE]}}"
+        ),
+    })
+}
+
+/// Resolves split-brain as `volume heal NAME split-brain …` asks, printing gluster's lines.
+async fn resolve_split_brain(
+    spec: &nuage_fs::client::spec::VolumeSpec,
+    args: &[&str],
+) -> anyhow::Result<()> {
+    use nuage_fs::client::split_brain::{Policy, Sets};
+    let (policy, file) = split_brain_args(args)?;
+    let sets = Sets::connect(spec, &format!("split-brain-{}", std::process::id()))?;
+    match (file, &policy) {
+        (Some(file), _) => match sets.resolve(&policy, &file).await {
+            Ok(()) => println!("Healed {file}."),
+            Err(e) => bail!("Healing {file} failed: {e}"),
+        },
+        (None, Policy::SourceBrick(brick)) => {
+            let (healed, failed) = sets.resolve_all_from(brick).await?;
+            for f in &healed {
+                println!("Healed {f}.");
+            }
+            for (f, why) in &failed {
+                println!("Healing {f} failed: {why}");
+            }
+            println!("Number of healed entries: {}", healed.len());
+            if !failed.is_empty() {
+                bail!("Volume heal failed: {} entries not healed.", failed.len());
+            }
+        }
+        (None, _) => unreachable!("split_brain_args names a file for these policies"),
+    }
+    Ok(())
 }
 
 /// What `volume heal` shows.
@@ -613,17 +680,26 @@ enum HealView {
     Info,
     Summary,
     SplitBrain,
+    /// `heal NAME split-brain …`: resolve, as the administrator chose.
+    Resolve,
 }
 
 async fn heal(c: &ApiClient, name: &str, args: &[String]) -> anyhow::Result<()> {
     use nuage_fs::client::heal_index::{self, State};
-    let view = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let view = match words[..] {
         [] => HealView::Heal,
         ["full"] => HealView::Full,
         ["info"] => HealView::Info,
         ["info", "summary"] => HealView::Summary,
         ["info", "split-brain"] => HealView::SplitBrain,
-        _ => bail!("usage: volume heal NAME [full|info [summary|split-brain]]"),
+        ["split-brain", ..] => {
+            split_brain_args(&words[1..])?;
+            HealView::Resolve
+        }
+        _ => {
+            bail!("usage: volume heal NAME [full|info [summary|split-brain]|split-brain POLICY …]")
+        }
     };
     if name.is_empty()
         || !name
@@ -636,6 +712,9 @@ async fn heal(c: &ApiClient, name: &str, args: &[String]) -> anyhow::Result<()> 
         c.get(&format!("/v1/storage/volumes/{name}/spec")).await?;
     if spec.replica < 2 {
         bail!("Volume {name} is not of type replicate");
+    }
+    if view == HealView::Resolve {
+        return resolve_split_brain(&spec, &words[1..]).await;
     }
     let client = format!("heal-{}", std::process::id());
     if view == HealView::Full {
@@ -712,7 +791,9 @@ async fn heal(c: &ApiClient, name: &str, args: &[String]) -> anyhow::Result<()> 
                 println!("Status: {status}");
                 println!("Number of entries in split-brain: {split}");
             }
-            HealView::Heal | HealView::Full => unreachable!("handled above"),
+            HealView::Heal | HealView::Full | HealView::Resolve => {
+                unreachable!("handled above")
+            }
         }
         println!();
     }

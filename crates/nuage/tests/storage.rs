@@ -164,37 +164,46 @@ fn volumes_and_their_bricks_survive_a_node_restart() {
     node.stop();
 }
 
-/// Creates, starts and mounts replica-2 volume `name` over bricks `b1` and `b2` under
-/// `dir` (mounted on `dir/mnt`), the self-heal daemon's interval set to a day: after its
-/// first pass at start, heals run only when asked. Returns the bricks and the mount.
-fn replica_two_mounted(
-    dir: &std::path::Path,
-    api: &str,
-    name: &str,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let b1 = dir.join("b1");
-    let b2 = dir.join("b2");
+/// A node with a started replica-2 volume over two bricks in a temporary directory
+/// (their paths, and their names as `volume info` gives them), mounted on the last path;
+/// the self-heal daemon's interval set to a day: after its first pass at start, heals
+/// run only when asked.
+type ReplicaTwo = (
+    tempfile::TempDir,
+    StorageNode,
+    String,
+    [std::path::PathBuf; 2],
+    std::path::PathBuf,
+    [String; 2],
+);
+
+fn replica_two(name: &str) -> ReplicaTwo {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = StorageNode::start(tmp.path(), "s1");
+    let api = node.api();
+    let b1 = tmp.path().join("b1");
+    let b2 = tmp.path().join("b2");
     let brick1 = format!("localhost:{}", b1.display());
     let brick2 = format!("localhost:{}", b2.display());
     let out = node_ok(
-        api,
+        &api,
         &[
             "volume", "create", name, "replica", "2", &brick1, &brick2, "force",
         ],
     );
     assert!(out.contains("success"), "{out}");
     node_ok(
-        api,
+        &api,
         &["volume", "set", name, "cluster.heal-timeout", "86400"],
     );
-    node_ok(api, &["volume", "start", name]);
-    let mnt = dir.join("mnt");
+    node_ok(&api, &["volume", "start", name]);
+    let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     node_ok(
-        api,
+        &api,
         &["mount", &format!("{api}:/{name}"), mnt.to_str().unwrap()],
     );
-    (b1, b2, mnt)
+    (tmp, node, api, [b1, b2], mnt, [brick1, brick2])
 }
 
 /// `trusted.nuage.*` attribute of a file on a brick (None if absent).
@@ -216,12 +225,7 @@ fn brick_xattr(p: &std::path::Path, name: &str) -> Option<Vec<u8>> {
 #[test]
 fn a_replicated_volume_reports_and_heals_a_stale_copy() {
     use nuage_fs::markers::AfrState;
-    let tmp = tempfile::tempdir().unwrap();
-    let node = StorageNode::start(tmp.path(), "s1");
-    let api = node.api();
-    let (b1, b2, mnt) = replica_two_mounted(tmp.path(), &api, "rv");
-    let brick1 = format!("localhost:{}", b1.display());
-    let brick2 = format!("localhost:{}", b2.display());
+    let (_tmp, node, api, [b1, b2], mnt, [brick1, brick2]) = replica_two("rv");
     assert!(node_ok(&api, &["volume", "info", "rv"]).contains("Type: Replicate"));
     let e = node_refused(&api, &["volume", "heal", "rv", "info", "nonsense"]);
     assert!(e.contains("usage"), "{e}");
@@ -233,12 +237,7 @@ fn a_replicated_volume_reports_and_heals_a_stale_copy() {
 
     // Make brick 2's copy one that missed a write, as a brick down at the time leaves it:
     // older data, and brick 1's copy accusing it (marker and heal index).
-    let id = |b: &std::path::Path| -> u32 {
-        let j: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(b.join(".nuage/brick.json")).unwrap()).unwrap();
-        j["brick_id"].as_u64().unwrap() as u32
-    };
-    let id2 = id(&b2);
+    let id2 = brick_id(&b2);
     std::fs::write(b2.join("f"), "stale").unwrap();
     let st = AfrState {
         dirty: [0; 3],
@@ -294,6 +293,13 @@ fn a_replicated_volume_reports_and_heals_a_stale_copy() {
     node.stop();
 }
 
+/// The id the volume gave the brick at `b`.
+fn brick_id(b: &std::path::Path) -> u32 {
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join(".nuage/brick.json")).unwrap()).unwrap();
+    j["brick_id"].as_u64().unwrap() as u32
+}
+
 /// Sets `trusted.nuage.afr` of a file on a brick to `st` and lists the file in that
 /// brick's heal index, as the brick does when markers are not clean.
 fn mark_on_brick(brick: &std::path::Path, name: &str, st: &nuage_fs::markers::AfrState) {
@@ -323,10 +329,7 @@ fn mark_on_brick(brick: &std::path::Path, name: &str, st: &nuage_fs::markers::Af
 #[test]
 fn a_change_its_client_abandoned_is_settled_by_heal() {
     use nuage_fs::markers::AfrState;
-    let tmp = tempfile::tempdir().unwrap();
-    let node = StorageNode::start(tmp.path(), "s1");
-    let api = node.api();
-    let (b1, b2, mnt) = replica_two_mounted(tmp.path(), &api, "sv");
+    let (_tmp, node, api, [b1, b2], mnt, _) = replica_two("sv");
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(mnt.join("f"), &data).unwrap();
     std::fs::write(mnt.join("same"), "identical").unwrap();
@@ -400,5 +403,133 @@ fn a_change_its_client_abandoned_is_settled_by_heal() {
     assert_eq!(std::fs::read(mnt.join("f")).unwrap(), data);
     node_ok(&api, &["umount", mnt.to_str().unwrap()]);
     node_ok(&api, &["volume", "stop", "sv"]);
+    node.stop();
+}
+
+/// Split-brain is never resolved by nuage itself; the administrator resolves it as with
+/// gluster's CLI: `volume heal NAME split-brain bigger-file|latest-mtime FILE`, or
+/// `source-brick HOST:/PATH [FILE]` (every file in split-brain the brick has a copy of).
+#[test]
+fn split_brain_is_resolved_as_the_administrator_chooses() {
+    use nuage_fs::markers::AfrState;
+    let (_tmp, node, api, [b1, b2], mnt, [brick1, brick2]) = replica_two("sb");
+    std::fs::create_dir(mnt.join("d")).unwrap();
+    for f in ["d/big", "same-size", "one", "two", "fine"] {
+        std::fs::write(mnt.join(f), "first version").unwrap();
+    }
+    node_ok(&api, &["umount", mnt.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Each copy took changes the other missed, and accuses it: split-brain.
+    let (id1, id2) = (brick_id(&b1), brick_id(&b2));
+    let split = |f: &str, second: &str| {
+        std::fs::write(b2.join(f), second).unwrap();
+        for (b, other) in [(&b1, id2), (&b2, id1)] {
+            let st = AfrState {
+                dirty: [0; 3],
+                pending: vec![(other, [1, 0, 0])],
+            };
+            mark_on_brick(b, f, &st);
+        }
+    };
+    split("d/big", "a longer second version");
+    split("same-size", "other version");
+    split("one", "second");
+    split("two", "second");
+    let info = node_ok(&api, &["volume", "heal", "sb", "info", "split-brain"]);
+    assert_eq!(
+        info.matches("Number of entries in split-brain: 4").count(),
+        2,
+        "{info}"
+    );
+
+    // Bad requests: each a clear error that changes nothing.
+    // `volume heal sb split-brain ARGS…`
+    let sb = |args: &[&str]| -> Vec<String> {
+        ["volume", "heal", "sb", "split-brain"]
+            .iter()
+            .chain(args)
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let refused = |args: &[&str]| {
+        let all = sb(args);
+        node_refused(&api, &all.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let resolved = |args: &[&str]| {
+        let all = sb(args);
+        node_ok(&api, &all.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    for (args, why) in [
+        (&["biggest", "/x"][..], "usage"),
+        (&["bigger-file", "x"], "path from the volume root"),
+        (
+            &["bigger-file", "/nope"],
+            "Lookup failed on /nope: No such file or directory",
+        ),
+        (&["bigger-file", "/fine"], "File not in split-brain."),
+        (&["bigger-file", "/same-size"], "same size"),
+        (
+            &["source-brick", "localhost:/elsewhere", "/one"],
+            "not a brick of volume sb",
+        ),
+    ] {
+        let e = refused(args);
+        assert!(e.contains(why), "{args:?}: {e}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(b1.join("one")).unwrap(),
+        "first version"
+    );
+
+    // The bigger copy wins.
+    let out = resolved(&["bigger-file", "/d/big"]);
+    assert!(out.contains("Healed /d/big."), "{out}");
+    // The copy modified last wins.
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(b1.join("same-size"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let out = resolved(&["latest-mtime", "/same-size"]);
+    assert!(out.contains("Healed /same-size."), "{out}");
+    // Brick 1's copy wins, for one file named by its id.
+    let g = nuage_fs::gfid::Gfid::from_slice(
+        &brick_xattr(&b1.join("one"), "trusted.nuage.gfid").unwrap(),
+    )
+    .unwrap();
+    let out = resolved(&["source-brick", &brick1, &format!("gfid:{}", g.to_uuid())]);
+    assert!(
+        out.contains(&format!("Healed gfid:{}.", g.to_uuid())),
+        "{out}"
+    );
+    // Brick 2's copy wins for every file still in split-brain.
+    let out = resolved(&["source-brick", &brick2]);
+    assert!(
+        out.contains("Healed /two.") && out.contains("Number of healed entries: 1"),
+        "{out}"
+    );
+
+    for (f, want) in [
+        ("d/big", "a longer second version"),
+        ("same-size", "other version"),
+        ("one", "first version"),
+        ("two", "second"),
+        ("fine", "first version"),
+    ] {
+        for b in [&b1, &b2] {
+            assert_eq!(std::fs::read_to_string(b.join(f)).unwrap(), want, "{f}");
+            assert!(
+                brick_xattr(&b.join(f), "trusted.nuage.afr").is_none(),
+                "{f} on {} still marked",
+                b.display()
+            );
+        }
+    }
+    let info = node_ok(&api, &["volume", "heal", "sb", "info"]);
+    assert_eq!(info.matches("Number of entries: 0").count(), 2, "{info}");
+    node_ok(&api, &["volume", "stop", "sb"]);
     node.stop();
 }

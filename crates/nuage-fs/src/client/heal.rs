@@ -362,3 +362,40 @@ pub(crate) async fn make_copy(
     }
     Ok(())
 }
+
+/// A copy of a regular file as a lookup would see it, for tests of the heal decisions.
+#[cfg(test)]
+pub(crate) fn seen_file(
+    index: usize,
+    size: u64,
+    mtime: i64,
+    ctime: i64,
+    afr: crate::markers::AfrState,
+) -> Seen {
+    use crate::proto::{Attr, Meta, Timespec};
+    let t = |sec| Timespec { sec, nsec: 0 };
+    Seen {
+        index,
+        entry: Entry {
+            attr: Attr {
+                mode: libc::S_IFREG | 0o644,
+                nlink: 1,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                size,
+                blocks: 0,
+                blksize: 4096,
+                atime: t(mtime),
+                mtime: t(mtime),
+                ctime: t(ctime),
+            },
+            meta: Meta {
+                gfid: None,
+                afr,
+                layout: None,
+                linkto: None,
+            },
+        },
+    }
+}

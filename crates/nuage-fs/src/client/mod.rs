@@ -13,5 +13,6 @@ pub mod rebalance;
 pub mod replica;
 pub mod settle;
 pub mod spec;
+pub mod split_brain;
 pub mod volume;
 pub mod write_behind;

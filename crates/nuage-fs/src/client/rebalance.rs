@@ -755,7 +755,7 @@ impl Crawler {
 }
 
 fn is_linkto(e: &Entry) -> bool {
-    e.attr.mode == crate::brick::store::LINKTO_MODE && e.meta.linkto.is_some()
+    e.is_link_file()
 }
 
 /// Copies the contents of `g` from `src` into the open `wfd` on `dst`; returns the size.

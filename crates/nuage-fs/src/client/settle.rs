@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::client::conn::BrickConn;
 use crate::client::heal::{Seen, copy_data};
 use crate::gfid::Gfid;
-use crate::markers::{AfrDelta, Kind};
+use crate::markers::{AfrDelta, AfrState, Kind};
 use crate::proto::{Attr, Errno, Op, Reply, SetAttr, SetTime, Target};
 
 type Res<T> = Result<T, Errno>;
@@ -71,12 +71,23 @@ pub fn source(seen: &[Seen]) -> usize {
         .expect("the best is among them")
 }
 
-/// Settles file `g` (see the module documentation; `seen` passed [`abandoned`]): copies
-/// whose data differ from the source's get its data, copies whose owner, mode or times
-/// differ get its; then every copy's `dirty` (data, metadata) is lowered by what `seen`
-/// showed, so a change begun meanwhile stays marked. Returns how many copies were changed.
+/// Settles file `g` (see the module documentation; `seen` passed [`abandoned`]) from its
+/// [`source`]. Returns how many copies were changed.
 pub async fn settle(bricks: &[Arc<BrickConn>], g: Gfid, seen: &[Seen]) -> Res<usize> {
-    let from = source(seen);
+    make_equal(bricks, g, seen, source(seen)).await
+}
+
+/// Makes every copy of file `g` in `seen` equal to copy `from`: copies whose data differ
+/// from its get its data, copies whose owner, mode or modification time differ get its;
+/// then every copy's markers for data and metadata (`dirty` and accusations) are lowered
+/// by exactly what `seen` showed, so a change begun meanwhile stays marked. Returns how
+/// many copies were changed. (Settling, and split-brain resolution by an administrator.)
+pub async fn make_equal(
+    bricks: &[Arc<BrickConn>],
+    g: Gfid,
+    seen: &[Seen],
+    from: usize,
+) -> Res<usize> {
     let src = &seen
         .iter()
         .find(|s| s.index == from)
@@ -110,33 +121,44 @@ pub async fn settle(bricks: &[Arc<BrickConn>], g: Gfid, seen: &[Seen]) -> Res<us
         }
         if touched {
             changed += 1;
-            tracing::info!(
-                "settled {g}: copy {} made equal to copy {from} (a change was begun and never confirmed)",
-                s.index
-            );
+            tracing::info!("{g}: copy {} made equal to copy {from}", s.index);
         }
     }
     for s in seen {
-        let d = s.entry.meta.afr.dirty;
-        let mut lower = [0i32; 3];
-        for k in [Kind::Data, Kind::Metadata] {
-            lower[k as usize] = -i32::try_from(d[k as usize]).unwrap_or(i32::MAX);
-        }
-        if lower == [0; 3] {
+        let delta = lowering(&s.entry.meta.afr);
+        if delta.is_empty() {
             continue;
         }
         bricks[s.index]
             .req(Op::Xattrop {
                 gfid: g,
-                delta: AfrDelta {
-                    dirty: lower,
-                    pending: Vec::new(),
-                },
+                delta,
                 unlock: None,
             })
             .await?;
     }
     Ok(changed)
+}
+
+/// The delta that takes `st`'s data and metadata markers (dirty and accusations) back to
+/// zero; entry markers are left.
+fn lowering(st: &AfrState) -> AfrDelta {
+    let minus = |c: &[u32; 3]| {
+        let mut d = [0i32; 3];
+        for k in [Kind::Data, Kind::Metadata] {
+            d[k as usize] = -i32::try_from(c[k as usize]).unwrap_or(i32::MAX);
+        }
+        d
+    };
+    AfrDelta {
+        dirty: minus(&st.dirty),
+        pending: st
+            .pending
+            .iter()
+            .map(|(b, c)| (*b, minus(c)))
+            .filter(|(_, d)| *d != [0; 3])
+            .collect(),
+    }
 }
 
 /// Owner, permissions and modification time: what a metadata change sets.
@@ -171,38 +193,13 @@ async fn checksums(b: &BrickConn, g: Gfid, size: u64) -> Res<Vec<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::markers::AfrState;
-    use crate::proto::{Entry, Meta, Timespec};
 
     fn copy(index: usize, size: u64, mtime: i64, ctime: i64, dirty: u32) -> Seen {
-        let t = |sec| Timespec { sec, nsec: 0 };
-        Seen {
-            index,
-            entry: Entry {
-                attr: Attr {
-                    mode: libc::S_IFREG | 0o644,
-                    nlink: 1,
-                    uid: 0,
-                    gid: 0,
-                    rdev: 0,
-                    size,
-                    blocks: 0,
-                    blksize: 4096,
-                    atime: t(mtime),
-                    mtime: t(mtime),
-                    ctime: t(ctime),
-                },
-                meta: Meta {
-                    gfid: None,
-                    afr: AfrState {
-                        dirty: [dirty, 0, 0],
-                        pending: Vec::new(),
-                    },
-                    layout: None,
-                    linkto: None,
-                },
-            },
-        }
+        let afr = AfrState {
+            dirty: [dirty, 0, 0],
+            pending: Vec::new(),
+        };
+        crate::client::heal::seen_file(index, size, mtime, ctime, afr)
     }
 
     fn at(sec: u64) -> SystemTime {
@@ -223,6 +220,21 @@ mod tests {
         // One dirty copy is enough.
         let one = [copy(0, 10, 100, 100, 0), copy(1, 10, 100, 100, 2)];
         assert!(abandoned(&one, 2, at(1000)));
+    }
+
+    #[test]
+    fn lowering_takes_data_and_metadata_markers_to_zero_and_leaves_entry_ones() {
+        let st = AfrState {
+            dirty: [2, 1, 4],
+            pending: vec![(3, [1, 0, 0]), (5, [0, 0, 7]), (6, [0, 2, 1])],
+        };
+        let d = lowering(&st);
+        assert_eq!(d.dirty, [-2, -1, 0]);
+        assert_eq!(d.pending, vec![(3, [-1, 0, 0]), (6, [0, -2, 0])]);
+        let mut after = st.clone();
+        after.apply(&d);
+        assert_eq!(after.dirty, [0, 0, 4]);
+        assert_eq!(after.pending, vec![(5, [0, 0, 7]), (6, [0, 0, 1])]);
     }
 
     #[test]

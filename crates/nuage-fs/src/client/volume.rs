@@ -230,7 +230,7 @@ fn entry_of(r: Reply) -> Res<Entry> {
 }
 
 fn is_linkto(e: &Entry) -> bool {
-    e.attr.mode == LINKTO_MODE && e.meta.linkto.is_some()
+    e.is_link_file()
 }
 
 impl Volume {
