@@ -150,9 +150,14 @@ fn three_machine_lab_is_a_real_network_with_faults() {
         !echoes(&lab, "n3", "n1", "tcp"),
         "partition let n3 -> n1 tcp through"
     );
-    assert!(echoes(&lab, "n2", "n3", "tcp"), "partition cut n2 -> n3");
+    // What must get through is retried, as above: on a loaded machine one exchange may
+    // miss socat's 2 s timeout (a datagram has no retransmission).
     assert!(
-        echoes(&lab, "n2", "n3", "udp"),
+        eventually(|| echoes(&lab, "n2", "n3", "tcp")),
+        "partition cut n2 -> n3"
+    );
+    assert!(
+        eventually(|| echoes(&lab, "n2", "n3", "udp")),
         "partition cut n2 -> n3 udp"
     );
     assert_eq!(lab.partition_sides().unwrap().len(), 2);
