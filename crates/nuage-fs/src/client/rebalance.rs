@@ -434,12 +434,17 @@ impl Crawler {
         // switch goes ahead only if it is still so once fenced (a mount that removed the
         // link file meanwhile is removing the file: the move must not bring it back).
         let before = name_on(dst, dir, name).await?;
-        if before
-            .as_ref()
-            .is_some_and(|b| !is_linkto(b) || b.meta.gfid != Some(g))
-        {
+        if let Some(b) = before.as_ref().filter(|b| !is_linkto(b)) {
+            return Ok(Moved::Skipped(if b.meta.gfid == Some(g) {
+                // Renaming over it would replace the file by its older copy.
+                "a copy with its id already has its name on the hashed subvolume (a move interrupted after its switch)"
+            } else {
+                "another file has the name on its hashed subvolume"
+            }));
+        }
+        if before.as_ref().is_some_and(|b| b.meta.gfid != Some(g)) {
             return Ok(Moved::Skipped(
-                "another file has the name on its hashed subvolume",
+                "its name on the hashed subvolume is a link file of another file",
             ));
         }
         // 1. The new copy, hidden as a link file to the data's subvolume.
