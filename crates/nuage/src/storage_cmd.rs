@@ -600,6 +600,12 @@ mod tests {
         let e = remove_brick_args("gv0", v(&["a:/b1", "now"])).unwrap_err();
         assert!(e.to_string().contains("usage"), "{e}");
         assert!(remove_brick_args("gv0", v(&["commit"])).is_err());
+        assert_eq!(human_size(0), "0Bytes");
+        assert_eq!(human_size(3 << 20), "3.0MB");
+    }
+
+    #[test]
+    fn split_brain_arguments_follow_gluster() {
         use nuage_fs::client::split_brain::{FileName, Policy};
         let (p, f) = split_brain_args(&["bigger-file", "/a"]).unwrap();
         assert_eq!(
@@ -611,8 +617,6 @@ mod tests {
         assert!(split_brain_args(&["latest-mtime"]).is_err());
         assert!(split_brain_args(&["bigger-file", "/a", "/b"]).is_err());
         assert!(split_brain_args(&["source-brick", "h:/b", "rel"]).is_err());
-        assert_eq!(human_size(0), "0Bytes");
-        assert_eq!(human_size(3 << 20), "3.0MB");
     }
 }
 

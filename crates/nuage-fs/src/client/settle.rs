@@ -6,12 +6,12 @@
 //! source, and the largest one (by size, then the newest by modification time) is copied
 //! to the copies that differ from it; then `dirty` is lowered by exactly what was seen.
 //!
-//! Only a file left so long enough that no live client can still be in the change: a
-//! transaction lowers `dirty` within `POST_OP_DELAY` (1 s) of its last write, and every
-//! write or marker update moves the copy's ctime. A file whose copies all have a ctime
-//! older than [`SETTLE_AFTER`] (by the bricks' clocks, against the healing machine's) is
-//! taken as abandoned. Directories are not settled here (their entry changes are healed
-//! from accusations only).
+//! Only a file left alone long enough that no live client can still be in the change is
+//! settled: a transaction lowers `dirty` within `POST_OP_DELAY` (1 s) of its last
+//! write, and every write or marker update moves the copy's ctime. A file whose copies
+//! all have a ctime older than [`SETTLE_AFTER`] (by the bricks' clocks, against the
+//! healing machine's) is taken as abandoned. Directories are not settled here (their
+//! entry changes are healed from accusations only).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
