@@ -167,9 +167,11 @@ async fn examine(r: &Replica, g: Gfid, heal_it: bool) -> Option<State> {
             }
             continue;
         }
-        let Ok(sources) = r.sources(&markers, kinds) else {
+        // Reported, not logged: `heal info` lists split-brain itself.
+        let sources = r.unaccused(&markers, kinds);
+        if sources.is_empty() {
             return Some(State::SplitBrain);
-        };
+        }
         state = Some(State::Pending);
         if !heal_it || attempt == 1 {
             break;

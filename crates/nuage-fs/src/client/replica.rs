@@ -542,21 +542,17 @@ impl Replica {
     /// The copies (among those answering with `markers`) that no other copy accuses of
     /// missing changes of `kinds`. Empty only in split-brain, which is EIO.
     pub fn sources(&self, markers: &[(usize, &AfrState)], kinds: &[Kind]) -> Res<Vec<usize>> {
-        let accused = |j: usize| {
-            markers
-                .iter()
-                .any(|(i, m)| *i != j && kinds.iter().any(|k| m.accuses(self.ids[j], *k)))
-        };
-        let good: Vec<usize> = markers
-            .iter()
-            .map(|(i, _)| *i)
-            .filter(|i| !accused(*i))
-            .collect();
+        let good = self.unaccused(markers, kinds);
         if good.is_empty() {
             tracing::warn!("split-brain between copies {:?}", self.ids);
             return Err(Errno(libc::EIO));
         }
         Ok(good)
+    }
+
+    /// The copies no other copy accuses of missing changes of `kinds` (none: split-brain).
+    pub fn unaccused(&self, markers: &[(usize, &AfrState)], kinds: &[Kind]) -> Vec<usize> {
+        unaccused(&self.ids, markers, kinds)
     }
 
     /// Starts healing (in the background) the copies the sources accuse, if any.
@@ -1172,6 +1168,21 @@ fn with_pre_op(mut op: Op, pre: &[AfrDelta]) -> Op {
         _ => {}
     }
     op
+}
+
+/// Among the copies `(index in the set, markers)` of a set whose bricks are `ids`, those
+/// no other copy accuses of missing changes of `kinds` (none: split-brain).
+pub fn unaccused(ids: &[u32], markers: &[(usize, &AfrState)], kinds: &[Kind]) -> Vec<usize> {
+    let accused = |j: usize| {
+        markers
+            .iter()
+            .any(|(i, m)| *i != j && kinds.iter().any(|k| m.accuses(ids[j], *k)))
+    };
+    markers
+        .iter()
+        .map(|(i, _)| *i)
+        .filter(|i| !accused(*i))
+        .collect()
 }
 
 #[cfg(test)]

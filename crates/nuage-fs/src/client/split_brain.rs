@@ -308,15 +308,8 @@ impl Sets {
 
 /// Whether every copy is accused by another of missing data or metadata changes.
 fn in_split_brain(ids: &[u32], seen: &[Seen]) -> bool {
-    let accused = |j: usize| {
-        seen.iter().any(|s| {
-            s.index != j
-                && [Kind::Data, Kind::Metadata]
-                    .iter()
-                    .any(|k| s.entry.meta.afr.accuses(ids[j], *k))
-        })
-    };
-    seen.iter().all(|s| accused(s.index))
+    let markers: Vec<_> = seen.iter().map(|s| (s.index, &s.entry.meta.afr)).collect();
+    crate::client::replica::unaccused(ids, &markers, &[Kind::Data, Kind::Metadata]).is_empty()
 }
 
 #[cfg(test)]
