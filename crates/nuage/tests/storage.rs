@@ -244,6 +244,12 @@ fn a_replicated_volume_reports_and_heals_a_stale_copy() {
         pending: vec![(id2, [1, 0, 0])],
     };
     mark_on_brick(&b1, "f", &st);
+    // Brick 2 got the change's pre-op before it went away, and kept its `dirty`.
+    let kept = AfrState {
+        dirty: [1, 0, 0],
+        pending: Vec::new(),
+    };
+    mark_on_brick(&b2, "f", &kept);
 
     let info = node_ok(&api, &["volume", "heal", "rv", "info"]);
     assert!(
@@ -252,9 +258,10 @@ fn a_replicated_volume_reports_and_heals_a_stale_copy() {
         )),
         "{info}"
     );
+    // Brick 2's index lists it too (its `dirty`), as gluster's sink bricks do.
     assert!(
         info.contains(&format!(
-            "Brick {brick2}\nStatus: Connected\nNumber of entries: 0"
+            "Brick {brick2}\n/f\nStatus: Connected\nNumber of entries: 1"
         )),
         "{info}"
     );
@@ -284,6 +291,11 @@ fn a_replicated_volume_reports_and_heals_a_stale_copy() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The heal lowered the sink's own `dirty` too: nothing is left to list.
+    assert!(
+        brick_xattr(&b2.join("f"), "trusted.nuage.afr").is_none(),
+        "the healed copy kept its dirty marker"
+    );
     let info = node_ok(&api, &["volume", "heal", "rv", "info"]);
     assert_eq!(info.matches("Number of entries: 0").count(), 2, "{info}");
     let out = node_ok(&api, &["volume", "heal", "rv"]);

@@ -76,6 +76,32 @@ pub async fn heal(
                 })
                 .await?;
         }
+        // The sink is now its source's copy: a `dirty` it kept from a change it was in
+        // when it went away (the pre-op reached it, the post-op did not) means nothing
+        // any more. Lowered by what was seen, so a change begun meanwhile stays marked.
+        let sink_dirty = seen
+            .iter()
+            .find(|s| s.index == sink)
+            .map_or([0; 3], |s| s.entry.meta.afr.dirty);
+        let mut lower = [0i32; 3];
+        let data_healed = src.attr.is_file() && data_accused;
+        for k in [Kind::Data, Kind::Metadata] {
+            if k == Kind::Metadata || data_healed {
+                lower[k as usize] = -i32::try_from(sink_dirty[k as usize]).unwrap_or(i32::MAX);
+            }
+        }
+        if lower != [0; 3] {
+            bricks[sink]
+                .req(Op::Xattrop {
+                    gfid: g,
+                    delta: AfrDelta {
+                        dirty: lower,
+                        pending: Vec::new(),
+                    },
+                    unlock: None,
+                })
+                .await?;
+        }
         // Lower what each copy held against this sink (entry changes of a directory
         // are not healed here: their accusations stay).
         for s in seen {
