@@ -90,18 +90,11 @@ pub async fn heal(
                 lower[k as usize] = -i32::try_from(sink_dirty[k as usize]).unwrap_or(i32::MAX);
             }
         }
-        if lower != [0; 3] {
-            bricks[sink]
-                .req(Op::Xattrop {
-                    gfid: g,
-                    delta: AfrDelta {
-                        dirty: lower,
-                        pending: Vec::new(),
-                    },
-                    unlock: None,
-                })
-                .await?;
-        }
+        let delta = AfrDelta {
+            dirty: lower,
+            pending: Vec::new(),
+        };
+        apply_markers(&bricks[sink], g, delta).await?;
         // Lower what each copy held against this sink (entry changes of a directory
         // are not healed here: their accusations stay).
         for s in seen {
@@ -114,13 +107,7 @@ pub async fn heal(
                 dirty: [0; 3],
                 pending: vec![(ids[sink], counts.map(|c| -(c as i32)))],
             };
-            bricks[s.index]
-                .req(Op::Xattrop {
-                    gfid: g,
-                    delta,
-                    unlock: None,
-                })
-                .await?;
+            apply_markers(&bricks[s.index], g, delta).await?;
         }
         tracing::info!(
             "healed {g} on brick {} from brick {}",
@@ -129,6 +116,20 @@ pub async fn heal(
         );
     }
     Ok(())
+}
+
+/// Applies marker `delta` to copy `b` of file `g` (nothing is sent for an empty one).
+pub(crate) async fn apply_markers(b: &BrickConn, g: Gfid, delta: AfrDelta) -> Res<()> {
+    if delta.is_empty() {
+        return Ok(());
+    }
+    b.req(Op::Xattrop {
+        gfid: g,
+        delta,
+        unlock: None,
+    })
+    .await
+    .map(drop)
 }
 
 /// Copies the contents of `g` from one copy to another, `MAX_IO` bytes at a time, up to
@@ -275,16 +276,11 @@ pub async fn heal_entries(
         }
         let mut counts = [0i32; 3];
         counts[Kind::Entry as usize] = -(n as i32);
-        bricks[s.index]
-            .req(Op::Xattrop {
-                gfid: dir,
-                delta: AfrDelta {
-                    dirty: [0; 3],
-                    pending: vec![(ids[sink], counts)],
-                },
-                unlock: None,
-            })
-            .await?;
+        let delta = AfrDelta {
+            dirty: [0; 3],
+            pending: vec![(ids[sink], counts)],
+        };
+        apply_markers(&bricks[s.index], dir, delta).await?;
     }
     tracing::info!(
         "healed the entries of {dir} on brick {} from brick {}",

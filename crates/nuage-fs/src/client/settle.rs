@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::client::conn::BrickConn;
-use crate::client::heal::{Seen, copy_data};
+use crate::client::heal::{Seen, apply_markers, copy_data};
 use crate::gfid::Gfid;
 use crate::markers::{AfrDelta, AfrState, Kind};
 use crate::proto::{Attr, Errno, Op, Reply, SetAttr, SetTime, Target};
@@ -125,17 +125,7 @@ pub async fn make_equal(
         }
     }
     for s in seen {
-        let delta = lowering(&s.entry.meta.afr);
-        if delta.is_empty() {
-            continue;
-        }
-        bricks[s.index]
-            .req(Op::Xattrop {
-                gfid: g,
-                delta,
-                unlock: None,
-            })
-            .await?;
+        apply_markers(&bricks[s.index], g, lowering(&s.entry.meta.afr)).await?;
     }
     Ok(changed)
 }
