@@ -37,8 +37,8 @@ pub fn sinks(ids: &[u32], seen: &[Seen], sources: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// Heals `sinks` from `source`; then lowers every copy's accusations of the sinks by
-/// what `seen` showed.
+/// Heals `sinks` from `source`; then lowers every copy's accusations of the sinks, and
+/// the sinks' own `dirty`, by what `seen` showed.
 pub async fn heal(
     bricks: &[Arc<BrickConn>],
     ids: &[u32],
