@@ -508,13 +508,6 @@ async fn names_in_a_directory_the_new_subvolume_lacks_are_found() {
     stop.cancel();
 }
 
-/// Writers that keep opening, appending to, syncing and closing the files a rebalance is
-/// moving lose nothing: a move either sees the file open and skips it, or fences it, and
-/// an open that comes during the last steps of the move waits, then reaches the file at
-/// its new place. The mover is told nothing of local bricks here, so the brick's fence is
-/// the only thing that can keep a write from landing on a copy about to be removed.
-/// Meanwhile another client looks every name up, again and again: each lookup finds the
-/// file, wherever it is in its move.
 /// Three bricks, a volume of the first two holding `count` files named `prefix…` whose
 /// names hash to the third once the volume has grown to it: each of them moves. The
 /// grown volume's layout is fixed; nothing has moved yet.
@@ -555,6 +548,13 @@ async fn moving_files(prefix: &str, count: usize, stop: &CancellationToken) -> M
     }
 }
 
+/// Writers that keep opening, appending to, syncing and closing the files a rebalance is
+/// moving lose nothing: a move either sees the file open and skips it, or fences it, and
+/// an open that comes during the last steps of the move waits, then reaches the file at
+/// its new place. The mover is told nothing of local bricks here, so the brick's fence is
+/// the only thing that can keep a write from landing on a copy about to be removed.
+/// Meanwhile another client looks every name up, again and again: each lookup finds the
+/// file, wherever it is in its move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writers_racing_a_rebalance_lose_no_acknowledged_write() {
     const WRITERS: usize = 4;
