@@ -32,6 +32,7 @@ pub mod sockopt;
 pub mod spawn;
 pub mod spec;
 pub mod stats;
+pub mod stderr;
 pub mod types;
 
 pub use service::FunctionsService;

@@ -26,6 +26,7 @@ use crate::process::{self, CLIENT_ENV, Program, describe};
 use crate::sockopt;
 use crate::spec::Limits;
 use crate::stats::{ErrorKind, GaugeGuard, Stats};
+use crate::stderr::ProcessStderr;
 
 /// How often a connection's socket is looked at for idleness and late answers.
 pub const WATCH_PERIOD: Duration = Duration::from_millis(500);
@@ -73,22 +74,6 @@ impl RunError {
             RunError::Failing(why) => why.clone(),
             RunError::TooMuchOutput(max) => format!("bad response: more than {max} bytes"),
         }
-    }
-}
-
-/// The read end of a child's stderr pipe, for tokio (the child's end stays blocking).
-fn stderr_reader(fd: std::os::fd::OwnedFd) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
-    use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    fcntl(&fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-    tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd)
-}
-
-/// Polls `future` once: its output if it is ready now.
-fn ready_now<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::Output> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::pin::Pin::new(future).poll(&mut cx) {
-        std::task::Poll::Ready(out) => Some(out),
-        std::task::Poll::Pending => None,
     }
 }
 
@@ -218,16 +203,10 @@ impl Spawner {
         self.stats.cold_starts.inc();
         let _instance = GaugeGuard::new(&self.stats.instances);
         let _in_flight = GaugeGuard::new(&self.stats.in_flight);
-        // The process's stderr is read by this task, not one of its own: when the process
-        // ends, its pidfd and its stderr's end of file then wake one task, not two (two
-        // make tokio wake a second worker thread, a context switch per connection).
-        let mut stderr = match stderr_reader(stderr) {
-            Ok(stderr) => Some(Box::pin(collect_stderr(self.logs.clone(), pid, stderr))),
-            Err(e) => {
-                tracing::warn!(function = %self.program.function, pid, "cannot read stderr: {e}");
-                None
-            }
-        };
+        // The process's stderr is looked at by this task (at each watch tick and at the
+        // end) and read by it once it has something: most processes write nothing, and a
+        // pipe handed to tokio costs a fifth of nuage's CPU per connection (stderr.rs).
+        let mut stderr = ProcessStderr::new(stderr, self.logs.clone(), pid);
 
         let mut watch =
             tokio::time::interval_at(tokio::time::Instant::now() + WATCH_PERIOD, WATCH_PERIOD);
@@ -236,12 +215,13 @@ impl Spawner {
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status,
-                () = async { stderr.as_mut().expect("guarded").await }, if stderr.is_some() => stderr = None,
+                () = async { stderr.reading().expect("guarded").await }, if stderr.reading().is_some() => stderr = ProcessStderr::Done,
                 _ = stop.cancelled(), if ended == Ended::Itself => {
                     ended = Ended::Stopped;
                     break process::terminate(&mut child).await.ok_or_else(|| std::io::Error::other("no status"));
                 }
                 _ = watch.tick(), if ended == Ended::Itself => {
+                    stderr.look();
                     let Some(activity) = sockopt::activity(socket.as_fd()) else { continue };
                     let unanswered = requests.update(&activity);
                     if draining.is_cancelled() && !unanswered {
@@ -272,13 +252,7 @@ impl Spawner {
             return self.start_failed(&socket, started, &e);
         }
         drop(socket);
-        if let Some(mut rest) = stderr {
-            // Its end of file usually came with the exit; if not (a descendant still holds
-            // stderr, or the event is late), the rest is read by a task of its own.
-            if ready_now(&mut rest).is_none() {
-                drop(tokio::spawn(rest));
-            }
-        }
+        stderr.finish();
         let took = started.elapsed();
         self.stats.latency.observe(took.as_secs_f64());
         let status = match status {

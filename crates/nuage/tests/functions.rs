@@ -837,6 +837,29 @@ fn spawn_mode_logs_stderr_by_pid_even_after_the_process_exits() {
 }
 
 #[test]
+fn spawn_mode_reads_a_stderr_flood_that_fills_the_pipe() {
+    // nuage looks at a process's stderr pipe only at its watch ticks: a process that
+    // writes more than the pipe holds (64 KiB) before the first tick must be read from
+    // then on, not left blocked, and every line must reach the log.
+    let node = Node::start();
+    let dir = tempfile::tempdir().unwrap();
+    let f = script(
+        dir.path(),
+        "chatter",
+        "read -r line\ni=0\nwhile [ $i -lt 3000 ]; do echo \"noise $i of a line long enough to fill the pipe of stderr quickly\" >&2; i=$((i+1)); done\necho \"done $line\"",
+    );
+    let port = free_port();
+    node.ok(&["deploy", "chatter", "--port", &port.to_string(), "--", &f]);
+    let mut c = Conn::open(port);
+    assert_eq!(c.ask("x"), "done x");
+    assert_eq!(c.finish(), "");
+    wait_for("the last stderr line", Duration::from_secs(20), || {
+        node.ok(&["logs", "chatter"])
+            .contains("stderr: noise 2999 of a line")
+    });
+}
+
+#[test]
 fn spawn_mode_tells_the_client_when_the_program_vanished_after_deploy() {
     // A program removed after deploy cannot be started: the failure must reach the
     // client, the metrics and the logs.
