@@ -10,6 +10,10 @@ DETAIL=1 also prints the context switches per operation of each thread (by proce
 thread name) that switched at least once per 20 operations.
 
 Copy each build to its own path first: the processes of a run are found by their binary.
+
+BRICK_DIR=DIR puts the bricks under DIR (default /var/tmp). On this machine's root file
+system (ext4 without a journal) consecutive runs get slower as recently deleted inodes
+pile up (docs/storage.md, "The bricks' file system"); a loop-mounted XFS keeps them level.
 """
 import os, sys, time, subprocess, tempfile, shutil, glob, resource
 NUAGE = os.path.abspath(sys.argv[1])
@@ -71,7 +75,7 @@ def sample():
 def delta(a, b, n, label, unit_n):
     wall = b[3] - a[3]
     print(f"  {label:<14} {unit_n / wall:9.1f}/s  nuage-cpu {1e6*(b[0]-a[0])/n:8.1f} us/op  cs {sum(v + i for v, i in switches(a[1], b[1]).values())/n:6.2f}/op  caller-cpu {1e6*(b[2]-a[2])/n:7.1f} us/op", flush=True)
-base = tempfile.mkdtemp(prefix="stab-", dir="/var/tmp")
+base = tempfile.mkdtemp(prefix="stab-", dir=os.environ.get("BRICK_DIR", "/var/tmp"))
 sh(NUAGE, "lab", "--name", LAB, "up", "1", "--start")
 try:
     ip = sh(NUAGE, "lab", "--name", LAB, "exec", "n1", "--", "hostname", "-I").split()[0]

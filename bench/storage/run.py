@@ -16,6 +16,16 @@ Run as root from the repository root, after `cargo build --release -p nuage`:
     RUNS=5 VOLUMES=replicate SMALL=1000 python3 bench/storage/run.py
     SMALL= python3 bench/storage/run.py     # no small-file rows (cp, write, read only)
 
+The bricks of both systems (and the "local disk" copy of row (a)) live on a file system of
+their own, made for the run: XFS with 512-byte inodes, as gluster's administration guide
+asks of a brick, in a sparse image file under /var/tmp on a loop device doing direct I/O,
+deleted at the end (BRICK_FS=xfs, the default; BRICK_FS_GIB=16 its size). BRICK_FS=none keeps them in
+/var/tmp itself. Why (docs/storage.md, "The bricks' file system"): this machine's root
+file system is ext4 without a journal, whose inode allocator checks, inode by inode, for
+inodes deleted in the last minutes; each run's creations then get slower the more files
+the run before removed, whichever system removed them (six runs of the same build in a
+row: 1828 → 487 files/s). Needs xfsprogs.
+
 glusterd runs inside the lab machine (its own network namespace, so its fixed ports never
 collide with anything on the host) with its state in a temporary directory.
 """
@@ -37,6 +47,11 @@ SMALL = [int(n) for n in os.environ.get("SMALL", "1000,10000").split(",") if n.s
 VOLUMES = os.environ.get("VOLUMES", "distribute,replicate").split(",")
 # nuage's performance.flush-behind for the run: gluster's default is on.
 FLUSH_BEHIND = os.environ.get("FLUSH_BEHIND", "on")
+# The bricks' own file system (see the docstring): xfs or none.
+BRICK_FS = os.environ.get("BRICK_FS", "xfs")
+BRICK_FS_GIB = int(os.environ.get("BRICK_FS_GIB", "16"))
+if BRICK_FS not in ("xfs", "none"):
+    sys.exit(f"bench: BRICK_FS: {BRICK_FS!r} is not xfs or none")
 for _v in VOLUMES:
     if _v not in ("distribute", "replicate"):
         sys.exit(f"bench: VOLUMES: unknown kind {_v!r} (distribute, replicate)")
@@ -236,11 +251,12 @@ def workloads(fs, src, local):
         out[name] = work / t
         cpu[name] = c
 
-    # (a) cp of a BIG_MIB file, and the same cp to local disk for reference.
+    # (a) cp of a BIG_MIB file, and the same cp to local disk for reference. A copy of
+    # its bytes: on the bricks' XFS, cp would otherwise clone the file (reflink) locally.
     row(f"cp {BIG_MIB} MiB to mount (MB/s)", BIG_MIB * 1.048576,
-        lambda: sh("cp", src, os.path.join(m, "big")))
+        lambda: sh("cp", "--reflink=never", src, os.path.join(m, "big")))
     dst = os.path.join(local, "big")
-    t = timed(lambda: sh("cp", src, dst))
+    t = timed(lambda: sh("cp", "--reflink=never", src, dst))
     os.unlink(dst)
     out[f"(reference) cp {BIG_MIB} MiB local disk"] = BIG_MIB * 1.048576 / t
     # (b) sequential write with fsync at the end, then read after a remount (cold cache).
@@ -297,10 +313,23 @@ def main():
         sys.exit("bench: run as root (lab machines, FUSE mounts)")
     if not os.path.exists(NUAGE):
         sys.exit(f"bench: {NUAGE} not found; run `cargo build --release -p nuage` first")
+    if BRICK_FS == "xfs" and shutil.which("mkfs.xfs") is None:
+        sys.exit("bench: mkfs.xfs is missing: apt-get install -y xfsprogs (or BRICK_FS=none)")
     base = tempfile.mkdtemp(prefix="nuage-storage-bench-", dir="/var/tmp")
-    sh(NUAGE, "lab", "--name", LAB, "up", "1", "--start")
+    image = loop = None
     systems = []
     try:
+        if BRICK_FS == "xfs":
+            image = base + ".img"
+            with open(image, "wb") as f:
+                f.truncate(BRICK_FS_GIB << 30)
+            # Direct I/O from the loop device to its image: without it every byte is
+            # cached twice (XFS's pages, then the image file's), and 2 GiB of replica
+            # writes hit the dirty-page limits of the host twice over.
+            loop = sh("losetup", "--direct-io=on", "--find", "--show", image).strip()
+            sh("mkfs.xfs", "-q", "-f", "-i", "size=512", loop)
+            sh("mount", "-o", "noatime", loop, base)
+        sh(NUAGE, "lab", "--name", LAB, "up", "1", "--start")
         ip = sh(NUAGE, "lab", "--name", LAB, "exec", "n1", "--", "hostname", "-I").split()[0]
         src = os.path.join(base, "source")
         with open(src, "wb") as f:
@@ -328,7 +357,8 @@ def main():
                         cpus[kind][s.name].setdefault(row, []).append(v)
             print(f"run {run + 1}/{RUNS} done", file=sys.stderr)
         print(f"# nuage storage vs GlusterFS {gluster_version()}: one machine,"
-              f" medians of {RUNS} runs, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs")
+              f" medians of {RUNS} runs, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs,"
+              f" bricks on {'/var/tmp' if image is None else 'their own XFS'}")
         for kind in VOLUMES:
             title = "2-brick distribute" if kind == "distribute" else "replica 2 (2 bricks)"
             print(f"\n## {title}")
@@ -348,6 +378,11 @@ def main():
         for s in systems:
             s.close()
         sh(NUAGE, "lab", "--name", LAB, "down", check=False)
+        if loop is not None:
+            sh("umount", base, check=False)
+            sh("losetup", "-d", loop, check=False)
+        if image is not None:
+            os.unlink(image)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -25,7 +25,7 @@ use crate::layout::DirLayout;
 use crate::markers::{AfrDelta, AfrState};
 
 /// Version of this protocol; a brick refuses a client of another version.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Sent in `Hello`, so a stray connection from another program is refused at once.
 pub const MAGIC: [u8; 4] = *b"NUFS";
 /// Bytes of a frame header.
@@ -147,6 +147,10 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
+    /// A regular file's set-user-ID and set-group-ID bits go (see
+    /// `brick::store::without_privileges`): the change is a truncation (or the kernel's
+    /// bare request to drop them) by a caller who may not keep them.
+    pub kill_suidgid: bool,
 }
 
 /// Changes to nuage's own attributes (heal, rebalance, layout fixes).
@@ -271,6 +275,9 @@ pub enum Op {
         target: Target,
         offset: u64,
         op: Option<AfrDelta>,
+        /// The writer may not keep the file's set-user-ID and set-group-ID bits (the
+        /// kernel's FUSE_WRITE_KILL_SUIDGID): the brick clears them with the write.
+        kill_suidgid: bool,
     },
     Fsync {
         target: Target,
@@ -1015,6 +1022,7 @@ mod tests {
                 target: t,
                 offset: 5,
                 op: None,
+                kill_suidgid: true,
             },
             Op::Fsync {
                 target: t,

@@ -206,6 +206,79 @@ fn replica_two(name: &str) -> ReplicaTwo {
     (tmp, node, api, [b1, b2], mnt, [brick1, brick2])
 }
 
+#[test]
+fn writes_and_truncations_by_others_drop_set_id_bits_on_every_copy() {
+    // Mounts leave the set-user-ID and set-group-ID bits to the bricks (the kernel's
+    // FUSE_HANDLE_KILLPRIV_V2): a write or a truncation by a caller without CAP_FSETID
+    // drops them on every copy, as on a local file system; root's keep them.
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let (_tmp, _node, _api, bricks, mnt, _) = replica_two("kp");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let set_mode = |name: &str, m: u32| {
+        let p = mnt.join(name);
+        std::fs::write(&p, "data").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
+        assert_eq!(mode(&p), m);
+    };
+    // `cmd` runs as nobody with the file, opened by root for appending, as its stdout:
+    // the mount's path is out of nobody's reach (a private temporary directory).
+    let as_nobody = |name: &str, cmd: &str| {
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(mnt.join(name))
+            .unwrap();
+        let status = std::process::Command::new("/bin/sh")
+            .args(["-c", cmd])
+            .stdout(f)
+            .uid(65534)
+            .gid(65534)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{cmd}: {status}");
+    };
+    let expect = |name: &str, m: u32| {
+        for b in &bricks {
+            assert_eq!(mode(&b.join(name)), m, "{name} on {}", b.display());
+        }
+        // The mount's view, once the kernel's cached attributes (1 s) have expired.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while mode(&mnt.join(name)) != m && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(mode(&mnt.join(name)), m, "{name} on the mount");
+    };
+
+    set_mode("w", 0o6777);
+    as_nobody("w", "printf x");
+    expect("w", 0o0777);
+    assert_eq!(std::fs::read_to_string(mnt.join("w")).unwrap(), "datax");
+
+    set_mode("t", 0o6777);
+    as_nobody("t", "truncate -s 1 /dev/stdout");
+    expect("t", 0o0777);
+    assert_eq!(std::fs::read_to_string(mnt.join("t")).unwrap(), "d");
+
+    // Set-group-ID without group-execute marks mandatory locking: it stays.
+    set_mode("g", 0o2666);
+    as_nobody("g", "printf x");
+    expect("g", 0o2666);
+    set_mode("u", 0o4666);
+    as_nobody("u", "printf x");
+    expect("u", 0o0666);
+
+    // Root may keep them.
+    set_mode("r", 0o6777);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("r"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"x").unwrap();
+    f.set_len(2).unwrap();
+    drop(f);
+    expect("r", 0o6777);
+}
+
 /// `trusted.nuage.*` attribute of a file on a brick (None if absent).
 fn brick_xattr(p: &std::path::Path, name: &str) -> Option<Vec<u8>> {
     let cp = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();

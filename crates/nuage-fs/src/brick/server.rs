@@ -651,7 +651,12 @@ impl Brick {
                         eof: out.len() < size as usize,
                     }
                 }
-                Op::Write { target, offset, op } => {
+                Op::Write {
+                    target,
+                    offset,
+                    op,
+                    kill_suidgid,
+                } => {
                     if data.len() > MAX_IO as usize {
                         return Err(Errno(libc::EINVAL));
                     }
@@ -662,6 +667,7 @@ impl Brick {
                         offset,
                         &data,
                         &op,
+                        kill_suidgid,
                     )?;
                     Reply::Written {
                         size: data.len() as u32,
@@ -873,6 +879,7 @@ mod tests {
             target: t,
             offset: 0,
             op: None,
+            kill_suidgid: false,
         };
         assert!(brick.answer_inline(&files, &write, 4096));
         assert!(!brick.answer_inline(&files, &write, QUICK_IO_MAX + 1));
@@ -919,6 +926,7 @@ mod tests {
                 target: t,
                 offset: 0,
                 op: None,
+                kill_suidgid: false,
             },
             Op::Fsync {
                 target: t,

@@ -1020,6 +1020,9 @@ impl Store {
             fd,
             |fd| {
                 apply_op(XTarget::Fd(fd))?;
+                if set.kill_suidgid {
+                    kill_privileges(fd)?;
+                }
                 if let Some(size) = set.size {
                     sys::ftruncate(fd, size)?;
                 }
@@ -1096,6 +1099,7 @@ impl Store {
         offset: u64,
         data: &[u8],
         op: &Option<AfrDelta>,
+        kill_suidgid: bool,
     ) -> SysResult<()> {
         let owned;
         let fd = match fd {
@@ -1107,6 +1111,10 @@ impl Store {
         };
         if let Some(d) = op.as_ref().filter(|d| !d.is_empty()) {
             self.apply_delta(g, XTarget::Fd(fd), d)?;
+        }
+        if kill_suidgid {
+            // Before the bytes: a write that cannot drop the bits writes nothing.
+            kill_privileges(fd)?;
         }
         let mut at = offset;
         for piece in data.chunks(PAGE_CACHE_WRITE) {
@@ -1568,6 +1576,38 @@ fn to_any(e: Errno) -> anyhow::Error {
 pub fn brick_identity(root: &Path) -> Option<BrickIdentity> {
     let bytes = std::fs::read(root.join(HIDDEN_DIR).join("brick.json")).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// The permission bits a regular file keeps once someone who may not keep its privileges
+/// has written to it or truncated it: set-user-ID goes, and set-group-ID when
+/// group-execute is set too (without it the bit marks mandatory locking, and stays), as
+/// the kernel's `setattr_should_drop_suidgid` decides. `None`: nothing to clear.
+///
+/// Mounts negotiate FUSE_HANDLE_KILLPRIV_V2, so the kernel leaves this to the file
+/// system: it no longer asks for `security.capability` before every write (a FUSE round
+/// trip per written file), and bricks drop the bits themselves, on every copy. File
+/// capabilities need nothing here: the brick writes as root, and the brick's own kernel
+/// removes `security.capability` at any write, whoever writes.
+pub fn without_privileges(mode: u32) -> Option<u32> {
+    let group_exec_sgid = libc::S_ISGID | libc::S_IXGRP;
+    let mut kept = mode & 0o7777;
+    kept &= !libc::S_ISUID;
+    if mode & group_exec_sgid == group_exec_sgid {
+        kept &= !libc::S_ISGID;
+    }
+    (kept != mode & 0o7777).then_some(kept)
+}
+
+/// Drops a regular file's set-user-ID and set-group-ID bits ([`without_privileges`]).
+fn kill_privileges(fd: RawFd) -> SysResult<()> {
+    let st = sys::fstat(fd)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(());
+    }
+    match without_privileges(st.st_mode) {
+        Some(mode) => sys::fchmod(fd, mode),
+        None => Ok(()),
+    }
 }
 
 impl Creds {

@@ -91,6 +91,7 @@ pub async fn copy_bytes<C: Requests>(from: &C, to: &C, g: Gfid, rfd: u64, wfd: u
                 },
                 offset,
                 op: None,
+                kill_suidgid: false,
             };
             to.call(write, &data).await?;
         }

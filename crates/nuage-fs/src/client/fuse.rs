@@ -130,6 +130,18 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
+/// Whether a SETATTR must drop the file's set-user-ID and set-group-ID bits. With
+/// FUSE_HANDLE_KILLPRIV_V2 the kernel asks for it with a flag (FATTR_KILL_SUIDGID) that
+/// fuser does not pass on, on a truncation, or alone (an otherwise empty SETATTR, as after
+/// a `fallocate` that grows the file). The caller's capabilities are not known here either,
+/// so a caller other than root counts as one without CAP_FSETID: the bits go at a
+/// truncation or an empty SETATTR by anyone but root, as they do on a local file system
+/// for every caller without CAP_FSETID.
+fn kills_privileges(uid: u32, set: &SetAttr) -> bool {
+    let empty = SetAttr::default();
+    uid != 0 && (set.size.is_some() || *set == empty)
+}
+
 fn kind(mode: u32) -> FileType {
     match mode & libc::S_IFMT {
         libc::S_IFDIR => FileType::Directory,
@@ -272,6 +284,10 @@ impl Filesystem for NuageFs {
         let _ = config.set_max_background(64);
         // Listings carry attributes: `ls -l` needs no lookup per name.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
+        // Set-user-ID and set-group-ID bits are dropped by the bricks, at writes and
+        // truncations by callers who may not keep them (brick::store::without_privileges);
+        // the kernel then stops asking for `security.capability` before every write.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         Ok(())
     }
 
@@ -333,7 +349,7 @@ impl Filesystem for NuageFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -354,14 +370,16 @@ impl Filesystem for NuageFs {
             Err(e) => return reply.error(errno(e)),
         };
         let f = fh.and_then(|fh| self.file(fh).ok());
-        let set = SetAttr {
+        let mut set = SetAttr {
             mode: mode.map(|m| m & 0o7777),
             uid,
             gid,
             size,
             atime: set_time(atime),
             mtime: set_time(mtime),
+            kill_suidgid: false,
         };
+        set.kill_suidgid = !is_dir && kills_privileges(req.uid(), &set);
         let v = self.volume.clone();
         self.spawn(async move {
             match v.setattr(g, is_dir, set, f).await {
@@ -601,7 +619,7 @@ impl Filesystem for NuageFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -610,10 +628,11 @@ impl Filesystem for NuageFs {
             Ok(f) => f,
             Err(e) => return reply.error(errno(e)),
         };
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         // Queued at once when write-behind has room: answered from this thread.
         let now = {
             let _rt = self.rt.enter();
-            self.volume.write_now(f, offset, data)
+            self.volume.write_now(f, offset, data, kill)
         };
         match now {
             Some(Ok(n)) => return reply.written(n),
@@ -622,7 +641,7 @@ impl Filesystem for NuageFs {
         }
         let (v, data) = (self.volume.clone(), data.to_vec());
         self.spawn(async move {
-            match v.write(f, offset, data).await {
+            match v.write_with(f, offset, data, kill).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
             }

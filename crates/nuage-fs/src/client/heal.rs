@@ -67,6 +67,7 @@ pub async fn heal(
                 size: None,
                 atime: Some(SetTime::At(src.attr.atime)),
                 mtime: Some(SetTime::At(src.attr.mtime)),
+                kill_suidgid: false,
             };
             bricks[sink]
                 .req(Op::Setattr {

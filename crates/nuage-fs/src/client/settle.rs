@@ -113,6 +113,7 @@ pub async fn make_equal(
                     size: None,
                     atime: Some(SetTime::At(src.atime)),
                     mtime: Some(SetTime::At(src.mtime)),
+                    kill_suidgid: false,
                 },
                 op: None,
             })

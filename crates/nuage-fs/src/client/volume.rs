@@ -1402,11 +1402,23 @@ impl Volume {
 
     /// Queues a write (write-behind) and returns once it is queued.
     pub async fn write(&self, f: OpenFile, offset: u64, data: Vec<u8>) -> Res<u32> {
+        self.write_with(f, offset, data, false).await
+    }
+
+    /// [`Volume::write`]; `kill_suidgid`: the writer may not keep the file's set-user-ID
+    /// and set-group-ID bits (the bricks drop them with the write).
+    pub async fn write_with(
+        &self,
+        f: OpenFile,
+        offset: u64,
+        data: Vec<u8>,
+        kill_suidgid: bool,
+    ) -> Res<u32> {
         if data.len() > MAX_IO as usize {
             return Err(Errno(libc::EINVAL));
         }
         let len = data.len() as u32;
-        let send = self.send_write(f, offset, data);
+        let send = self.send_write(f, offset, data, kill_suidgid);
         self.wb.submit(f.gfid, offset, u64::from(len), send).await?;
         Ok(len)
     }
@@ -1415,13 +1427,19 @@ impl Volume {
     /// writes): `Some` answer at once, on the caller's thread, so the FUSE request is
     /// answered without a task switch. `None`: nothing done; call `write`. Must run
     /// inside the runtime.
-    pub fn write_now(&self, f: OpenFile, offset: u64, data: &[u8]) -> Option<Res<u32>> {
+    pub fn write_now(
+        &self,
+        f: OpenFile,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> Option<Res<u32>> {
         if data.len() > MAX_IO as usize {
             return Some(Err(Errno(libc::EINVAL)));
         }
         let len = data.len() as u32;
         match self.wb.try_submit(f.gfid, offset, u64::from(len), || {
-            self.send_write(f, offset, data.to_vec())
+            self.send_write(f, offset, data.to_vec(), kill_suidgid)
         }) {
             Ok(true) => Some(Ok(len)),
             Ok(false) => None,
@@ -1434,6 +1452,7 @@ impl Volume {
         f: OpenFile,
         offset: u64,
         data: Vec<u8>,
+        kill_suidgid: bool,
     ) -> impl std::future::Future<Output = Res<u32>> + Send + 'static {
         let op = Op::Write {
             target: Target {
@@ -1442,6 +1461,7 @@ impl Volume {
             },
             offset,
             op: None,
+            kill_suidgid,
         };
         let conn = self.sv(f.subvol);
         async move {

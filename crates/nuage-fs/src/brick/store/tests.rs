@@ -66,7 +66,7 @@ fn mkdir(s: &Store, parent: &Gfid, name: &[u8]) -> Gfid {
 fn files_are_plain_files_with_ids_and_handles() {
     let (tmp, s) = store();
     let g = mkfile(&s, &Gfid::ROOT, b"hello.txt");
-    s.write(&g, None, 0, b"hello world", &None).unwrap();
+    s.write(&g, None, 0, b"hello world", &None, false).unwrap();
     // `cat` on the brick shows the file.
     assert_eq!(
         std::fs::read(tmp.path().join("hello.txt")).unwrap(),
@@ -136,7 +136,7 @@ fn directories_resolve_by_id_after_renames_and_restarts() {
     let a = mkdir(&s, &Gfid::ROOT, b"a");
     let b = mkdir(&s, &a, b"b");
     let f = mkfile(&s, &b, b"f");
-    s.write(&f, None, 0, b"deep", &None).unwrap();
+    s.write(&f, None, 0, b"deep", &None, false).unwrap();
     s.rename(&Gfid::ROOT, b"a", &Gfid::ROOT, b"renamed", 0, &None, &None)
         .unwrap();
     assert_eq!(s.path(&f).unwrap(), b"/renamed/b/f");
@@ -210,10 +210,57 @@ fn rename_over_a_file_reports_the_replaced_one() {
 }
 
 #[test]
+fn set_id_bits_go_at_writes_and_truncations_that_may_not_keep_them() {
+    use crate::brick::store::without_privileges;
+    assert_eq!(without_privileges(0o6777), Some(0o0777));
+    assert_eq!(without_privileges(0o4755), Some(0o0755));
+    // Set-group-ID without group-execute marks mandatory locking: it stays.
+    assert_eq!(without_privileges(0o2666), None);
+    assert_eq!(without_privileges(0o6666), Some(0o2666));
+    assert_eq!(without_privileges(0o1777), None);
+    assert_eq!(without_privileges(libc::S_IFREG | 0o755), None);
+
+    let (_tmp, s) = store();
+    let mode = |g: &Gfid| s.stat(g, None).unwrap().attr.mode & 0o7777;
+    let chmod = |g: &Gfid, m: u32| {
+        let set = SetAttr {
+            mode: Some(m),
+            ..Default::default()
+        };
+        s.setattr(g, None, &set, &None).unwrap();
+    };
+    let g = mkfile(&s, &Gfid::ROOT, b"f");
+    chmod(&g, 0o6755);
+    s.write(&g, None, 0, b"kept", &None, false).unwrap();
+    assert_eq!(mode(&g), 0o6755, "a writer who may keep them");
+    s.write(&g, None, 0, b"gone", &None, true).unwrap();
+    assert_eq!(mode(&g), 0o0755);
+    chmod(&g, 0o6755);
+    let truncate = |kill| SetAttr {
+        size: Some(1),
+        kill_suidgid: kill,
+        ..Default::default()
+    };
+    s.setattr(&g, None, &truncate(false), &None).unwrap();
+    assert_eq!(mode(&g), 0o6755);
+    let a = s.setattr(&g, None, &truncate(true), &None).unwrap();
+    assert_eq!((a.mode & 0o7777, a.size), (0o0755, 1));
+    // Directories keep theirs (set-group-ID on a directory is inheritance).
+    let d = mkdir(&s, &Gfid::ROOT, b"d");
+    chmod(&d, 0o2775);
+    let bare = SetAttr {
+        kill_suidgid: true,
+        ..Default::default()
+    };
+    s.setattr(&d, None, &bare, &None).unwrap();
+    assert_eq!(mode(&d), 0o2775);
+}
+
+#[test]
 fn setattr_symlinks_and_special_files() {
     let (_tmp, s) = store();
     let g = mkfile(&s, &Gfid::ROOT, b"f");
-    s.write(&g, None, 0, &[1u8; 1000], &None).unwrap();
+    s.write(&g, None, 0, &[1u8; 1000], &None, false).unwrap();
     let a = s
         .setattr(
             &g,
@@ -348,6 +395,7 @@ fn markers_keep_the_heal_index() {
         0,
         b"x",
         &Some(AfrDelta::pre_op(&[Kind::Data], &[3])),
+        false,
     )
     .unwrap();
     assert!(s.stat(&g, None).unwrap().meta.afr.accuses(3, Kind::Data));
@@ -417,9 +465,9 @@ fn checksums_compare_copies_block_by_block() {
     let a = mkfile(&s, &Gfid::ROOT, b"a");
     let b = mkfile(&s, &Gfid::ROOT, b"b");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    s.write(&a, None, 0, &data, &None).unwrap();
-    s.write(&b, None, 0, &data, &None).unwrap();
-    s.write(&b, None, 200_000, b"X", &None).unwrap();
+    s.write(&a, None, 0, &data, &None, false).unwrap();
+    s.write(&b, None, 0, &data, &None, false).unwrap();
+    s.write(&b, None, 200_000, b"X", &None, false).unwrap();
     let ca = s.checksum(&a, 0, 300_000, 128 << 10).unwrap();
     let cb = s.checksum(&b, 0, 300_000, 128 << 10).unwrap();
     assert_eq!(ca.len(), 3);
@@ -451,7 +499,7 @@ fn open_files_keep_working_and_layouts_are_stored() {
     obj.open = Some(libc::O_RDWR);
     let (_, f) = s.mknod(&Gfid::ROOT, b"f", &g, &obj, &None, None).unwrap();
     let f = f.expect("opened");
-    s.write(&g, Some(f.as_raw_fd()), 0, b"via fd", &None)
+    s.write(&g, Some(f.as_raw_fd()), 0, b"via fd", &None, false)
         .unwrap();
     assert_eq!(s.read(&g, Some(f.as_raw_fd()), 0, 100).unwrap(), b"via fd");
 
@@ -503,7 +551,8 @@ fn open_unlinked_files_and_several_link_files_of_one_file() {
     let f = f.unwrap();
     s.unlink(&Gfid::ROOT, b"f", Some(g), &None).unwrap();
     // Still usable through the open file, with no name left.
-    s.write(&g, Some(f.as_raw_fd()), 0, b"x", &None).unwrap();
+    s.write(&g, Some(f.as_raw_fd()), 0, b"x", &None, false)
+        .unwrap();
     assert_eq!(s.stat(&g, Some(f.as_raw_fd())).unwrap().attr.nlink, 0);
 
     // Two names of one file hashed to this brick: two link files, one id.
@@ -527,7 +576,7 @@ fn large_writes_land_whole_in_page_cache_sized_pieces() {
     // Longer than several pieces and not a multiple of one, at an unaligned offset.
     let len = 3 * PAGE_CACHE_WRITE + 4097;
     let data: Vec<u8> = (0..len as u32).map(|i| (i % 253) as u8).collect();
-    s.write(&g, None, 7, &data, &None).unwrap();
+    s.write(&g, None, 7, &data, &None, false).unwrap();
     let back = s.read(&g, None, 0, (len + 100) as u32).unwrap();
     assert_eq!(back.len(), len + 7);
     assert_eq!(&back[..7], &[0u8; 7]);
@@ -538,7 +587,8 @@ fn large_writes_land_whole_in_page_cache_sized_pieces() {
     // Through an open descriptor too, over the first write.
     let f = s.open_file(&g, libc::O_RDWR).unwrap();
     let over: Vec<u8> = data.iter().rev().copied().collect();
-    s.write(&g, Some(f.as_raw_fd()), 7, &over, &None).unwrap();
+    s.write(&g, Some(f.as_raw_fd()), 7, &over, &None, false)
+        .unwrap();
     let back = s.read(&g, Some(f.as_raw_fd()), 7, len as u32).unwrap();
     assert!(back == over);
 }

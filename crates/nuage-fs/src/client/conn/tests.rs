@@ -104,6 +104,7 @@ async fn files_are_created_written_and_read_over_the_wire() {
                 target: t,
                 offset: 0,
                 op: None,
+                kill_suidgid: false,
             },
             &data,
         )
