@@ -267,6 +267,15 @@ fn writes_and_truncations_by_others_drop_set_id_bits_on_every_copy() {
     as_nobody("u", "printf x");
     expect("u", 0o0666);
 
+    // A change of group by the owner (chown's rule: both go, set-group-ID with
+    // group-execute), made by the brick's own kernel at its chown.
+    std::fs::write(mnt.join("c"), "").unwrap();
+    std::os::unix::fs::chown(mnt.join("c"), Some(65534), Some(0)).unwrap();
+    set_mode("c", 0o6775);
+    as_nobody("c", "chgrp 65534 /dev/stdout");
+    expect("c", 0o0775);
+    assert_eq!(std::fs::metadata(mnt.join("c")).unwrap().gid(), 65534);
+
     // Root may keep them.
     set_mode("r", 0o6777);
     let mut f = std::fs::OpenOptions::new()
