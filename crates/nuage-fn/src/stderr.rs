@@ -44,28 +44,24 @@ impl ProcessStderr {
 
     /// Starts reading if the pipe has bytes or no writer left (a connection's watch tick).
     pub fn look(&mut self) {
-        if let ProcessStderr::Unread { pipe, .. } = self {
-            match poll_now(pipe) {
-                Ok(0) => return,
-                // Closed by every writer, empty: nothing to read, ever.
-                Ok(revents) if revents & libc::POLLIN == 0 => {
-                    *self = ProcessStderr::Done;
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!("cannot look at a process's stderr: {e}");
-                    *self = ProcessStderr::Done;
-                    return;
+        let ProcessStderr::Unread { pipe, pid, .. } = self else {
+            return;
+        };
+        match poll_now(pipe) {
+            Ok(0) => {}
+            Ok(revents) if revents & libc::POLLIN != 0 => {
+                if let ProcessStderr::Unread { pipe, ring, pid } =
+                    std::mem::replace(self, ProcessStderr::Done)
+                    && let Some(reading) = start_reading(pipe, ring, pid)
+                {
+                    *self = ProcessStderr::Reading(reading);
                 }
             }
-            let ProcessStderr::Unread { pipe, ring, pid } =
-                std::mem::replace(self, ProcessStderr::Done)
-            else {
-                unreachable!("matched above");
-            };
-            if let Some(reading) = start_reading(pipe, ring, pid) {
-                *self = ProcessStderr::Reading(reading);
+            // Closed by every writer, empty: nothing to read, ever.
+            Ok(_) => *self = ProcessStderr::Done,
+            Err(e) => {
+                tracing::warn!(pid = *pid, "cannot look at a process's stderr: {e}");
+                *self = ProcessStderr::Done;
             }
         }
     }
