@@ -38,6 +38,25 @@ const CAPABILITY_XATTR: &[u8] = b"security.capability";
 /// Most files remembered as having no `security.capability`.
 const MAX_NO_CAPS: usize = 65536;
 
+/// What an open or a creation is answered with. `close(2)` of a descriptor that cannot
+/// have written (opened read-only), or whose close would not wait for its writes anyway
+/// (`performance.flush-behind` on), makes the kernel send nothing (FOPEN_NOFLUSH, Linux
+/// 5.16 and later; older kernels ignore the flag and send FLUSH as before): one round
+/// trip through the kernel less per file read or written, about a seventh of a small
+/// file's creation on the benchmark machine. The price, with flush-behind on: a write
+/// failure already known when the file is closed is no longer reported by that
+/// `close(2)` but by the file's next write or `fsync` through the mount, and logged at
+/// release, as a failure found after the close always was. POSIX locks are the kernel's
+/// (the mount implements none), so no FLUSH is needed to release them.
+fn fopen_flags(open_flags: i32, flush_behind: bool) -> FopenFlags {
+    let read_only = open_flags & libc::O_ACCMODE == libc::O_RDONLY;
+    if read_only || flush_behind {
+        FopenFlags::FOPEN_NOFLUSH
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 struct Node {
     gfid: Gfid,
     is_dir: bool,
@@ -581,7 +600,8 @@ impl Filesystem for NuageFs {
                         .lock()
                         .expect("handles")
                         .insert(fh, Handle_::File(f));
-                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                    let reply_flags = fopen_flags(flags.0, v.flush_behind_on());
+                    reply.opened(FileHandle(fh), reply_flags);
                 }
                 Err(e) => reply.error(errno(e)),
             }
@@ -1059,7 +1079,7 @@ impl Filesystem for NuageFs {
                         &file_attr(f.gfid, &f.attr),
                         Generation(0),
                         FileHandle(fh),
-                        FopenFlags::empty(),
+                        fopen_flags(flags, v.flush_behind_on()),
                     );
                 }
                 Ok((_, None)) => reply.error(fuser::Errno::EIO),
@@ -1136,4 +1156,28 @@ pub fn mount_foreground(
     mountpoint: &Path,
 ) -> std::io::Result<()> {
     fuser::mount(NuageFs::new(volume, rt), mountpoint, &mount_config(source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_descriptors_that_may_have_writes_to_wait_for_are_flushed_at_close() {
+        let no_flush = FopenFlags::FOPEN_NOFLUSH;
+        for flush_behind in [false, true] {
+            assert_eq!(fopen_flags(libc::O_RDONLY, flush_behind), no_flush);
+            assert_eq!(
+                fopen_flags(libc::O_RDONLY | libc::O_TRUNC, flush_behind),
+                no_flush
+            );
+        }
+        for access in [libc::O_WRONLY, libc::O_RDWR] {
+            let created = access | libc::O_CREAT | libc::O_EXCL;
+            assert_eq!(fopen_flags(access, false), FopenFlags::empty());
+            assert_eq!(fopen_flags(created, false), FopenFlags::empty());
+            assert_eq!(fopen_flags(access | libc::O_APPEND, true), no_flush);
+            assert_eq!(fopen_flags(created, true), no_flush);
+        }
+    }
 }

@@ -1478,15 +1478,22 @@ impl Volume {
         self.wb.drain(f.gfid).await
     }
 
+    /// Whether `performance.flush-behind` is on for this mount now.
+    pub fn flush_behind_on(&self) -> bool {
+        let on = self.topo().spec.flush_behind;
+        on.unwrap_or(crate::mgmt::FLUSH_BEHIND_DEFAULT)
+    }
+
     /// `close(2)` with `performance.flush-behind` on (gluster's default): `Some`
     /// answer at once, without waiting for the file's writes in flight; only a failure
-    /// already known is reported. A write failing later is reported by the next write,
-    /// flush or fsync of the file through this mount, and logged at release. Anything that
-    /// reads the file or its attributes through this mount still waits for the writes.
-    /// `None` with flush-behind off: call `flush`.
+    /// already known is reported. A write failing later is reported by the next write or
+    /// fsync of the file through this mount, and logged at release. Anything that reads
+    /// the file or its attributes through this mount still waits for the writes.
+    /// `None` with flush-behind off: call `flush`. (Descriptors opened while flush-behind
+    /// is on send no FLUSH at all, see fuse.rs `fopen_flags`: this serves those opened
+    /// before it was turned on.)
     pub fn flush_behind(&self, f: OpenFile) -> Option<Res<()>> {
-        let on = self.topo().spec.flush_behind;
-        if !on.unwrap_or(crate::mgmt::FLUSH_BEHIND_DEFAULT) {
+        if !self.flush_behind_on() {
             return None;
         }
         Some(self.wb.take_error(f.gfid))

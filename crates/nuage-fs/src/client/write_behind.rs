@@ -9,7 +9,8 @@
 //! reported by the next write, flush or fsync of the file (as with NFS and gluster), so
 //! `fsync` returning success means every earlier write is on the brick and synced.
 //! With flush-behind (volume.rs) `flush` does not wait: it reports only a failure
-//! already known.
+//! already known; descriptors opened while flush-behind is on send no flush at all
+//! (fuse.rs `fopen_flags`).
 
 use std::collections::HashMap;
 use std::future::Future;
