@@ -178,7 +178,8 @@ pub struct NewObject {
     pub linkto: Option<u32>,
     /// Regular files: open the new file with these `open(2)` flags and return a handle.
     pub open: Option<i32>,
-    /// Take the inode lock of the new file for this connection (no-one else can have it).
+    /// Take the inode lock of the new file for this connection (no-one else can have it;
+    /// the connection is told when someone waits for it).
     pub lock: bool,
 }
 

@@ -550,7 +550,7 @@ impl Brick {
                     if obj.lock {
                         let (acq, _) =
                             self.locks
-                                .acquire(gfid, proto::Domain::Inode, conn, false, false);
+                                .acquire(gfid, proto::Domain::Inode, conn, false, true);
                         debug_assert!(matches!(acq, Acquire::Granted), "a new file's lock is free");
                     }
                     Reply::Created {

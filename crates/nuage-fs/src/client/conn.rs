@@ -79,6 +79,8 @@ pub struct BrickConn {
     live: tokio::sync::Mutex<Option<Arc<Live>>>,
     next_id: AtomicU64,
     notes: mpsc::UnboundedSender<Notify>,
+    /// The receiving end of `notes`, kept for its user (see [`BrickConn::take_notices`]).
+    kept_notes: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Notify>>>,
 }
 
 impl BrickConn {
@@ -100,9 +102,20 @@ impl BrickConn {
                 live: tokio::sync::Mutex::new(None),
                 next_id: AtomicU64::new(1),
                 notes,
+                kept_notes: std::sync::Mutex::new(None),
             }),
             rx,
         )
+    }
+
+    /// Keeps the receiver of this connection's notices for [`BrickConn::take_notices`].
+    pub fn keep_notices(&self, rx: mpsc::UnboundedReceiver<Notify>) {
+        *self.kept_notes.lock().expect("kept notes") = Some(rx);
+    }
+
+    /// The receiver kept by [`BrickConn::keep_notices`] (once).
+    pub fn take_notices(&self) -> Option<mpsc::UnboundedReceiver<Notify>> {
+        self.kept_notes.lock().expect("kept notes").take()
     }
 
     pub fn addr(&self) -> &BrickAddr {

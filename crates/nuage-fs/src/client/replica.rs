@@ -21,6 +21,16 @@
 //!   [`POST_OP_DELAY`] after the file's last write, or at once on fsync and close. A
 //!   stream of writes thus costs one marker update per copy instead of two per write.
 //!   `dirty` stays raised meanwhile, which heal never takes as an accusation.
+//! - A data transaction holds the file's inode lock on every copy (gluster's eager lock),
+//!   so the copies take the writes of two clients in the same order. A file created
+//!   through this layer comes locked (the lock rides on the creation: no round trip);
+//!   otherwise the transaction's first write takes it before the pre-op, on all copies at
+//!   once without waiting, or, if any copy says busy, one copy after another in set order
+//!   (so two clients never hold one copy each while waiting for the other's). The lock
+//!   goes with the post-op. A brick tells the holder when another client waits: the
+//!   transaction then takes no new writes and ends as soon as its writes in flight are
+//!   answered. (Truncations and fallocate are not yet ordered so: they change every copy
+//!   without the lock.)
 //!
 //! With one copy (distribute volumes) every request passes straight through.
 
@@ -34,7 +44,7 @@ use crate::client::conn::BrickConn;
 use crate::client::heal::{self, Seen};
 use crate::gfid::Gfid;
 use crate::markers::{AfrDelta, AfrState, Kind};
-use crate::proto::{Entry, Errno, Op, Reply};
+use crate::proto::{Domain, Entry, Errno, Notify, Op, Reply};
 
 type Res<T> = Result<T, Errno>;
 
@@ -92,9 +102,52 @@ struct DataTx {
     absent: Vec<u32>,
     /// Resolved once the transaction's pre-op has been answered: later writes wait on it.
     gate: Arc<tokio::sync::OnceCell<()>>,
+    /// Copies whose inode lock of the file this transaction holds, by index.
+    locked: Vec<bool>,
+    /// Another client waits for the lock: no new write joins; the transaction ends when
+    /// its writes in flight are answered.
+    contended: bool,
 }
 
-type DataTxs = Arc<Mutex<HashMap<Gfid, DataTx>>>;
+impl DataTx {
+    fn new(n: usize, absent: Vec<u32>) -> DataTx {
+        DataTx {
+            inflight: 0,
+            generation: 0,
+            raised: vec![0; n],
+            absent,
+            gate: Arc::new(tokio::sync::OnceCell::new()),
+            locked: vec![false; n],
+            contended: false,
+        }
+    }
+}
+
+/// A transaction ended: what its post-op must lower and release.
+struct Ended {
+    g: Gfid,
+    raised: Vec<i32>,
+    locked: Vec<bool>,
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct TxTable {
+    open: HashMap<Gfid, DataTx>,
+    /// Transactions ended whose post-op (and lock release) is on its way: a new
+    /// transaction of the file waits for it, so that the release cannot take away the
+    /// new one's lock (the brick's lock is one per connection, not counted).
+    ending: HashMap<Gfid, tokio::sync::watch::Receiver<bool>>,
+}
+
+#[derive(Default)]
+struct Txs {
+    table: Mutex<TxTable>,
+    /// Signalled when an ending transaction's post-op is done.
+    released: tokio::sync::Notify,
+}
+
+type DataTxs = Arc<Txs>;
 
 /// Data transactions whose post-op is due [`POST_OP_DELAY`] after their last write, in
 /// the order they went idle (so by deadline). One task per replica set sends the post-ops
@@ -130,17 +183,14 @@ impl DelayedPostOps {
         }
     }
 
-    async fn run(
-        self: Arc<Self>,
-        txs: std::sync::Weak<Mutex<HashMap<Gfid, DataTx>>>,
-        bricks: Vec<Arc<BrickConn>>,
-    ) {
+    async fn run(self: Arc<Self>, txs: std::sync::Weak<Txs>, bricks: Vec<Arc<BrickConn>>) {
         loop {
             let Some(txs) = txs.upgrade() else { return };
             let now = Instant::now();
             let (due, next) = {
                 let mut q = self.queue.lock().expect("delayed post-ops");
-                let open = txs.lock().expect("data_txs");
+                let table = txs.table.lock().expect("data_txs");
+                let open = &table.open;
                 let mut due = Vec::new();
                 // Transactions ended since (closed, synced) or written to again (queued
                 // anew then) are dropped; the due ones taken.
@@ -157,9 +207,9 @@ impl DelayedPostOps {
                 (due, q.front().map(|(at, ..)| *at))
             };
             for (g, generation) in due {
-                if let Some(raised) = end_tx(&txs, g, Some(generation)) {
-                    let bricks = bricks.clone();
-                    tokio::spawn(async move { post_op(&bricks, g, raised).await });
+                if let Some(ended) = end_tx(&txs, g, Some(generation)) {
+                    let (bricks, txs) = (bricks.clone(), txs.clone());
+                    tokio::spawn(async move { post_op(&bricks, &txs, ended).await });
                 }
             }
             drop(txs);
@@ -194,6 +244,8 @@ pub struct Replica {
     data_txs: DataTxs,
     /// Their post-ops waiting for [`POST_OP_DELAY`] to pass.
     delayed: Arc<DelayedPostOps>,
+    /// The tasks that hear the bricks' lock notices run (started on first write).
+    hearing: std::sync::atomic::AtomicBool,
     /// Directories' entries as the copies answered their last entry post-op, by
     /// directory (see `entry_post_ops`).
     dir_after: Mutex<HashMap<Gfid, DirAfter>>,
@@ -233,6 +285,7 @@ impl Replica {
             healing: Arc::new(Mutex::new(HashSet::new())),
             data_txs: Arc::default(),
             delayed: Arc::default(),
+            hearing: std::sync::atomic::AtomicBool::new(false),
             dir_after: Mutex::default(),
         }
     }
@@ -702,47 +755,49 @@ impl Replica {
             .filter(|i| !up.contains(i))
             .map(|i| self.ids[i])
             .collect();
-        let gate = {
-            let mut txs = self.data_txs.lock().expect("data_txs");
-            let n = self.n();
-            let tx = txs.entry(g).or_insert_with(|| DataTx {
-                inflight: 0,
-                generation: 0,
-                raised: vec![0; n],
-                absent: absent.clone(),
-                gate: Arc::new(tokio::sync::OnceCell::new()),
-            });
-            tx.inflight += 1;
-            tx.generation += 1;
-            if tx.absent != absent {
-                // Other copies up or down since the last pre-op: a new one accuses the
-                // copies absent now.
-                tx.absent = absent.clone();
-                tx.gate = Arc::new(tokio::sync::OnceCell::new());
-            }
-            tx.gate.clone()
-        };
-        // The first write of the transaction carries the pre-op; the others wait for its
-        // answer, so that no copy takes a write before its `dirty` is raised.
+        self.hear_notices();
+        let gate = self.join_tx(g, &absent).await;
+        // The first write of the transaction takes the lock where it is not held yet and
+        // carries the pre-op; the others wait for its answer, so that no copy takes a
+        // write before its `dirty` is raised.
         let mut first = None;
-        gate.get_or_init(|| async {
-            let pre = AfrDelta::pre_op(&[Kind::Data], &absent);
-            let op = with_pre_op(op.clone(), std::slice::from_ref(&pre));
-            let answers = self.fan(&up, |i| self.for_copy(&op, i), data).await;
-            {
-                let mut txs = self.data_txs.lock().expect("data_txs");
-                let tx = txs
-                    .get_mut(&g)
-                    .expect("a transaction with a write in flight");
-                for (i, r) in &answers {
-                    if !matches!(r, Err(Errno(libc::ENOTCONN))) {
-                        tx.raised[*i] += 1;
+        let opened = gate
+            .get_or_try_init(|| async {
+                let want: Vec<usize> = {
+                    let t = self.data_txs.table.lock().expect("data_txs");
+                    let tx = t
+                        .open
+                        .get(&g)
+                        .expect("a transaction with a write in flight");
+                    up.iter().copied().filter(|i| !tx.locked[*i]).collect()
+                };
+                let got = self.lock_copies(g, &want).await?;
+                let pre = AfrDelta::pre_op(&[Kind::Data], &absent);
+                let op = with_pre_op(op.clone(), std::slice::from_ref(&pre));
+                let answers = self.fan(&up, |i| self.for_copy(&op, i), data).await;
+                {
+                    let mut t = self.data_txs.table.lock().expect("data_txs");
+                    let tx = t
+                        .open
+                        .get_mut(&g)
+                        .expect("a transaction with a write in flight");
+                    for i in got {
+                        tx.locked[i] = true;
+                    }
+                    for (i, r) in &answers {
+                        if !matches!(r, Err(Errno(libc::ENOTCONN))) {
+                            tx.raised[*i] += 1;
+                        }
                     }
                 }
-            }
-            first = Some(answers);
-        })
-        .await;
+                first = Some(answers);
+                Ok::<(), Errno>(())
+            })
+            .await;
+        if let Err(e) = opened {
+            self.write_done(g);
+            return Err(e);
+        }
         let answers = match first {
             Some(a) => a,
             None => self.fan(&up, |i| self.for_copy(&op, i), data).await,
@@ -794,27 +849,189 @@ impl Replica {
         }
     }
 
+    /// The gate of the transaction of `g` this write joins (opened if none is), with the
+    /// write counted in flight. Waits while the file's last transaction is ending, or while
+    /// the open one is contended (it then ends when its writes are answered).
+    async fn join_tx(&self, g: Gfid, absent: &[u32]) -> Arc<tokio::sync::OnceCell<()>> {
+        loop {
+            let released = self.data_txs.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            {
+                let mut t = self.data_txs.table.lock().expect("data_txs");
+                let blocked =
+                    t.ending.contains_key(&g) || t.open.get(&g).is_some_and(|tx| tx.contended);
+                if !blocked {
+                    let n = self.n();
+                    let tx = t
+                        .open
+                        .entry(g)
+                        .or_insert_with(|| DataTx::new(n, absent.to_vec()));
+                    tx.inflight += 1;
+                    tx.generation += 1;
+                    if tx.absent != absent {
+                        // Other copies up or down since the last pre-op: a new one accuses
+                        // the copies absent now.
+                        tx.absent = absent.to_vec();
+                        tx.gate = Arc::new(tokio::sync::OnceCell::new());
+                    }
+                    return tx.gate.clone();
+                }
+            }
+            released.await;
+        }
+    }
+
+    /// Takes the inode lock of `g` on the copies `want` (set order) for this client: on
+    /// all at once without waiting; if a copy says busy, the locks granted are given back
+    /// and the copies locked one after another in set order, waiting (bounded by the
+    /// brick's `MAX_LOCK_WAIT`). The copies locked: one that cannot be reached is left
+    /// out (its writes fail too, and it is accused for them).
+    async fn lock_copies(&self, g: Gfid, want: &[usize]) -> Res<Vec<usize>> {
+        if want.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lock = |wait| Op::Lock {
+            gfid: g,
+            domain: Domain::Inode,
+            wait,
+            notify: true,
+        };
+        let mut got = Vec::new();
+        let mut busy = false;
+        for (i, r) in self.fan(want, |_| Some(lock(false)), &[]).await {
+            match r {
+                Ok(_) => got.push(i),
+                Err(Errno(libc::EAGAIN)) => busy = true,
+                Err(_) => {}
+            }
+        }
+        if !busy {
+            return Ok(got);
+        }
+        self.unlock_copies(g, &got).await;
+        got.clear();
+        for &i in want {
+            match self.bricks[i].call(lock(true), &[]).await {
+                Ok(_) => got.push(i),
+                Err(Errno(libc::ENOTCONN)) => {}
+                Err(e) => {
+                    tracing::warn!("cannot lock {g} on copy {}: {}", self.ids[i], e.describe());
+                    self.unlock_copies(g, &got).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    async fn unlock_copies(&self, g: Gfid, copies: &[usize]) {
+        let unlock = |_| {
+            Some(Op::Unlock {
+                gfid: g,
+                domain: Domain::Inode,
+            })
+        };
+        self.fan(copies, unlock, &[]).await;
+    }
+
+    /// Starts, once, the tasks that hear the bricks' notices: a contended lock ends its
+    /// transaction as soon as no write of it is in flight.
+    fn hear_notices(&self) {
+        if self.hearing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for b in &self.bricks {
+            let Some(mut notices) = b.take_notices() else {
+                continue;
+            };
+            // Weak: the task must not keep the set (and so its own sender) alive.
+            let txs = Arc::downgrade(&self.data_txs);
+            let bricks: Vec<_> = self.bricks.iter().map(Arc::downgrade).collect();
+            tokio::spawn(async move {
+                while let Some(Notify::Contended { gfid, domain }) = notices.recv().await {
+                    if domain != Domain::Inode {
+                        continue;
+                    }
+                    let Some(txs) = txs.upgrade() else { return };
+                    let ended = {
+                        let mut t = txs.table.lock().expect("data_txs");
+                        let Some(tx) = t.open.get_mut(&gfid) else {
+                            continue; // released already, or its release is on its way
+                        };
+                        tx.contended = true;
+                        drop(t);
+                        end_tx(&txs, gfid, None)
+                    };
+                    if let Some(ended) = ended {
+                        let Some(bricks) = bricks
+                            .iter()
+                            .map(std::sync::Weak::upgrade)
+                            .collect::<Option<Vec<_>>>()
+                        else {
+                            return;
+                        };
+                        tokio::spawn(async move { post_op(&bricks, &txs, ended).await });
+                    }
+                }
+            });
+        }
+    }
+
     /// A write of `g` is answered: when it was the transaction's last one in flight, the
-    /// post-op is sent after [`POST_OP_DELAY`] unless another write comes first.
+    /// post-op is sent after [`POST_OP_DELAY`] unless another write comes first, or at
+    /// once when another client waits for the lock.
     fn write_done(&self, g: Gfid) {
-        let generation = {
-            let mut txs = self.data_txs.lock().expect("data_txs");
-            let tx = txs
+        let (generation, contended) = {
+            let mut t = self.data_txs.table.lock().expect("data_txs");
+            let tx = t
+                .open
                 .get_mut(&g)
                 .expect("a transaction with a write in flight");
             tx.inflight -= 1;
             if tx.inflight > 0 {
                 return;
             }
+            (tx.generation, tx.contended)
+        };
+        if contended {
+            if let Some(ended) = end_tx(&self.data_txs, g, None) {
+                let (bricks, txs) = (self.bricks.clone(), self.data_txs.clone());
+                tokio::spawn(async move { post_op(&bricks, &txs, ended).await });
+            }
+            return;
+        }
+        self.delayed
+            .push(g, generation, &self.data_txs, &self.bricks);
+    }
+
+    /// A file created open with its lock on the copies `locked`: its transaction starts
+    /// now, holding them; it ends [`POST_OP_DELAY`] after creation if nothing is
+    /// written, like any other.
+    fn created_locked(&self, g: Gfid, locked: &[usize], absent: Vec<u32>) {
+        let generation = {
+            let mut t = self.data_txs.table.lock().expect("data_txs");
+            debug_assert!(!t.open.contains_key(&g), "a new file has no transaction");
+            let tx = t
+                .open
+                .entry(g)
+                .or_insert_with(|| DataTx::new(self.n(), absent));
+            for i in locked {
+                tx.locked[*i] = true;
+            }
             tx.generation
         };
+        self.hear_notices();
         self.delayed
             .push(g, generation, &self.data_txs, &self.bricks);
     }
 
     /// Whether a data transaction of `g` is open (its post-op not yet sent).
     pub fn in_tx(&self, g: Gfid) -> bool {
-        self.n() > 1 && self.data_txs.lock().expect("data_txs").contains_key(&g)
+        self.n() > 1 && {
+            let t = self.data_txs.table.lock().expect("data_txs");
+            t.open.contains_key(&g) || t.ending.contains_key(&g)
+        }
     }
 
     /// Ends the data transaction of `g` now if no write of it is in flight (fsync, close):
@@ -823,8 +1040,20 @@ impl Replica {
         if self.n() == 1 {
             return;
         }
-        if let Some(raised) = end_tx(&self.data_txs, g, None) {
-            post_op(&self.bricks, g, raised).await;
+        if let Some(ended) = end_tx(&self.data_txs, g, None) {
+            post_op(&self.bricks, &self.data_txs, ended).await;
+        }
+        // A transaction ended by its delay or a contention: its post-op is done first.
+        let ending = self
+            .data_txs
+            .table
+            .lock()
+            .expect("data_txs")
+            .ending
+            .get(&g)
+            .cloned();
+        if let Some(mut done) = ending {
+            let _ = done.wait_for(|d| *d).await;
         }
     }
 
@@ -932,7 +1161,18 @@ impl Replica {
             .iter()
             .map(|m| AfrDelta::pre_op(&m.kinds, &absent))
             .collect();
-        let op = with_pre_op(op, &pre);
+        let mut op = with_pre_op(op, &pre);
+        // A regular file created open comes with its inode lock: its writes' transaction
+        // needs no round trip to take it.
+        let created_locked = match &mut op {
+            Op::Mknod { obj, gfid, .. }
+                if obj.open.is_some() && obj.mode & libc::S_IFMT == libc::S_IFREG =>
+            {
+                obj.lock = true;
+                Some(*gfid)
+            }
+            _ => None,
+        };
         let answers = self.fan(&up, |i| self.for_copy(&op, i), data).await;
         let mut done = Vec::new();
         let mut failed = Vec::new();
@@ -1041,6 +1281,9 @@ impl Replica {
             _,
         )) = &mut reply
         {
+            if let Some(g) = created_locked {
+                self.created_locked(g, &done, absent.clone());
+            }
             let read = done[0];
             let v = self.next_fd.fetch_add(1, Ordering::Relaxed);
             self.fds.lock().expect("fds").insert(v, created_fds);
@@ -1059,33 +1302,66 @@ impl Replica {
 
 type Answers = Vec<(usize, Res<(Reply, Vec<u8>)>)>;
 
-/// Removes the transaction of `g` when no write of it is in flight (and, with
-/// `generation`, none came since); the `dirty` raises to lower, by copy.
-fn end_tx(txs: &DataTxs, g: Gfid, generation: Option<u64>) -> Option<Vec<i32>> {
-    let mut txs = txs.lock().expect("data_txs");
-    let tx = txs.get(&g)?;
+/// Ends the transaction of `g` when no write of it is in flight (and, with
+/// `generation`, none came since): it moves to the ending ones until [`post_op`] is done.
+fn end_tx(txs: &DataTxs, g: Gfid, generation: Option<u64>) -> Option<Ended> {
+    let mut t = txs.table.lock().expect("data_txs");
+    let tx = t.open.get(&g)?;
     if tx.inflight > 0 || generation.is_some_and(|n| n != tx.generation) {
         return None;
     }
-    txs.remove(&g).map(|tx| tx.raised)
+    let tx = t.open.remove(&g).expect("present");
+    assert!(
+        !t.ending.contains_key(&g),
+        "one transaction of a file at a time"
+    );
+    let (done, rx) = tokio::sync::watch::channel(false);
+    t.ending.insert(g, rx);
+    Some(Ended {
+        g,
+        raised: tx.raised,
+        locked: tx.locked,
+        done,
+    })
 }
 
-/// Lowers `dirty` (data) on each copy by the raises of a transaction. A copy that cannot
-/// be reached keeps it raised, which heal does not take as an accusation.
-async fn post_op(bricks: &[Arc<BrickConn>], g: Gfid, raised: Vec<i32>) {
-    let ops = raised
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n > 0)
-        .map(|(i, n)| {
-            let mut delta = AfrDelta::default();
-            delta.dirty[Kind::Data as usize] = -n;
-            (bricks[i].clone(), g, delta)
+/// Lowers `dirty` (data) on each copy by the raises of an ended transaction and releases
+/// its locks (with the marker update where there is one). A copy that cannot be reached
+/// keeps `dirty` raised, which heal does not take as an accusation; its lock went with
+/// the connection.
+async fn post_op(bricks: &[Arc<BrickConn>], txs: &DataTxs, ended: Ended) {
+    let g = ended.g;
+    let ops = ended.raised.iter().zip(&ended.locked).enumerate();
+    let sent: Vec<_> = ops
+        .filter(|(_, (n, locked))| **n > 0 || **locked)
+        .map(|(i, (n, locked))| {
+            let unlock = locked.then_some(Domain::Inode);
+            let op = if *n > 0 {
+                let mut delta = AfrDelta::default();
+                delta.dirty[Kind::Data as usize] = -n;
+                Op::Xattrop {
+                    gfid: g,
+                    delta,
+                    unlock,
+                }
+            } else {
+                Op::Unlock {
+                    gfid: g,
+                    domain: Domain::Inode,
+                }
+            };
+            let b = bricks[i].clone();
+            async move { b.req(op).await }
         })
         .collect();
-    for e in xattrops(ops).await {
-        tracing::debug!("post-op of {g}: {}", e.describe());
+    for r in join_all(sent).await {
+        if let Err(e) = r {
+            tracing::debug!("post-op of {g}: {}", e.describe());
+        }
     }
+    txs.table.lock().expect("data_txs").ending.remove(&g);
+    let _ = ended.done.send(true);
+    txs.released.notify_waiters();
 }
 
 /// Applies marker changes on copies, all at once; the errors of those that failed.

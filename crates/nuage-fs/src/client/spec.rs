@@ -60,7 +60,7 @@ impl VolumeSpec {
     }
 
     /// A connection (not yet connected: each connects on first use) to every brick of
-    /// subvolume `k`, in set order.
+    /// subvolume `k`, in set order; each keeps its lock notices for its replica set.
     pub fn connect_subvolume(
         &self,
         k: usize,
@@ -70,7 +70,7 @@ impl VolumeSpec {
         self.subvolume(k)
             .iter()
             .map(|b| {
-                crate::client::conn::BrickConn::new(
+                let (conn, notices) = crate::client::conn::BrickConn::new(
                     crate::client::conn::BrickAddr {
                         addr: b.addr.clone(),
                         volume_id: self.volume_id.clone(),
@@ -78,8 +78,9 @@ impl VolumeSpec {
                     },
                     client.to_owned(),
                     ping_timeout,
-                )
-                .0
+                );
+                conn.keep_notices(notices);
+                conn
             })
             .collect()
     }
