@@ -550,60 +550,93 @@ fn wait_clean(c: &Cluster, rel: &str) {
     }
 }
 
-#[test]
-fn two_clients_writing_the_same_range_leave_identical_copies() {
-    use std::os::unix::fs::FileExt;
-    let c = Cluster::start(2, 2);
-    // Each client reaches one copy late, by a varying delay, as over a busy network: A the
-    // second copy, B the first. Without a lock, A's write comes first on the first copy
-    // and B's first on the second, and the copies end up different.
+/// Two mounts of `c`'s volume, each reaching one copy late by a varying delay, as over a
+/// busy network (A the second copy, B the first): two changes crossing on their way
+/// come first on one copy to A's and on the other to B's. Runs `rounds` rounds of `a` and
+/// `b` at once on a file `name` of 8 KiB open in each (each synced), and returns the
+/// rounds after which the two copies differ.
+fn crossing_rounds(
+    c: &Cluster,
+    name: &str,
+    rounds: u8,
+    a: impl Fn(&fs::File, u8) + Sync,
+    b: impl Fn(&fs::File, u8) + Sync,
+) -> Vec<u8> {
     let mut slow_a = c.spec.clone();
     slow_a.bricks[1].addr = c.rt.block_on(delaying_proxy(c.spec.bricks[1].addr.clone()));
     let mut slow_b = c.spec.clone();
     slow_b.bricks[0].addr = c.rt.block_on(delaying_proxy(c.spec.bricks[0].addr.clone()));
-    let (a, session_a) = c.mount_spec(slow_a);
-    let (b, session_b) = c.mount_spec(slow_b);
-    write_file(&a.path().join("shared"), &[0u8; 8192]).unwrap();
+    let (ma, session_a) = c.mount_spec(slow_a);
+    let (mb, session_b) = c.mount_spec(slow_b);
+    write_file(&ma.path().join(name), &[0u8; 8192]).unwrap();
     let open = |dir: &Path| {
         fs::OpenOptions::new()
             .write(true)
-            .open(dir.join("shared"))
+            .open(dir.join(name))
             .unwrap()
     };
-    let (fa, fb) = (open(a.path()), open(b.path()));
+    let (fa, fb) = (open(ma.path()), open(mb.path()));
     let start = std::sync::Barrier::new(3);
     let done = std::sync::Barrier::new(3);
-    // Rounds of one write by each client at once, synced; then the copies are compared.
-    let writer = |f: &fs::File, seed: u8| {
-        for round in 0..20u8 {
+    let run = |f: &fs::File, change: &(dyn Fn(&fs::File, u8) + Sync)| {
+        for round in 0..rounds {
             start.wait();
-            f.write_all_at(&payload(seed ^ round, 8192), 0).unwrap();
+            change(f, round);
             f.sync_data().unwrap();
             done.wait();
         }
     };
-    // (Asserted after the rounds: a panic here would leave the writers at a barrier.)
+    // (Compared after each round, asserted by the caller: a panic here would leave the
+    // changing threads at a barrier.)
     let mut different = Vec::new();
     std::thread::scope(|s| {
-        s.spawn(|| writer(&fa, 0x11));
-        s.spawn(|| writer(&fb, 0xee));
-        for round in 0..20 {
+        s.spawn(|| run(&fa, &a));
+        s.spawn(|| run(&fb, &b));
+        for round in 0..rounds {
             start.wait();
             done.wait();
-            if c.on_brick(0, "shared") != c.on_brick(1, "shared") {
+            if c.on_brick(0, name) != c.on_brick(1, name) {
                 different.push(round);
             }
         }
     });
+    drop((fa, fb));
+    wait_clean(c, name);
+    drop(session_a);
+    drop(session_b);
+    different
+}
+
+#[test]
+fn two_clients_writing_the_same_range_leave_identical_copies() {
+    use std::os::unix::fs::FileExt;
+    let c = Cluster::start(2, 2);
+    let write = |seed: u8| {
+        move |f: &fs::File, round: u8| {
+            f.write_all_at(&payload(seed ^ round, 8192), 0).unwrap();
+        }
+    };
+    let different = crossing_rounds(&c, "shared", 20, write(0x11), write(0xee));
     assert!(
         different.is_empty(),
         "the copies took the two clients' writes in different orders in rounds {different:?}"
     );
     assert_eq!(c.on_brick(0, "shared").map(|d| d.len()), Some(8192));
-    drop((fa, fb));
-    wait_clean(&c, "shared");
-    drop(session_a);
-    drop(session_b);
+}
+
+#[test]
+fn a_truncation_and_another_clients_write_reach_the_copies_in_one_order() {
+    use std::os::unix::fs::FileExt;
+    let c = Cluster::start(2, 2);
+    let truncate = |f: &fs::File, round: u8| f.set_len(1024 * u64::from(round % 7)).unwrap();
+    let write = |f: &fs::File, round: u8| {
+        f.write_all_at(&payload(round, 8192), 0).unwrap();
+    };
+    let different = crossing_rounds(&c, "cut", 20, truncate, write);
+    assert!(
+        different.is_empty(),
+        "the copies took a truncation and a write in different orders in rounds {different:?}"
+    );
 }
 
 /// A TCP relay to `to` that holds each chunk from the client for 0–2 ms (order kept);

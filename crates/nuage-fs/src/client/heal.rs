@@ -3,8 +3,9 @@
 //! are lowered by exactly what was seen, so a change made meanwhile stays marked.
 //!
 //! Heal works on the bricks directly (no markers for its own writes: the sink is already
-//! accused until the end). It is not serialized against writes of other clients to the
-//! same file (gluster takes a lock for that; nuage does not yet, see docs/storage.md).
+//! accused until the end). It does not take the file's inode lock that writers hold
+//! (replica.rs), so it is not serialized against their writes (gluster's self-heal takes
+//! it; nuage does not yet, see docs/storage.md).
 
 use std::sync::Arc;
 

@@ -29,8 +29,8 @@
 //!   (so two clients never hold one copy each while waiting for the other's). The lock
 //!   goes with the post-op. A brick tells the holder when another client waits: the
 //!   transaction then takes no new writes and ends as soon as its writes in flight are
-//!   answered. (Truncations and fallocate are not yet ordered so: they change every copy
-//!   without the lock.)
+//!   answered. Truncations and `fallocate` are made inside the file's transaction too,
+//!   holding its lock.
 //!
 //! With one copy (distribute volumes) every request passes straight through.
 
@@ -104,6 +104,9 @@ struct DataTx {
     gate: Arc<tokio::sync::OnceCell<()>>,
     /// Copies whose inode lock of the file this transaction holds, by index.
     locked: Vec<bool>,
+    /// Held while the transaction takes locks: the brick's lock is one per connection,
+    /// so two takers in this client must not give back each other's.
+    locking: Arc<tokio::sync::Mutex<()>>,
     /// Another client waits for the lock: no new write joins; the transaction ends when
     /// its writes in flight are answered.
     contended: bool,
@@ -118,6 +121,7 @@ impl DataTx {
             absent,
             gate: Arc::new(tokio::sync::OnceCell::new()),
             locked: vec![false; n],
+            locking: Arc::default(),
             contended: false,
         }
     }
@@ -356,21 +360,25 @@ impl Replica {
                 self.write(op, data, g).await
             }
             Op::Fallocate { target, .. } => {
+                let g = target.gfid;
                 let m = vec![Marked {
-                    gfid: target.gfid,
+                    gfid: g,
                     kinds: vec![Kind::Data],
                 }];
-                self.change(op, data, m).await
+                self.data_change(g, op, data, m).await
             }
-            Op::Setattr { target, set, .. } => {
-                let kinds = if set.size.is_some() {
-                    vec![Kind::Data, Kind::Metadata]
-                } else {
-                    vec![Kind::Metadata]
-                };
+            Op::Setattr { target, set, .. } if set.size.is_some() => {
+                let g = target.gfid;
+                let m = vec![Marked {
+                    gfid: g,
+                    kinds: vec![Kind::Data, Kind::Metadata],
+                }];
+                self.data_change(g, op, data, m).await
+            }
+            Op::Setattr { target, .. } => {
                 let m = vec![Marked {
                     gfid: target.gfid,
-                    kinds,
+                    kinds: vec![Kind::Metadata],
                 }];
                 self.change(op, data, m).await
             }
@@ -763,15 +771,7 @@ impl Replica {
         let mut first = None;
         let opened = gate
             .get_or_try_init(|| async {
-                let want: Vec<usize> = {
-                    let t = self.data_txs.table.lock().expect("data_txs");
-                    let tx = t
-                        .open
-                        .get(&g)
-                        .expect("a transaction with a write in flight");
-                    up.iter().copied().filter(|i| !tx.locked[*i]).collect()
-                };
-                let got = self.lock_copies(g, &want).await?;
+                self.hold_lock(g, &up).await?;
                 let pre = AfrDelta::pre_op(&[Kind::Data], &absent);
                 let op = with_pre_op(op.clone(), std::slice::from_ref(&pre));
                 let answers = self.fan(&up, |i| self.for_copy(&op, i), data).await;
@@ -781,9 +781,6 @@ impl Replica {
                         .open
                         .get_mut(&g)
                         .expect("a transaction with a write in flight");
-                    for i in got {
-                        tx.locked[i] = true;
-                    }
                     for (i, r) in &answers {
                         if !matches!(r, Err(Errno(libc::ENOTCONN))) {
                             tx.raised[*i] += 1;
@@ -880,6 +877,63 @@ impl Replica {
             }
             released.await;
         }
+    }
+
+    /// Makes the open transaction of `g` (joined by the caller) hold the lock on the
+    /// copies `up`.
+    async fn hold_lock(&self, g: Gfid, up: &[usize]) -> Res<()> {
+        let tx_locked = |t: &TxTable| -> Vec<bool> {
+            t.open
+                .get(&g)
+                .expect("a transaction with a write in flight")
+                .locked
+                .clone()
+        };
+        let locking = {
+            let t = self.data_txs.table.lock().expect("data_txs");
+            t.open.get(&g).expect("joined").locking.clone()
+        };
+        let _taking = locking.lock().await;
+        let locked = tx_locked(&self.data_txs.table.lock().expect("data_txs"));
+        let want: Vec<usize> = up.iter().copied().filter(|i| !locked[*i]).collect();
+        let got = self.lock_copies(g, &want).await?;
+        let mut t = self.data_txs.table.lock().expect("data_txs");
+        let tx = t
+            .open
+            .get_mut(&g)
+            .expect("a transaction with a write in flight");
+        for i in got {
+            tx.locked[i] = true;
+        }
+        Ok(())
+    }
+
+    /// A truncation or `fallocate` of `g`: a change (module comment) made inside the
+    /// file's data transaction, so that it holds the file's lock as writes do.
+    async fn data_change(
+        &self,
+        g: Gfid,
+        op: Op,
+        data: &[u8],
+        m: Vec<Marked>,
+    ) -> Res<(Reply, Vec<u8>)> {
+        let up = self.up().await;
+        if !self.quorum.met(self.n(), &up) {
+            // `change` refuses it and says why.
+            return self.change(op, data, m).await;
+        }
+        let absent: Vec<u32> = (0..self.n())
+            .filter(|i| !up.contains(i))
+            .map(|i| self.ids[i])
+            .collect();
+        self.hear_notices();
+        self.join_tx(g, &absent).await;
+        let r = match self.hold_lock(g, &up).await {
+            Ok(()) => self.change(op, data, m).await,
+            Err(e) => Err(e),
+        };
+        self.write_done(g);
+        r
     }
 
     /// Takes the inode lock of `g` on the copies `want` (set order) for this client: on
