@@ -723,3 +723,97 @@ fn a_client_writing_without_pause_lets_another_client_write() {
     drop(session_a);
     drop(session_b);
 }
+
+#[test]
+fn writes_during_a_heal_are_not_undone_by_it() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const SIZE: usize = 4 << 20;
+    const BLOCK: usize = 64 << 10;
+    let c = Cluster::start(2, 2);
+    // A heals, and reaches the copy it heals late (by a varying delay, as over a busy
+    // network); B writes, at full speed to both copies.
+    let mut slow = c.spec.clone();
+    slow.bricks[1].addr = c.rt.block_on(delaying_proxy(c.spec.bricks[1].addr.clone()));
+    let (a, session_a) = c.mount_spec(slow);
+    let (b, session_b) = c.mount();
+    write_file(&b.path().join("healme"), &payload(1, SIZE)).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(b.path().join("healme"))
+        .unwrap();
+    f.write_all_at(&payload(2, BLOCK), 0).unwrap();
+    f.sync_all().unwrap();
+    // The second copy goes stale behind B's back (its bytes replaced on the brick) and
+    // the first accuses it: a heal is due, while B keeps its descriptor on both copies.
+    fs::write(c.bricks[1].path().join("healme"), vec![0xffu8; SIZE]).unwrap();
+    let mut accusation = AfrState::default();
+    accusation.pending.push((1, {
+        let mut counts = [0; 3];
+        counts[Kind::Data as usize] = 1;
+        counts
+    }));
+    let path = std::ffi::CString::new(
+        c.bricks[0]
+            .path()
+            .join("healme")
+            .as_os_str()
+            .as_encoded_bytes(),
+    )
+    .unwrap();
+    let name = std::ffi::CString::new(XATTR_AFR).unwrap();
+    let value = accusation.encode();
+    // SAFETY: valid C strings and buffer.
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    // A's first look at the file heals it (on access) while B rewrites blocks all over
+    // it: heal must not copy over a block B wrote meanwhile the bytes it read before.
+    let writing = AtomicBool::new(true);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut state = 7u32;
+            for round in 0..300u32 {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let at = (state as usize >> 8) % (SIZE / BLOCK) * BLOCK;
+                f.write_all_at(&payload(round as u8 ^ 0x5a, BLOCK), at as u64)
+                    .unwrap();
+            }
+            f.sync_all().unwrap();
+            writing.store(false, Ordering::Release);
+        });
+        std::thread::sleep(Duration::from_millis(5));
+        let _ = fs::metadata(a.path().join("healme"));
+        while writing.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    drop(f);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(0..2).all(|i| c.markers(i, "healme").is_clean()) {
+        assert!(Instant::now() < deadline, "the copy was never healed");
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = fs::metadata(a.path().join("healme"));
+    }
+    let (first, second) = (
+        c.on_brick(0, "healme").unwrap(),
+        c.on_brick(1, "healme").unwrap(),
+    );
+    assert_eq!(first.len(), SIZE);
+    let differ = (0..SIZE / BLOCK)
+        .filter(|k| first[k * BLOCK..(k + 1) * BLOCK] != second[k * BLOCK..(k + 1) * BLOCK])
+        .count();
+    assert_eq!(
+        differ, 0,
+        "{differ} blocks differ between the copies after heal"
+    );
+    drop(session_a);
+    drop(session_b);
+}

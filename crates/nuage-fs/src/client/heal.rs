@@ -3,9 +3,10 @@
 //! are lowered by exactly what was seen, so a change made meanwhile stays marked.
 //!
 //! Heal works on the bricks directly (no markers for its own writes: the sink is already
-//! accused until the end). It does not take the file's inode lock that writers hold
-//! (replica.rs), so it is not serialized against their writes (gluster's self-heal takes
-//! it; nuage does not yet, see docs/storage.md).
+//! accused until the end). Its callers run it under the file's lock (replica.rs
+//! `under_lock`), as gluster's self-heal does: no other client writes the file
+//! meanwhile, so no write can land on a sink between heal's read of the source and its
+//! write of the same bytes.
 
 use std::sync::Arc;
 

@@ -178,7 +178,13 @@ async fn examine(r: &Replica, g: Gfid, heal_it: bool) -> Option<State> {
         }
         let sinks = heal::sinks(r.ids(), &seen, &sources);
         if !sinks.is_empty() {
-            if let Err(e) = heal::heal(&bricks, r.ids(), g, &seen, sources[0], &sinks).await {
+            // Under the file's lock, as heal on access (replica.rs).
+            let healed = r.under_lock(
+                g,
+                true,
+                heal::heal(&bricks, r.ids(), g, &seen, sources[0], &sinks),
+            );
+            if let Err(e) = healed.await {
                 tracing::warn!("heal of {g}: {}", e.describe());
             }
         }

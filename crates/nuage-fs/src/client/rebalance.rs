@@ -128,11 +128,11 @@ impl Crawler {
         let sets = (0..spec.subvolume_count())
             .map(|k| {
                 let conns = spec.connect_subvolume(k, client, REBALANCE_PING_TIMEOUT);
-                Arc::new(Replica::new(
+                Replica::new(
                     conns,
                     spec.subvolume(k).iter().map(|b| b.id).collect(),
                     quorum,
-                ))
+                )
             })
             .collect();
         Ok(Crawler { spec, sets })

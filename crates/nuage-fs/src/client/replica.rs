@@ -30,7 +30,7 @@
 //!   goes with the post-op. A brick tells the holder when another client waits: the
 //!   transaction then takes no new writes and ends as soon as its writes in flight are
 //!   answered. Truncations and `fallocate` are made inside the file's transaction too,
-//!   holding its lock.
+//!   holding its lock; heal holds it in a transaction of its own (`under_lock`).
 //!
 //! With one copy (distribute volumes) every request passes straight through.
 
@@ -232,6 +232,8 @@ impl DelayedPostOps {
 }
 
 pub struct Replica {
+    /// This set itself, for the heals it starts in the background.
+    me: std::sync::Weak<Replica>,
     bricks: Vec<Arc<BrickConn>>,
     /// Brick ids, in set order (markers name copies by id).
     ids: Vec<u32>,
@@ -274,11 +276,12 @@ struct Marked {
 }
 
 impl Replica {
-    pub fn new(bricks: Vec<Arc<BrickConn>>, ids: Vec<u32>, quorum: QuorumType) -> Replica {
+    pub fn new(bricks: Vec<Arc<BrickConn>>, ids: Vec<u32>, quorum: QuorumType) -> Arc<Replica> {
         assert_eq!(bricks.len(), ids.len());
         assert!(!bricks.is_empty());
         let n = bricks.len();
-        Replica {
+        Arc::new_cyclic(|me| Replica {
+            me: me.clone(),
             bricks,
             ids,
             quorum,
@@ -291,7 +294,7 @@ impl Replica {
             delayed: Arc::default(),
             hearing: std::sync::atomic::AtomicBool::new(false),
             dir_after: Mutex::default(),
-        }
+        })
     }
 
     pub fn n(&self) -> usize {
@@ -643,17 +646,23 @@ impl Replica {
         if !self.healing.lock().expect("healing").insert(g) {
             return;
         }
-        let bricks = self.bricks.clone();
-        let ids = self.ids.clone();
+        let Some(me) = self.me.upgrade() else {
+            return; // the set is going away
+        };
         let healing = self.healing.clone();
         tokio::spawn(async move {
+            let (bricks, ids) = (&me.bricks, &me.ids);
             if !sinks.is_empty() {
-                if let Err(e) = heal::heal(&bricks, &ids, g, &seen, source, &sinks).await {
+                // Under the file's lock, alone: no write (of another client, or of this
+                // one) lands on the sink while heal copies to it bytes read before.
+                let healed =
+                    me.under_lock(g, true, heal::heal(bricks, ids, g, &seen, source, &sinks));
+                if let Err(e) = healed.await {
                     tracing::warn!("heal of {g} failed: {}", e.describe());
                 }
             }
             for sink in entry_sinks {
-                if let Err(e) = heal::heal_entries(&bricks, &ids, g, &seen, sink).await {
+                if let Err(e) = heal::heal_entries(bricks, ids, g, &seen, sink).await {
                     tracing::warn!("entry heal of {g} failed: {}", e.describe());
                 }
             }
@@ -850,30 +859,62 @@ impl Replica {
     /// write counted in flight. Waits while the file's last transaction is ending, or while
     /// the open one is contended (it then ends when its writes are answered).
     async fn join_tx(&self, g: Gfid, absent: &[u32]) -> Arc<tokio::sync::OnceCell<()>> {
+        self.enter_tx(g, absent, false).await
+    }
+
+    /// As [`Replica::join_tx`]; `alone`: a transaction of its own that nothing else of
+    /// this client joins, opened once this client's open one (told to end) has ended.
+    async fn enter_tx(
+        &self,
+        g: Gfid,
+        absent: &[u32],
+        alone: bool,
+    ) -> Arc<tokio::sync::OnceCell<()>> {
         loop {
             let released = self.data_txs.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            {
+            let ended = {
                 let mut t = self.data_txs.table.lock().expect("data_txs");
-                let blocked =
-                    t.ending.contains_key(&g) || t.open.get(&g).is_some_and(|tx| tx.contended);
-                if !blocked {
-                    let n = self.n();
-                    let tx = t
-                        .open
-                        .entry(g)
-                        .or_insert_with(|| DataTx::new(n, absent.to_vec()));
-                    tx.inflight += 1;
-                    tx.generation += 1;
-                    if tx.absent != absent {
-                        // Other copies up or down since the last pre-op: a new one accuses
-                        // the copies absent now.
-                        tx.absent = absent.to_vec();
-                        tx.gate = Arc::new(tokio::sync::OnceCell::new());
+                let n = self.n();
+                let ending = t.ending.contains_key(&g);
+                match t.open.get_mut(&g) {
+                    _ if ending => None,
+                    Some(tx) if alone || tx.contended => {
+                        // Told to end: it does when its last write in flight is answered
+                        // (write_done), or now if it has none.
+                        tx.contended = true;
+                        let idle = tx.inflight == 0;
+                        drop(t);
+                        idle.then(|| end_tx(&self.data_txs, g, None)).flatten()
                     }
-                    return tx.gate.clone();
+                    Some(tx) => {
+                        tx.inflight += 1;
+                        tx.generation += 1;
+                        if tx.absent != absent {
+                            // Other copies up or down since the last pre-op: a new one
+                            // accuses the copies absent now.
+                            tx.absent = absent.to_vec();
+                            tx.gate = Arc::new(tokio::sync::OnceCell::new());
+                        }
+                        return tx.gate.clone();
+                    }
+                    None => {
+                        let mut tx = DataTx::new(n, absent.to_vec());
+                        tx.inflight = 1;
+                        tx.generation = 1;
+                        // Alone: contended from the start, so no write joins it and it
+                        // ends as soon as its work is done.
+                        tx.contended = alone;
+                        let gate = tx.gate.clone();
+                        t.open.insert(g, tx);
+                        return gate;
+                    }
                 }
+            };
+            if let Some(ended) = ended {
+                post_op(&self.bricks, &self.data_txs, ended).await;
+                continue;
             }
             released.await;
         }
@@ -917,19 +958,32 @@ impl Replica {
         data: &[u8],
         m: Vec<Marked>,
     ) -> Res<(Reply, Vec<u8>)> {
-        let up = self.up().await;
-        if !self.quorum.met(self.n(), &up) {
+        if !self.quorum.met(self.n(), &self.up().await) {
             // `change` refuses it and says why.
             return self.change(op, data, m).await;
         }
+        self.under_lock(g, false, self.change(op, data, m)).await
+    }
+
+    /// Runs `work` inside a data transaction of `g`, holding the file's lock on every
+    /// copy that is up: other clients' writes wait for it. This client's writes join the
+    /// same transaction, unless `alone` (heal): then it waits for this client's open
+    /// transaction to end, and this client's writes wait for it.
+    pub async fn under_lock<T>(
+        &self,
+        g: Gfid,
+        alone: bool,
+        work: impl std::future::Future<Output = Res<T>>,
+    ) -> Res<T> {
+        let up = self.up().await;
         let absent: Vec<u32> = (0..self.n())
             .filter(|i| !up.contains(i))
             .map(|i| self.ids[i])
             .collect();
         self.hear_notices();
-        self.join_tx(g, &absent).await;
+        self.enter_tx(g, &absent, alone).await;
         let r = match self.hold_lock(g, &up).await {
-            Ok(()) => self.change(op, data, m).await,
+            Ok(()) => work.await,
             Err(e) => Err(e),
         };
         self.write_done(g);

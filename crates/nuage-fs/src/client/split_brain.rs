@@ -71,7 +71,7 @@ impl std::fmt::Display for FileName {
 /// The volume's replica sets, connected (lazily) for resolution.
 pub struct Sets {
     spec: VolumeSpec,
-    sets: Vec<Replica>,
+    sets: Vec<Arc<Replica>>,
 }
 
 impl Sets {

@@ -146,7 +146,7 @@ impl Topology {
             let conns = spec.connect_subvolume(k, client, ping_timeout);
             let ids: Vec<u32> = set.iter().map(|b| b.id).collect();
             Slot {
-                replica: Arc::new(Replica::new(conns, ids.clone(), quorum)),
+                replica: Replica::new(conns, ids.clone(), quorum),
                 bricks: ids,
                 addrs: set.iter().map(|b| b.addr.clone()).collect(),
                 state: if spec.draining.contains(&(k as u32)) {
