@@ -131,12 +131,7 @@ async fn index_of(b: &BrickConn) -> Result<BTreeSet<Gfid>, Errno> {
 async fn examine(r: &Replica, g: Gfid, heal_it: bool) -> Option<State> {
     let mut state = None;
     for attempt in 0..2 {
-        let mut seen = Vec::new();
-        for i in 0..r.n() {
-            if let Ok(Reply::Entry(e)) = r.brick(i).req(Op::Stat { gfid: g, fd: None }).await {
-                seen.push(Seen { index: i, entry: e });
-            }
-        }
+        let seen = stat_copies(r, g).await;
         let first = seen.first()?;
         let kinds: &[Kind] = if first.entry.attr.is_dir() {
             &[Kind::Metadata, Kind::Entry]
@@ -156,6 +151,17 @@ async fn examine(r: &Replica, g: Gfid, heal_it: bool) -> Option<State> {
         if !accused {
             // A change begun and never confirmed, abandoned by its client: settled.
             if !settle::abandoned(&seen, r.n(), SystemTime::now()) {
+                if heal_it && attempt == 0 && settle::data_dirty(&seen, r.n()) {
+                    // A writer still in its data transaction holds the file's lock
+                    // (replica/tx.rs). Once heal holds it, `dirty` still raised for data
+                    // was left by a writer that is gone (its lock went with its
+                    // connection): settled now, whatever the bricks' clocks say.
+                    let settled = r.under_lock(g, true, settle_if_left(r, g, &bricks));
+                    if let Err(e) = settled.await {
+                        tracing::warn!("settling {g}: {}", e.describe());
+                    }
+                    continue;
+                }
                 return None;
             }
             state = Some(State::Pending);
@@ -197,6 +203,30 @@ async fn examine(r: &Replica, g: Gfid, heal_it: bool) -> Option<State> {
         }
     }
     state
+}
+
+/// File `g` as each copy that answers sees it.
+async fn stat_copies(r: &Replica, g: Gfid) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    for i in 0..r.n() {
+        if let Ok(Reply::Entry(e)) = r.brick(i).req(Op::Stat { gfid: g, fd: None }).await {
+            seen.push(Seen { index: i, entry: e });
+        }
+    }
+    seen
+}
+
+/// Under the file's lock: settles `g` if its copies still show a data change begun and
+/// never confirmed, with nobody accused.
+async fn settle_if_left(r: &Replica, g: Gfid, bricks: &[Arc<BrickConn>]) -> Result<(), Errno> {
+    let seen = stat_copies(r, g).await;
+    let markers: Vec<_> = seen.iter().map(|s| (s.index, &s.entry.meta.afr)).collect();
+    let kinds = [Kind::Data, Kind::Metadata];
+    let unaccused = r.unaccused(&markers, &kinds).len() == seen.len();
+    if unaccused && settle::data_dirty(&seen, r.n()) {
+        settle::settle(bricks, g, &seen).await?;
+    }
+    Ok(())
 }
 
 async fn path_of(r: &Replica, i: usize, g: Gfid) -> String {

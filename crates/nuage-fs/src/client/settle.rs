@@ -6,12 +6,15 @@
 //! source, and the largest one (by size, then the newest by modification time) is copied
 //! to the copies that differ from it; then `dirty` is lowered by exactly what was seen.
 //!
-//! Only a file left alone long enough that no live client can still be in the change is
-//! settled: a transaction lowers `dirty` within `POST_OP_DELAY` (1 s) of its last
-//! write, and every write or marker update moves the copy's ctime. A file whose copies
-//! all have a ctime older than [`SETTLE_AFTER`] (by the bricks' clocks, against the
-//! healing machine's) is taken as abandoned. Directories are not settled here (their
-//! entry changes are healed from accusations only).
+//! Only a change no live client can still be in is settled. A data change (writes,
+//! truncation, fallocate) is made under the file's lock (replica/tx.rs), which dies with
+//! its client's connection: heal takes the lock, and `dirty` for data still raised then
+//! is settled at once ([`data_dirty`]). A metadata change takes no lock: a transaction
+//! lowers `dirty` within a round trip, and every marker update moves the copy's ctime, so
+//! a file whose copies all have a ctime older than [`SETTLE_AFTER`] (by the bricks'
+//! clocks, against the healing machine's) is taken as abandoned; `heal info` lists a
+//! file only so. Directories are not settled here (their entry changes are healed from
+//! accusations only).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -50,6 +53,19 @@ pub fn abandoned(seen: &[Seen], copies: usize, now: SystemTime) -> bool {
         && seen
             .iter()
             .all(|s| s.entry.attr.ctime.sec.saturating_add(settle) <= now)
+}
+
+/// Whether `seen` (every copy of a regular file, `copies` of them) shows `dirty` raised
+/// for data: a data change begun and not yet confirmed. Heal settles it at once if it can
+/// take the file's lock (no writer is in the change any more), without waiting for
+/// [`SETTLE_AFTER`].
+pub fn data_dirty(seen: &[Seen], copies: usize) -> bool {
+    seen.len() == copies
+        && !seen.is_empty()
+        && seen.iter().all(|s| s.entry.attr.is_file())
+        && seen
+            .iter()
+            .any(|s| s.entry.meta.afr.dirty[Kind::Data as usize] > 0)
 }
 
 /// The copy the others are made equal to: the largest, then the most recently modified,
