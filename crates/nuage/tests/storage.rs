@@ -213,7 +213,7 @@ fn writes_and_truncations_by_others_drop_set_id_bits_on_every_copy() {
     // drops them on every copy, as on a local file system; root's keep them.
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
-    let (_tmp, _node, _api, bricks, mnt, _) = replica_two("kp");
+    let (_tmp, node, api, bricks, mnt, _) = replica_two("kp");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     let set_mode = |name: &str, m: u32| {
         let p = mnt.join(name);
@@ -286,6 +286,11 @@ fn writes_and_truncations_by_others_drop_set_id_bits_on_every_copy() {
     f.set_len(2).unwrap();
     drop(f);
     expect("r", 0o6777);
+
+    // (The mount is the node's child: left mounted, it would outlive the test.)
+    node_ok(&api, &["umount", mnt.to_str().unwrap()]);
+    node_ok(&api, &["volume", "stop", "kp"]);
+    node.stop();
 }
 
 /// `trusted.nuage.*` attribute of a file on a brick (None if absent).
