@@ -320,30 +320,21 @@ impl Replica {
     /// Makes the open transaction of `g` (joined by the caller) hold the lock on the
     /// copies `up`.
     async fn hold_lock(&self, g: Gfid, up: &[usize]) -> Res<()> {
-        let tx_locked = |t: &TxTable| -> Vec<bool> {
-            t.open
-                .get(&g)
-                .expect("a transaction with a write in flight")
-                .locked
-                .clone()
-        };
-        let locking = {
-            let t = self.data_txs.table.lock().expect("data_txs");
-            t.open.get(&g).expect("joined").locking.clone()
-        };
+        let locking = self.with_tx(g, |tx| tx.locking.clone());
         let _taking = locking.lock().await;
-        let locked = tx_locked(&self.data_txs.table.lock().expect("data_txs"));
-        let want: Vec<usize> = up.iter().copied().filter(|i| !locked[*i]).collect();
+        // Read once taking: another taker of this client may have locked copies since.
+        let want: Vec<usize> = self.with_tx(g, |tx| {
+            up.iter().copied().filter(|i| !tx.locked[*i]).collect()
+        });
         let got = self.lock_copies(g, &want).await?;
-        let mut t = self.data_txs.table.lock().expect("data_txs");
-        let tx = t
-            .open
-            .get_mut(&g)
-            .expect("a transaction with a write in flight");
-        for i in got {
-            tx.locked[i] = true;
-        }
+        self.with_tx(g, |tx| got.iter().for_each(|i| tx.locked[*i] = true));
         Ok(())
+    }
+
+    /// `f` on the open transaction of `g`, which the caller has joined.
+    fn with_tx<T>(&self, g: Gfid, f: impl FnOnce(&mut DataTx) -> T) -> T {
+        let mut t = self.data_txs.table.lock().expect("data_txs");
+        f(t.open.get_mut(&g).expect("a transaction the caller joined"))
     }
 
     /// A truncation or `fallocate` of `g`: a change (module comment) made inside the
@@ -355,11 +346,13 @@ impl Replica {
         data: &[u8],
         m: Vec<Marked>,
     ) -> Res<(Reply, Vec<u8>)> {
-        if !self.quorum.met(self.n(), &self.up().await) {
+        let up = self.up().await;
+        if !self.quorum.met(self.n(), &up) {
             // `change` refuses it and says why.
             return self.change(op, data, m).await;
         }
-        self.under_lock(g, false, self.change(op, data, m)).await
+        self.locked_with(g, &up, false, self.change(op, data, m))
+            .await
     }
 
     /// Runs `work` inside a data transaction of `g`, holding the file's lock on every
@@ -372,14 +365,24 @@ impl Replica {
         alone: bool,
         work: impl std::future::Future<Output = Res<T>>,
     ) -> Res<T> {
-        let up = self.up().await;
+        self.locked_with(g, &self.up().await, alone, work).await
+    }
+
+    /// [`Replica::under_lock`] with the copies found up.
+    async fn locked_with<T>(
+        &self,
+        g: Gfid,
+        up: &[usize],
+        alone: bool,
+        work: impl std::future::Future<Output = Res<T>>,
+    ) -> Res<T> {
         let absent: Vec<u32> = (0..self.n())
             .filter(|i| !up.contains(i))
             .map(|i| self.ids[i])
             .collect();
         self.hear_notices();
         self.enter_tx(g, &absent, alone).await;
-        let r = match self.hold_lock(g, &up).await {
+        let r = match self.hold_lock(g, up).await {
             Ok(()) => work.await,
             Err(e) => Err(e),
         };
